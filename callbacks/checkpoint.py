@@ -1,0 +1,40 @@
+"""Checkpoints of the whole system at round boundaries, written atomically (temp file + rename)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+
+class RoundCheckpoint(pl.Callback):
+    def __init__(self, dirpath: Path, every_n_rounds: int):
+        self.dirpath = Path(dirpath)
+        self.every_n_rounds = every_n_rounds
+        self._saved_round = -1
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def save(self, trainer: pl.Trainer, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        done = pl_module.round
+        if done == self._saved_round or pl_module.local_iter != 0:
+            return
+        if done % self.every_n_rounds == 0 or pl_module.training_finished:
+            self.save(trainer, self.last_path)
+            self._saved_round = done
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        # The state may be mid-update; keep last.ckpt intact and leave the crash state beside it.
+        try:
+            self.save(trainer, self.dirpath / "crash.ckpt")
+        except Exception:  # noqa: BLE001 - never mask the original error
+            pass

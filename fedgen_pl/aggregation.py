@@ -1,0 +1,122 @@
+"""The federation's maths as pure functions over tensors: edge weights, community losses, cloud
+weights and the global aggregation rule (METHOD.md §2, §5.1, §5.2).
+
+Nothing here knows about Lightning or optimisers. Devices are flat (``[N]``) with ``community`` giving
+each device's community index in ``0..K-1``; model states are ``{name: tensor}`` dicts, a community
+state holding every tensor stacked as ``[K, *shape]``.
+
+Aggregation rules are registered by name (``federation.aggregation``). A rule receives the global
+state, the stacked community states and a ``RoundStats`` and returns the new global state and the
+community weights it used; write one function, decorate it with ``@register_aggregation("name")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# -- edge tier ----------------------------------------------------------------------------------
+
+
+def segment_softmax(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
+    """Softmax of ``values`` within each segment: ``out[i] = exp(v_i) / sum_{j: seg_j = seg_i} exp(v_j)``."""
+    seg_max = torch.full((num_segments,), float("-inf"), dtype=values.dtype, device=values.device)
+    seg_max = seg_max.scatter_reduce(0, segment, values, reduce="amax", include_self=True)
+    shifted = (values - seg_max[segment]).exp()
+    totals = torch.zeros(num_segments, dtype=values.dtype, device=values.device).index_add(0, segment, shifted)
+    return shifted / totals[segment]
+
+
+def segment_sum(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
+    return torch.zeros(num_segments, dtype=values.dtype, device=values.device).index_add(0, segment, values)
+
+
+def sync_edge_weights(device_losses: Tensor, community: Tensor, num_communities: int, tau: float) -> Tensor:
+    """Eq. 4: ``w_kj = softmax_j(tau * L_kj)`` over the devices of each community, from detached losses.
+
+    tau = 1 is the printed rule, tau = 0 the plain mean (AsynDGAN / M-D GAN), tau < 0 favours devices
+    whose discriminator is fooled less."""
+    return segment_softmax(tau * device_losses.detach(), community, num_communities)
+
+
+def community_losses(weights: Tensor, device_losses: Tensor, community: Tensor, num_communities: int) -> Tensor:
+    """The edge's weighted loss ``sum_j w_kj * L_kj`` per community (detached), the value behind L*_k."""
+    return segment_sum(weights.detach() * device_losses.detach(), community, num_communities)
+
+
+# -- cloud tier ---------------------------------------------------------------------------------
+
+
+def cloud_weights(community_loss: Tensor, tau: float) -> Tensor:
+    """Eq. 1 weights ``a_k = softmax_k(tau * L*_k)``; tau = 0 gives the plain mean."""
+    return torch.softmax(tau * community_loss.detach(), dim=0)
+
+
+def weighted_step(global_state: dict[str, Tensor], community_state: dict[str, Tensor], weights: Tensor,
+                  lr: float) -> dict[str, Tensor]:
+    """``G + lr * sum_k a_k (G_k - G)`` for every floating-point tensor; other tensors (integer
+    buffers such as counters) are taken from G unchanged. lr = 1 is the weighted average of Eq. 1."""
+    new_state = {}
+    for name, g in global_state.items():
+        stacked = community_state[name]
+        if not torch.is_floating_point(g):
+            new_state[name] = g.clone()
+            continue
+        a = weights.to(g.dtype).view((-1,) + (1,) * g.dim())
+        new_state[name] = g + lr * (a * (stacked - g.unsqueeze(0))).sum(0)
+    return new_state
+
+
+# -- rules --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RoundStats:
+    """What a round tells the cloud. ``community_loss`` is L*_k, ``sample_counts`` each community's
+    number of training samples, ``tau_cloud`` and ``cloud_lr`` from the config."""
+
+    community_loss: Tensor
+    sample_counts: Tensor
+    tau_cloud: float
+    cloud_lr: float
+
+
+AggregationRule = Callable[[dict, dict, RoundStats], "tuple[dict[str, Tensor], Tensor]"]
+AGGREGATION_RULES: dict[str, AggregationRule] = {}
+
+
+def register_aggregation(name: str):
+    """Decorator: make ``fn(global_state, community_state, stats) -> (new_state, weights)`` selectable
+    as ``federation.aggregation=name``."""
+
+    def decorate(fn: AggregationRule) -> AggregationRule:
+        if name in AGGREGATION_RULES:
+            raise ValueError(f"aggregation rule '{name}' is already registered")
+        AGGREGATION_RULES[name] = fn
+        return fn
+
+    return decorate
+
+
+def get_aggregation(name: str) -> AggregationRule:
+    if name not in AGGREGATION_RULES:
+        raise KeyError(f"federation.aggregation: unknown rule '{name}'; registered: {sorted(AGGREGATION_RULES)}")
+    return AGGREGATION_RULES[name]
+
+
+@register_aggregation("loss_softmax")
+def loss_softmax(global_state, community_state, stats: RoundStats):
+    """The paper's Eq. 1 with this project's step size: a = softmax(tau_cloud * L*), G += lr * sum a (G_k - G)."""
+    weights = cloud_weights(stats.community_loss, stats.tau_cloud)
+    return weighted_step(global_state, community_state, weights, stats.cloud_lr), weights
+
+
+@register_aggregation("fedavg")
+def fedavg(global_state, community_state, stats: RoundStats):
+    """FedAvg: communities weighted by their sample counts, G += lr * sum n_k/n (G_k - G)."""
+    counts = stats.sample_counts.to(torch.float64)
+    weights = (counts / counts.sum()).to(stats.community_loss.dtype)
+    return weighted_step(global_state, community_state, weights, stats.cloud_lr), weights

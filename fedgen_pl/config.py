@@ -1,0 +1,283 @@
+"""Configuration: a typed OmegaConf schema, YAML layers and loud validation.
+
+Layers, later wins: ``configs/default.yaml`` (every key, documented) -> the experiment's YAML ->
+that experiment's ``schedules.<schedule>`` block -> ``key=value`` overrides from the command line.
+The schema below fixes the types; ``default.yaml`` holds the values. Unknown keys, wrong types and
+impossible values raise ``ConfigError`` naming the key, before anything is built.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key and what is allowed."""
+
+
+# -- schema (types only; values live in configs/default.yaml) -------------------------------------
+
+
+@dataclass
+class CommunityConfig:
+    data: str = MISSING
+    classes: Optional[List[int]] = None
+
+
+@dataclass
+class FederationConfig:
+    communities: List[CommunityConfig] = MISSING
+    devices_per_community: Any = MISSING
+    local_iters: int = MISSING
+    global_rounds: int = MISSING
+    update: str = MISSING
+    tau_edge: float = MISSING
+    tau_cloud: float = MISSING
+    cloud_lr: Any = MISSING
+    aggregation: str = MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    gan_loss: str = MISSING
+    conditional: bool = MISSING
+    latent_dim: int = MISSING
+    hidden_dim: int = MISSING
+    g_lr: float = MISSING
+    d_lr: float = MISSING
+    beta1: float = MISSING
+    beta2: float = MISSING
+
+
+@dataclass
+class DataConfig:
+    batch_size: int = MISSING
+    gaussian_std: float = MISSING
+    gaussian_samples_per_mode: int = MISSING
+
+
+@dataclass
+class MetricsConfig:
+    eval_every: int = MISSING
+    grid_samples_per_label: int = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = MISSING
+    precision: str = MISSING
+    log_every_n_iters: int = MISSING
+    checkpoint_every_rounds: int = MISSING
+    progress_bar: bool = MISSING
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = MISSING
+    wandb_mode: str = MISSING
+    wandb_project: str = MISSING
+
+
+@dataclass
+class Config:
+    experiment: str = MISSING
+    seed: int = MISSING
+    output_dir: Optional[str] = None
+    schedule: str = MISSING
+    schedules: Dict[str, Any] = field(default_factory=dict)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+CHOICES = {
+    "schedule": ("quick", "full"),
+    "federation.update": ("sync", "async"),
+    "model.name": ("fedgen_fr",),
+    "model.gan_loss": ("non_saturating", "saturating"),
+    "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
+    "trainer.precision": ("32-true", "32", "16-mixed", "bf16-mixed"),
+    "logger.wandb_mode": ("offline", "online", "disabled"),
+}
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def experiment_path(name: str) -> Path:
+    """``configs/experiment/<name>.yaml``, or ``name`` itself when it is a path to a YAML file."""
+    as_path = Path(name)
+    if as_path.suffix in (".yaml", ".yml"):
+        if not as_path.is_file():
+            raise ConfigError(f"experiment: file '{name}' does not exist")
+        return as_path
+    path = CONFIG_DIR / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+        raise ConfigError(f"experiment: unknown experiment '{name}'; available: {', '.join(known)} "
+                          f"(or pass a path to your own .yaml)")
+    return path
+
+
+def _parse_overrides(overrides: list[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' is not of the form key=value "
+                              f"(e.g. seed=3 or federation.local_iters=20)")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot parse command-line overrides {overrides}: {err}") from None
+
+
+def _all_keys(node, prefix: str = "") -> list[str]:
+    keys = []
+    for key in node:
+        full = f"{prefix}{key}"
+        keys.append(full)
+        child = node[key] if not OmegaConf.is_missing(node, key) else None
+        if isinstance(child, DictConfig) and full != "schedules":
+            keys += _all_keys(child, full + ".")
+    return keys
+
+
+def _merge(base: DictConfig, layer, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or ""
+        hint = ""
+        if "not in" in str(err) or "Key '" in str(err):
+            close = difflib.get_close_matches(key, _all_keys(base), n=1)
+            if close:
+                hint = f" Did you mean '{close[0]}'?"
+        message = str(err).splitlines()[0]
+        raise ConfigError(f"{source}: key '{key}': {message}.{hint}") from None
+
+
+def load_config(overrides: list[str] | None = None) -> DictConfig:
+    """Build and validate the configuration for ``overrides`` (a list of ``key=value`` strings)."""
+    cli = _parse_overrides(list(overrides or []))
+    cfg = OmegaConf.structured(Config)
+    cfg = _merge(cfg, OmegaConf.load(CONFIG_DIR / "default.yaml"), "configs/default.yaml")
+    experiment = str(cli.get("experiment", cfg.experiment))
+    path = experiment_path(experiment)
+    cfg = _merge(cfg, OmegaConf.load(path), str(path))
+    schedule = str(cli.get("schedule", cfg.schedule))
+    if schedule not in CHOICES["schedule"]:
+        raise ConfigError(f"schedule: '{schedule}' is not allowed; choose one of {CHOICES['schedule']}")
+    if schedule in cfg.schedules:
+        cfg = _merge(cfg, cfg.schedules[schedule], f"{path} schedules.{schedule}")
+    cfg = _merge(cfg, cli, "command line")
+    cfg.experiment = experiment
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"keys without a value: {', '.join(missing)} (set them in the experiment or on the "
+                          f"command line)")
+    validate(cfg)
+    return cfg
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def devices_per_community(cfg: DictConfig) -> list[int]:
+    """``federation.devices_per_community`` as one count per community."""
+    value = cfg.federation.devices_per_community
+    k = len(cfg.federation.communities)
+    if isinstance(value, (list, ListConfig)):
+        return [int(v) for v in value]
+    return [int(value)] * k
+
+
+def cloud_lr(cfg: DictConfig) -> float:
+    value = cfg.federation.cloud_lr
+    return float(len(cfg.federation.communities)) if value == "auto" else float(value)
+
+
+def validate(cfg: DictConfig) -> None:
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        _require(value in allowed, key, f"'{value}' is not allowed; choose one of {', '.join(allowed)}")
+    for name in cfg.schedules:
+        _require(name in CHOICES["schedule"], f"schedules.{name}",
+                 f"unknown schedule; experiments may define {CHOICES['schedule']}")
+
+    fed = cfg.federation
+    k = len(fed.communities)
+    _require(k >= 1, "federation.communities", "needs at least one community, e.g. [{data: mnist}]")
+    dpc = fed.devices_per_community
+    if isinstance(dpc, (list, ListConfig)):
+        _require(len(dpc) == k, "federation.devices_per_community",
+                 f"has {len(dpc)} entries but federation.communities has {k}; give one count per community "
+                 f"or a single int")
+        counts = list(dpc)
+    else:
+        counts = [dpc]
+    for count in counts:
+        _require(isinstance(count, int) and not isinstance(count, bool) and count >= 1,
+                 "federation.devices_per_community", f"must be an int >= 1 or a list of them, got {count!r}")
+    _require(fed.local_iters >= 1, "federation.local_iters", f"must be >= 1, got {fed.local_iters}")
+    _require(fed.global_rounds >= 1, "federation.global_rounds", f"must be >= 1, got {fed.global_rounds}")
+    for key in ("tau_edge", "tau_cloud"):
+        _require(math.isfinite(fed[key]), f"federation.{key}", f"must be a finite number, got {fed[key]}")
+    lr = fed.cloud_lr
+    if isinstance(lr, str):
+        _require(lr == "auto", "federation.cloud_lr", f"must be 'auto' or a number > 0, got '{lr}'")
+    else:
+        _require(isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0,
+                 "federation.cloud_lr", f"must be 'auto' or a number > 0, got {lr!r}")
+    from fedgen_pl.aggregation import AGGREGATION_RULES
+
+    _require(fed.aggregation in AGGREGATION_RULES, "federation.aggregation",
+             f"unknown rule '{fed.aggregation}'; registered: {', '.join(sorted(AGGREGATION_RULES))}")
+    from datamodules.sources import SOURCES
+
+    for i, community in enumerate(fed.communities):
+        _require(community.data in SOURCES, f"federation.communities[{i}].data",
+                 f"unknown dataset '{community.data}'; available: {', '.join(sorted(SOURCES))}")
+        if community.classes is not None:
+            _require(len(community.classes) >= 1, f"federation.communities[{i}].classes",
+                     "must list at least one class (or be omitted for all classes)")
+            _require(len(set(community.classes)) == len(community.classes),
+                     f"federation.communities[{i}].classes", f"has duplicates: {list(community.classes)}")
+
+    m = cfg.model
+    for key in ("latent_dim", "hidden_dim"):
+        _require(m[key] >= 1, f"model.{key}", f"must be >= 1, got {m[key]}")
+    for key in ("g_lr", "d_lr"):
+        _require(m[key] > 0, f"model.{key}", f"must be > 0, got {m[key]}")
+    for key in ("beta1", "beta2"):
+        _require(0 <= m[key] < 1, f"model.{key}", f"must be in [0, 1), got {m[key]}")
+
+    d = cfg.data
+    _require(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
+    _require(d.gaussian_std > 0, "data.gaussian_std", f"must be > 0, got {d.gaussian_std}")
+    _require(d.gaussian_samples_per_mode >= 1, "data.gaussian_samples_per_mode",
+             f"must be >= 1, got {d.gaussian_samples_per_mode}")
+    _require(cfg.metrics.eval_every >= 1, "metrics.eval_every", f"must be >= 1, got {cfg.metrics.eval_every}")
+    _require(cfg.metrics.grid_samples_per_label >= 1, "metrics.grid_samples_per_label",
+             f"must be >= 1, got {cfg.metrics.grid_samples_per_label}")
+    t = cfg.trainer
+    _require(t.log_every_n_iters >= 1, "trainer.log_every_n_iters", f"must be >= 1, got {t.log_every_n_iters}")
+    _require(t.checkpoint_every_rounds >= 1, "trainer.checkpoint_every_rounds",
+             f"must be >= 1, got {t.checkpoint_every_rounds}")

@@ -1,0 +1,1 @@
+"""Metrics of generated data: pure functions and torchmetrics-style stateful metrics."""

@@ -1,0 +1,103 @@
+"""Many copies of one network, their parameters stacked on a leading dimension and run with ``vmap``.
+
+Simulating hundreds of devices in one process is only fast if their networks run as one batched
+computation. ``StackedModule`` holds ``n`` members of the same architecture: every parameter and
+buffer has shape ``[n, *shape]`` and ``forward`` evaluates member ``i`` on input slice ``i`` with
+``torch.func.vmap`` over ``functional_call``. Because the members share no parameters, the gradient of
+``sum_i loss_i`` with respect to member ``i``'s slice is exactly the gradient of ``loss_i``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+
+def _slot(name: str) -> str:
+    # nn.Module attribute names cannot contain dots.
+    return name.replace(".", "__")
+
+
+class StackedModule(nn.Module):
+    """``n`` members of one architecture with stacked parameters.
+
+    Build it from a list of modules (each becomes one member, e.g. independently initialised device
+    discriminators) or from one module and a count (every member starts as a copy of it).
+    """
+
+    def __init__(self, members: Sequence[nn.Module] | nn.Module, n: int | None = None):
+        super().__init__()
+        if isinstance(members, nn.Module):
+            if n is None or n < 1:
+                raise ValueError("StackedModule(module, n) needs n >= 1")
+            members = [members] * n
+        members = list(members)
+        if not members:
+            raise ValueError("StackedModule needs at least one member")
+        first = members[0]
+        self.n = len(members)
+        self.param_names = [name for name, _ in first.named_parameters()]
+        self.buffer_names = [name for name, _ in first.named_buffers()]
+        for name in self.param_names:
+            stacked = torch.stack([dict(m.named_parameters())[name].detach() for m in members]).clone()
+            self.register_parameter(_slot(name), nn.Parameter(stacked))
+        for name in self.buffer_names:
+            stacked = torch.stack([dict(m.named_buffers())[name].detach() for m in members]).clone()
+            self.register_buffer(_slot(name), stacked)
+        # The template only provides the forward code; its own tensors live on 'meta' and are never
+        # used, and it is kept out of the module tree so it is not in state_dict or the optimiser.
+        self.__dict__["template"] = copy.deepcopy(first).to("meta")
+
+    # -- views ---------------------------------------------------------------------------------
+    def stacked_params(self) -> dict[str, Tensor]:
+        return {name: getattr(self, _slot(name)) for name in self.param_names}
+
+    def stacked_buffers(self) -> dict[str, Tensor]:
+        return {name: getattr(self, _slot(name)) for name in self.buffer_names}
+
+    def stacked_state(self) -> dict[str, Tensor]:
+        """Parameters and buffers by the template's names, each ``[n, *shape]``."""
+        return {**self.stacked_params(), **self.stacked_buffers()}
+
+    # -- compute -------------------------------------------------------------------------------
+    def forward(self, *inputs: Tensor, frozen: bool = False, **options) -> Tensor:
+        """Member ``i`` applied to ``inputs[...][i]``; every input has leading dimension ``n``.
+
+        ``frozen=True`` uses detached parameters: gradients flow to the inputs only (a discriminator
+        scoring generated samples for the generator's update). ``options`` go unchanged (not vmapped)
+        to every member's ``forward``.
+        """
+        params = self.stacked_params()
+        if frozen:
+            params = {name: p.detach() for name, p in params.items()}
+
+        def member_forward(member_params, member_buffers, *xs):
+            return functional_call(self.template, (member_params, member_buffers), xs, options)
+
+        return vmap(member_forward)(params, self.stacked_buffers(), *inputs)
+
+    # -- copying in and out --------------------------------------------------------------------
+    @torch.no_grad()
+    def member(self, i: int) -> nn.Module:
+        """A standalone copy of member ``i`` (on the stacked tensors' device)."""
+        state = {name: tensor[i].clone() for name, tensor in self.stacked_state().items()}
+        module = copy.deepcopy(self.template).to_empty(device=next(iter(state.values())).device)
+        module.load_state_dict(state)
+        return module
+
+    @torch.no_grad()
+    def load_member(self, i: int, module: nn.Module) -> None:
+        source = dict(module.state_dict())
+        for name, tensor in self.stacked_state().items():
+            tensor[i].copy_(source[name])
+
+    @torch.no_grad()
+    def broadcast(self, state: dict[str, Tensor]) -> None:
+        """Set every member to ``state`` (unstacked tensors by template names)."""
+        for name, tensor in self.stacked_state().items():
+            tensor.copy_(state[name].unsqueeze(0).expand_as(tensor))
+
