@@ -21,10 +21,15 @@ class GaussianGridMetrics(pl.Callback):
         self.latest: dict[str, float] = {}
         self._evaluated_round = -1
 
+    @staticmethod
+    def centres(pl_module) -> torch.Tensor:
+        """The mode centre of every global label (the modes the federation's data holds)."""
+        return grid_centres()[[c for _, c in pl_module.spec.label_classes]]
+
     def evaluate(self, pl_module) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
         # A fixed evaluation generator: every evaluation (and every run) sees the same latents.
         generator = torch.Generator(device=pl_module.device).manual_seed(12345)
-        centres = grid_centres()
+        centres = self.centres(pl_module)
         labels = torch.arange(len(centres), device=pl_module.device).repeat_interleave(self.samples_per_label)
         samples = pl_module.sample_global(labels, generator).float().cpu()
         conditional = bool(pl_module.cfg.model.conditional)
@@ -43,6 +48,7 @@ class GaussianGridMetrics(pl.Callback):
             if pl_module.training_finished and self.plot_dir is not None:
                 from fedgen_pl.plots import scatter_grid
 
-                scatter_grid(samples, labels, grid_centres(), self.std, self.plot_dir / "global_samples.png",
-                             title=f"global generator, round {done}: {metrics['modes_covered']}/9 modes, "
+                centres = self.centres(pl_module)
+                scatter_grid(samples, labels, centres, self.std, self.plot_dir / "global_samples.png",
+                             title=f"global generator, round {done}: {metrics['modes_covered']}/{len(centres)} modes, "
                                    f"high quality {metrics['high_quality_share']:.3f}")

@@ -88,6 +88,7 @@ class FederatedDataModule(pl.LightningDataModule):
             data_shape=tuple(self.train_x.shape[1:]),
             num_labels=num_labels,
             label_names=self.label_names,
+            label_classes=list(label_of),
             community_names=[f"{k}:{name}" for k, name in enumerate(names)],
             devices_per_community=device_counts,
             device_sample_counts=sizes,

@@ -160,13 +160,12 @@ def _merge(base: DictConfig, layer, source: str) -> DictConfig:
         return OmegaConf.merge(base, layer)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or ""
-        hint = ""
-        if "not in" in str(err) or "Key '" in str(err):
+        message = str(err).splitlines()[0]
+        if "not in" in message and "Did you mean" not in message:
             close = difflib.get_close_matches(key, _all_keys(base), n=1)
             if close:
-                hint = f" Did you mean '{close[0]}'?"
-        message = str(err).splitlines()[0]
-        raise ConfigError(f"{source}: key '{key}': {message}.{hint}") from None
+                message += f" Did you mean '{close[0]}'?"
+        raise ConfigError(f"{source}: key '{key}': {message}") from None
 
 
 def load_config(overrides: list[str] | None = None) -> DictConfig:

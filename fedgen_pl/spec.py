@@ -10,6 +10,7 @@ class FederationSpec:
     data_shape: tuple[int, ...]        # one sample, e.g. (2,) or (1, 28, 28)
     num_labels: int                    # size of the global label space
     label_names: list[str]             # "dataset:class" per global label
+    label_classes: list[tuple[str, int]]  # (dataset, class index in that dataset) per global label
     community_names: list[str]         # one per community
     devices_per_community: list[int]   # J_k
     device_sample_counts: list[int]    # training samples held by each device (flat, community-major)
@@ -33,4 +34,5 @@ class FederationSpec:
     def from_dict(cls, values: dict) -> "FederationSpec":
         values = dict(values)
         values["data_shape"] = tuple(values["data_shape"])
+        values["label_classes"] = [tuple(pair) for pair in values["label_classes"]]
         return cls(**values)

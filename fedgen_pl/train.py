@@ -73,7 +73,7 @@ def train(cfg: DictConfig) -> Path:
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__`.*")
+        warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
         trainer.fit(model, datamodule=datamodule)
 
     summary = {

@@ -1,0 +1,132 @@
+"""Edge and cloud maths against hand-computed numbers (METHOD.md §2, §5.1, §5.2)."""
+
+import math
+
+import pytest
+import torch
+
+from callbacks import GlobalAggregation
+from conftest import build_system
+from fedgen_pl.aggregation import (
+    RoundStats, cloud_weights, community_losses, fedavg, get_aggregation, loss_softmax, segment_softmax,
+    sync_edge_weights, weighted_step,
+)
+
+
+def test_segment_softmax_hand_computed():
+    values = torch.tensor([1.0, 2.0, 3.0, 0.5])
+    out = segment_softmax(values, torch.tensor([0, 0, 1, 1]), 2)
+    # e^1/(e^1+e^2) = 1/(1+e); e^3/(e^3+e^0.5) = 1/(1+e^-2.5)
+    torch.testing.assert_close(out, torch.tensor([0.268941, 0.731059, 0.924142, 0.075858]), atol=1e-6, rtol=0)
+
+
+def test_sync_edge_weights_tau():
+    losses = torch.tensor([-0.7, -0.2, -1.0, -1.0, -3.0])
+    community = torch.tensor([0, 0, 1, 1, 1])
+    # tau = 0: the plain mean of each community (the M-D GAN rule)
+    torch.testing.assert_close(sync_edge_weights(losses, community, 2, 0.0),
+                               torch.tensor([0.5, 0.5, 1 / 3, 1 / 3, 1 / 3]))
+    # tau = 2: softmax([-1.4, -0.4]) = [1/(1+e), e/(1+e)]; softmax([-2, -2, -6])
+    e4 = math.exp(-4.0)
+    expected = torch.tensor([0.268941, 0.731059, 1 / (2 + e4), 1 / (2 + e4), e4 / (2 + e4)])
+    torch.testing.assert_close(sync_edge_weights(losses, community, 2, 2.0), expected, atol=1e-6, rtol=0)
+    # weights are computed from detached losses
+    assert not sync_edge_weights(losses.requires_grad_(), community, 2, 1.0).requires_grad
+
+
+def test_community_losses_hand_computed():
+    weights = torch.tensor([0.25, 0.75, 1.0])
+    losses = torch.tensor([-1.0, -2.0, -0.5])
+    out = community_losses(weights, losses, torch.tensor([0, 0, 1]), 2)
+    torch.testing.assert_close(out, torch.tensor([-1.75, -0.5]))
+
+
+def test_cloud_weights_hand_computed():
+    l_star = torch.tensor([-1.0, -0.5, -2.0])
+    # e^-1 = 0.367879, e^-0.5 = 0.606531, e^-2 = 0.135335, sum = 1.109745
+    torch.testing.assert_close(cloud_weights(l_star, 1.0), torch.tensor([0.331499, 0.546549, 0.121952]),
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(cloud_weights(l_star, 0.0), torch.full((3,), 1 / 3))
+
+
+def _states():
+    global_state = {"w": torch.tensor([1.0, 2.0]), "count": torch.tensor([7])}
+    community_state = {"w": torch.tensor([[2.0, 2.0], [0.0, 4.0]]), "count": torch.tensor([[1], [2]])}
+    return global_state, community_state
+
+
+def test_weighted_step_eq1_and_cloud_lr():
+    g, gk = _states()
+    a = torch.tensor([0.25, 0.75])
+    # cloud_lr = 1: Eq. 1 as printed, the weighted average 0.25*[2,2] + 0.75*[0,4]
+    torch.testing.assert_close(weighted_step(g, gk, a, 1.0)["w"], torch.tensor([0.5, 3.5]))
+    # cloud_lr = 2: [1,2] + 2*(0.25*[1,0] + 0.75*[-1,2]) = [0, 5]
+    torch.testing.assert_close(weighted_step(g, gk, a, 2.0)["w"], torch.tensor([0.0, 5.0]))
+    # integer buffers are copied from G, never averaged
+    assert weighted_step(g, gk, a, 2.0)["count"].tolist() == [7]
+
+
+def test_loss_softmax_rule_tau0_is_plain_mean():
+    g, gk = _states()
+    stats = RoundStats(torch.tensor([-3.0, -0.1]), torch.tensor([10.0, 30.0]), tau_cloud=0.0, cloud_lr=1.0)
+    new, weights = loss_softmax(g, gk, stats)
+    torch.testing.assert_close(weights, torch.tensor([0.5, 0.5]))
+    torch.testing.assert_close(new["w"], torch.tensor([1.0, 3.0]))
+    # tau = 1: a = softmax([-3, -0.1]) = [1/(1+e^2.9), e^2.9/(1+e^2.9)] = [0.052154, 0.947846]
+    stats.tau_cloud = 1.0
+    new, weights = loss_softmax(g, gk, stats)
+    torch.testing.assert_close(weights, torch.tensor([0.052154, 0.947846]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(new["w"], torch.tensor([0.104308, 3.895692]), atol=1e-5, rtol=0)
+
+
+def test_fedavg_weights_by_samples():
+    g, gk = _states()
+    stats = RoundStats(torch.zeros(2), torch.tensor([10.0, 30.0]), tau_cloud=1.0, cloud_lr=1.0)
+    new, weights = fedavg(g, gk, stats)
+    torch.testing.assert_close(weights, torch.tensor([0.25, 0.75]))
+    torch.testing.assert_close(new["w"], torch.tensor([0.5, 3.5]))
+
+
+def test_unknown_rule_is_named():
+    with pytest.raises(KeyError, match="unknown rule 'nope'.*loss_softmax"):
+        get_aggregation("nope")
+
+
+def test_round_community_loss_is_mean_of_edge_values():
+    """L*_k = mean over the round's G_k updates of sum_j w_kj L_kj."""
+    system, datamodule = build_system()
+    opt_g, opt_d = system.configure_optimizers()
+    per_step = []
+    for _ in range(3):
+        s = system.local_iteration(system.draw_batch(datamodule), opt_g, opt_d)
+        per_step.append(torch.stack([(s.edge_weights * s.device_loss)[system.community_of_device == k].sum()
+                                     for k in range(system.num_communities)]))
+    torch.testing.assert_close(system.round_stats().community_loss, torch.stack(per_step).mean(0))
+
+
+@pytest.mark.parametrize("cloud_lr", ["1", "auto"])
+def test_callback_aggregates_and_broadcasts(cloud_lr):
+    system, datamodule = build_system("federation.local_iters=2", f"federation.cloud_lr={cloud_lr}",
+                                      "federation.tau_cloud=0.5")
+    opt_g, opt_d = system.configure_optimizers()
+    callback = GlobalAggregation()
+
+    class _Trainer:
+        should_stop = False
+
+    for _ in range(2):
+        system.local_iteration(system.draw_batch(datamodule), opt_g, opt_d)
+        system.local_iter += 1
+    stats = system.round_stats()
+    a = torch.softmax(0.5 * stats.community_loss, 0)
+    lr = 1.0 if cloud_lr == "1" else 3.0
+    expected = {name: g + lr * (a.view(-1, *[1] * g.dim()) * (system.community_state()[name] - g)).sum(0)
+                for name, g in system.global_state().items()}
+    callback.on_train_batch_end(_Trainer(), system, None, None, 0)
+    assert system.round == 1 and system.local_iter == 0
+    for name, value in system.global_state().items():
+        torch.testing.assert_close(value, expected[name])
+        for k in range(system.num_communities):
+            torch.testing.assert_close(system.community_state()[name][k], value)
+    torch.testing.assert_close(torch.tensor(callback.history[0]["cloud_weights"]), a)
+    assert float(system.round_updates.sum()) == 0

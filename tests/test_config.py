@@ -1,0 +1,86 @@
+"""Configuration: layering, documentation of every key, and loud failures naming the key."""
+
+import re
+
+import pytest
+from omegaconf import OmegaConf
+
+from fedgen_pl.cli import main
+from fedgen_pl.config import CONFIG_DIR, Config, ConfigError, cloud_lr, devices_per_community, load_config
+
+
+def _schema_keys(node, prefix=""):
+    for key in node:
+        value = node._get_node(key)
+        full = prefix + key
+        if OmegaConf.is_dict(value) and full != "schedules":
+            yield from _schema_keys(value, full + ".")
+        else:
+            yield full
+
+
+def test_default_yaml_documents_every_schema_key():
+    text = (CONFIG_DIR / "default.yaml").read_text()
+    documented = {}
+    stack = []
+    for line in text.splitlines():
+        m = re.match(r"^( *)([a-z_0-9]+):(.*)$", line)
+        if not m:
+            continue
+        depth = len(m.group(1)) // 2
+        stack = stack[:depth] + [m.group(2)]
+        documented[".".join(stack)] = "#" in m.group(3)
+    schema = OmegaConf.structured(Config)
+    for key in _schema_keys(schema):
+        assert key in documented, f"{key} missing from configs/default.yaml"
+        assert documented[key], f"{key} has no comment in configs/default.yaml"
+
+
+def test_layers_and_overrides():
+    cfg = load_config(["seed=3", "federation.local_iters=20"])
+    assert cfg.experiment == "gaussian_grid" and cfg.seed == 3 and cfg.federation.local_iters == 20
+    assert len(cfg.federation.communities) == 9 and cloud_lr(cfg) == 9.0
+    assert devices_per_community(cfg) == [5] * 9
+    assert load_config(["federation.cloud_lr=1"]).federation.cloud_lr == 1
+
+
+def test_schedule_block_applies_and_command_line_wins():
+    assert load_config(["schedule=full"]).federation.global_rounds == 600
+    assert load_config(["schedule=full", "federation.global_rounds=7"]).federation.global_rounds == 7
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["federation.local_iter=3"], r"key 'federation.local_iter'.*Did you mean.*local_iters"),
+    (["bogus=1"], r"key 'bogus'"),
+    (["federation.local_iters=abc"], r"federation.local_iters"),
+    (["federation.local_iters=0"], r"federation.local_iters: must be >= 1"),
+    (["federation.update=sometimes"], r"federation.update: 'sometimes' is not allowed; choose one of sync, async"),
+    (["federation.cloud_lr=-1"], r"federation.cloud_lr: must be 'auto' or a number > 0"),
+    (["federation.cloud_lr=fast"], r"federation.cloud_lr: must be 'auto' or a number > 0, got 'fast'"),
+    (["federation.devices_per_community=[1, 2]"], r"devices_per_community: has 2 entries but .* has 9"),
+    (["federation.devices_per_community=0"], r"devices_per_community: must be an int >= 1"),
+    (["federation.communities=[{data: cifar}]"], r"communities\[0\].data: unknown dataset 'cifar'"),
+    (["federation.aggregation=median"], r"federation.aggregation: unknown rule 'median'"),
+    (["model.gan_loss=wasserstein"], r"model.gan_loss: 'wasserstein' is not allowed"),
+    (["model.beta1=1.5"], r"model.beta1: must be in \[0, 1\)"),
+    (["experiment=nonexistent"], r"experiment: unknown experiment 'nonexistent'; available: .*gaussian_grid"),
+    (["schedule=slow"], r"schedule: 'slow' is not allowed"),
+    (["seed"], r"override 'seed' is not of the form key=value"),
+    (["data.batch_size=0"], r"data.batch_size: must be >= 1"),
+])
+def test_bad_input_names_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides)
+
+
+def test_cli_reports_config_errors_before_training(capsys, tmp_path):
+    assert main(["train", "federation.local_iters=0", f"output_dir={tmp_path / 'x'}"]) == 2
+    assert "federation.local_iters: must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_experiment_can_be_a_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("federation:\n  communities: [{data: gaussian_grid, classes: [3]}]\n  local_iters: 2\n")
+    cfg = load_config([f"experiment={path}"])
+    assert cfg.federation.local_iters == 2 and len(cfg.federation.communities) == 1
