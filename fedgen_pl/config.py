@@ -222,7 +222,7 @@ def validate(cfg: DictConfig) -> None:
                  f"unknown schedule; experiments may define {CHOICES['schedule']}")
 
     fed = cfg.federation
-    _require(fed.update == "sync", "federation.update",
+    _require(fed["update"] == "sync", "federation.update",
              "'async' (the virtual-clock update, Eq. 5) is not implemented yet; use sync")
     k = len(fed.communities)
     _require(k >= 1, "federation.communities", "needs at least one community, e.g. [{data: mnist}]")
