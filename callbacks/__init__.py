@@ -3,5 +3,6 @@
 from callbacks.aggregation import GlobalAggregation
 from callbacks.checkpoint import RoundCheckpoint
 from callbacks.grid_metrics import GaussianGridMetrics
+from callbacks.image_samples import ImageSamples
 
-__all__ = ["GlobalAggregation", "GaussianGridMetrics", "RoundCheckpoint"]
+__all__ = ["GlobalAggregation", "GaussianGridMetrics", "ImageSamples", "RoundCheckpoint"]

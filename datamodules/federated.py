@@ -8,17 +8,19 @@ Lightning dataloader only ticks (it yields the iteration number); the model pull
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from datamodules.partition import community_shares, split_iid
-from datamodules.sources import SOURCES, SourceData
+from datamodules.partition import PartitionError, community_shares, partition_devices
+from datamodules.sources import SourceData, load_source
 from fedgen_pl.config import ConfigError, devices_per_community
 from fedgen_pl.spec import FederationSpec
 
@@ -43,7 +45,7 @@ class FederatedDataModule(pl.LightningDataModule):
         cfg = self.cfg
         communities = list(cfg.federation.communities)
         names = [c.data for c in communities]
-        sources: dict[str, SourceData] = {name: SOURCES[name](cfg) for name in dict.fromkeys(names)}
+        sources: dict[str, SourceData] = {name: load_source(cfg, name) for name in dict.fromkeys(names)}
         classes = []
         for i, community in enumerate(communities):
             source = sources[community.data]
@@ -53,55 +55,81 @@ class FederatedDataModule(pl.LightningDataModule):
                 raise ConfigError(f"federation.communities[{i}].classes: {bad} not in dataset '{community.data}' "
                                   f"(classes 0..{source.num_classes - 1})")
             classes.append(wanted)
+        shapes = {name: tuple(s.train_x.shape[1:]) for name, s in sources.items()}
+        if len(set(shapes.values())) > 1:
+            raise ConfigError(f"federation.communities: datasets have different sample shapes {shapes}; one "
+                              f"generator architecture needs one shape")
 
-        # Global label space: the union of (dataset, class) pairs in order of first appearance.
-        label_of: dict[tuple[str, int], int] = {}
-        for name, wanted in zip(names, classes):
-            for c in wanted:
-                label_of.setdefault((name, c), len(label_of))
-        self.label_names = [f"{name}:{sources[name].class_names[c]}" for name, c in label_of]
+        label_of = self._label_space(names, classes, sources)
+        num_labels = max(label_of.values()) + 1
+        lookups = {name: torch.tensor([label_of.get((name, c), -1) for c in range(s.num_classes)])
+                   for name, s in sources.items()}
 
-        generator = torch.Generator().manual_seed(int(cfg.seed))
-        shares = community_shares(names, classes, {n: s.train_y for n, s in sources.items()}, generator)
+        rng = np.random.default_rng(int(cfg.seed))
+        bases = [sources[name].base for name in names]
+        base_labels = {sources[name].base: sources[name].train_y.numpy() for name in names}
+        shares = community_shares(bases, classes, base_labels, rng)
         device_counts = devices_per_community(cfg)
         xs, ys, sizes, self.partition = [], [], [], []
         for k, (name, share) in enumerate(zip(names, shares)):
-            if len(share) < device_counts[k]:
-                raise ConfigError(f"federation.devices_per_community: community {k} ({name}) has {len(share)} "
-                                  f"samples but {device_counts[k]} devices")
             source = sources[name]
-            lookup = torch.tensor([label_of.get((name, c), -1) for c in range(source.num_classes)])
-            devices = split_iid(share, device_counts[k], generator)
+            where = f"community {k} ({name}, {len(share)} samples)"
+            try:
+                devices = partition_devices(share, source.train_y.numpy(), device_counts[k], cfg.data, rng, where)
+            except PartitionError as err:
+                raise ConfigError(str(err)) from None
             self.partition.append([d.tolist() for d in devices])
             for indices in devices:
+                indices = torch.from_numpy(indices)
                 xs.append(source.train_x[indices])
-                ys.append(lookup[source.train_y[indices]])
+                ys.append(lookups[name][source.train_y[indices]])
                 sizes.append(len(indices))
         self.train_x = torch.cat(xs)
         self.train_y = torch.cat(ys)
         self.device_sizes = torch.tensor(sizes)
         self.device_offsets = torch.cumsum(self.device_sizes, 0) - self.device_sizes
-        num_labels = len(label_of)
         self.label_histogram = torch.stack([torch.bincount(y, minlength=num_labels) for y in ys]).float()
+
+        # Each community's test data: its dataset's test split, restricted to its classes.
+        self.community_test = []
+        for name, wanted in zip(names, classes):
+            source = sources[name]
+            keep = torch.isin(source.test_y, torch.tensor(wanted))
+            self.community_test.append((source.test_x[keep], lookups[name][source.test_y[keep]]))
         self.sources = sources
         self.spec = FederationSpec(
             data_shape=tuple(self.train_x.shape[1:]),
             num_labels=num_labels,
             label_names=self.label_names,
-            label_classes=list(label_of),
+            label_classes=self.label_classes,
             community_names=[f"{k}:{name}" for k, name in enumerate(names)],
             devices_per_community=device_counts,
             device_sample_counts=sizes,
         )
 
-    def to(self, device: torch.device) -> "FederatedDataModule":
-        """Move the training tensors to ``device`` (the GPU when training on one)."""
-        for name in ("train_x", "train_y", "device_sizes", "device_offsets", "label_histogram"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
+    def _label_space(self, names, classes, sources) -> dict[tuple[str, int], int]:
+        """Global label of every (dataset, class): ``union`` numbers the pairs in order of first
+        appearance; ``shared`` uses the class index itself (same classes in every domain)."""
+        label_of: dict[tuple[str, int], int] = {}
+        if self.cfg.data.label_space == "union":
+            for name, wanted in zip(names, classes):
+                for c in wanted:
+                    label_of.setdefault((name, c), len(label_of))
+            self.label_names = [f"{name}:{sources[name].class_names[c]}" for name, c in label_of]
+            self.label_classes = list(label_of)
+        else:
+            for name, wanted in zip(names, classes):
+                for c in wanted:
+                    label_of[(name, c)] = c
+            num = max(label_of.values()) + 1
+            first = sources[names[0]]
+            self.label_names = [first.class_names[c] if c < first.num_classes else str(c) for c in range(num)]
+            self.label_classes = [(names[0], c) for c in range(num)]
+        return label_of
 
-    def write_partition(self, path: Path) -> None:
-        """The partition map: community -> device -> indices into the community's dataset."""
+    def write_partition(self, run_dir: Path) -> None:
+        """``partition.json`` (community -> device -> indices into the community's dataset), the
+        per-device class histograms as ``partition_histogram.csv`` and ``plots/partition_histogram.png``."""
         payload = {
             "communities": [
                 {"name": name, "devices": [{"device": j, "indices": idx} for j, idx in enumerate(devices)]}
@@ -109,7 +137,30 @@ class FederatedDataModule(pl.LightningDataModule):
             ],
             "label_names": self.label_names,
         }
-        path.write_text(json.dumps(payload))
+        (run_dir / "partition.json").write_text(json.dumps(payload))
+        rows = self.histogram_rows()
+        with open(run_dir / "partition_histogram.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["community", "device", *self.label_names])
+            writer.writerows(rows)
+        from fedgen_pl.plots import partition_histogram
+
+        partition_histogram(self.label_histogram.cpu(), self.spec, run_dir / "plots" / "partition_histogram.png")
+
+    def histogram_rows(self) -> list[list]:
+        community = self.spec.community_of_device
+        counts = self.devices_within_community()
+        return [[community[n], counts[n], *self.label_histogram[n].int().tolist()]
+                for n in range(self.spec.num_devices)]
+
+    def devices_within_community(self) -> list[int]:
+        return [j for count in self.spec.devices_per_community for j in range(count)]
+
+    def to(self, device: torch.device) -> "FederatedDataModule":
+        """Move the training tensors to ``device`` (the GPU when training on one)."""
+        for name in ("train_x", "train_y", "device_sizes", "device_offsets", "label_histogram"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
 
     # -- sampling (inside the training step) --------------------------------------------------
     def sample_real(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

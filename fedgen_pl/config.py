@@ -50,10 +50,14 @@ class FederationConfig:
 @dataclass
 class ModelConfig:
     name: str = MISSING
+    arch: str = MISSING
     gan_loss: str = MISSING
     conditional: bool = MISSING
     latent_dim: int = MISSING
     hidden_dim: int = MISSING
+    g_channels: int = MISSING
+    d_channels: int = MISSING
+    g_norm: str = MISSING
     g_lr: float = MISSING
     d_lr: float = MISSING
     beta1: float = MISSING
@@ -63,6 +67,17 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     batch_size: int = MISSING
+    root: Optional[str] = None
+    download: bool = MISSING
+    download_dir: str = MISSING
+    image_size: int = MISSING
+    channels: int = MISSING
+    label_space: str = MISSING
+    partition: str = MISSING
+    classes_per_device: int = MISSING
+    dirichlet_alpha: float = MISSING
+    dirichlet_min_size: int = MISSING
+    quantity_skew: float = MISSING
     gaussian_std: float = MISSING
     gaussian_samples_per_mode: int = MISSING
 
@@ -108,7 +123,11 @@ CHOICES = {
     "schedule": ("quick", "full"),
     "federation.update": ("sync", "async"),
     "model.name": ("fedgen_fr",),
+    "model.arch": ("auto", "mlp", "dcgan"),
     "model.gan_loss": ("non_saturating", "saturating"),
+    "model.g_norm": ("group", "none"),
+    "data.label_space": ("union", "shared"),
+    "data.partition": ("iid", "shards", "dirichlet"),
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
     "trainer.precision": ("32-true", "32", "16-mixed", "bf16-mixed"),
     "logger.wandb_mode": ("offline", "online", "disabled"),
@@ -251,11 +270,13 @@ def validate(cfg: DictConfig) -> None:
 
     _require(fed.aggregation in AGGREGATION_RULES, "federation.aggregation",
              f"unknown rule '{fed.aggregation}'; registered: {', '.join(sorted(AGGREGATION_RULES))}")
-    from datamodules.sources import SOURCES
+    from datamodules.sources import SOURCES, user_dataset_dir
 
     for i, community in enumerate(fed.communities):
-        _require(community.data in SOURCES, f"federation.communities[{i}].data",
-                 f"unknown dataset '{community.data}'; available: {', '.join(sorted(SOURCES))}")
+        _require(community.data in SOURCES or user_dataset_dir(cfg, community.data) is not None,
+                 f"federation.communities[{i}].data",
+                 f"unknown dataset '{community.data}'; available: {', '.join(sorted(SOURCES))}, or any "
+                 f"directory <data.root>/{community.data}/ in the user layout (README, 'Your own dataset')")
         if community.classes is not None:
             _require(len(community.classes) >= 1, f"federation.communities[{i}].classes",
                      "must list at least one class (or be omitted for all classes)")
@@ -263,7 +284,7 @@ def validate(cfg: DictConfig) -> None:
                      f"federation.communities[{i}].classes", f"has duplicates: {list(community.classes)}")
 
     m = cfg.model
-    for key in ("latent_dim", "hidden_dim"):
+    for key in ("latent_dim", "hidden_dim", "g_channels", "d_channels"):
         _require(m[key] >= 1, f"model.{key}", f"must be >= 1, got {m[key]}")
     for key in ("g_lr", "d_lr"):
         _require(m[key] > 0, f"model.{key}", f"must be > 0, got {m[key]}")
@@ -272,6 +293,12 @@ def validate(cfg: DictConfig) -> None:
 
     d = cfg.data
     _require(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
+    _require(d.image_size >= 8, "data.image_size", f"must be >= 8, got {d.image_size}")
+    _require(d.channels in (1, 3), "data.channels", f"must be 1 or 3, got {d.channels}")
+    _require(d.classes_per_device >= 1, "data.classes_per_device", f"must be >= 1, got {d.classes_per_device}")
+    _require(d.dirichlet_alpha > 0, "data.dirichlet_alpha", f"must be > 0, got {d.dirichlet_alpha}")
+    _require(d.dirichlet_min_size >= 1, "data.dirichlet_min_size", f"must be >= 1, got {d.dirichlet_min_size}")
+    _require(d.quantity_skew >= 0, "data.quantity_skew", f"must be >= 0 (0 = equal sizes), got {d.quantity_skew}")
     _require(d.gaussian_std > 0, "data.gaussian_std", f"must be > 0, got {d.gaussian_std}")
     _require(d.gaussian_samples_per_mode >= 1, "data.gaussian_samples_per_mode",
              f"must be >= 1, got {d.gaussian_samples_per_mode}")

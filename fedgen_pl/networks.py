@@ -57,15 +57,87 @@ class MLPDiscriminator(nn.Module):
         return logit
 
 
+class DCGANGenerator(nn.Module):
+    """z (+ one-hot label) -> fc -> 2 transposed convs -> image in [-1, 1] (DCGAN-style, 28x28 by default).
+
+    Normalisation is per sample (GroupNorm) or none: batch statistics would make a device's samples
+    depend on the other devices' batch and running statistics would need their own aggregation rule
+    (METHOD.md §5.5)."""
+
+    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], num_labels: int = 0,
+                 channels: int = 64, norm: str = "group"):
+        super().__init__()
+        c_out, height, width = image_shape
+        if height % 4 or width % 4:
+            raise ValueError(f"DCGAN networks need image sides divisible by 4, got {height}x{width}")
+        self.num_labels = num_labels
+        self.start = (2 * channels, height // 4, width // 4)
+
+        def norm_layer(c: int) -> nn.Module:
+            return nn.GroupNorm(min(8, c), c) if norm == "group" else nn.Identity()
+
+        self.project = nn.Linear(latent_dim + num_labels, 2 * channels * (height // 4) * (width // 4))
+        self.body = nn.Sequential(
+            norm_layer(2 * channels), nn.ReLU(),
+            nn.ConvTranspose2d(2 * channels, channels, 4, 2, 1), norm_layer(channels), nn.ReLU(),
+            nn.ConvTranspose2d(channels, c_out, 4, 2, 1), nn.Tanh(),
+        )
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.num_labels:
+            z = torch.cat([z, F.one_hot(labels, self.num_labels).to(z.dtype)], dim=-1)
+        return self.body(self.project(z).view(-1, *self.start))
+
+
+class DCGANDiscriminator(nn.Module):
+    """image -> 2 strided convs -> features h -> logit, projection term for the label when conditional.
+    No normalisation: every sample is scored independently (METHOD.md §5.5)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], num_labels: int = 0, channels: int = 32,
+                 features: int = 256):
+        super().__init__()
+        c_in, height, width = image_shape
+        self.num_labels = num_labels
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, channels, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, 2 * channels, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            nn.Linear(2 * channels * (height // 4) * (width // 4), features), nn.LeakyReLU(0.2),
+        )
+        self.head = nn.Linear(features, 1)
+        if num_labels:
+            self.label_embedding = nn.Embedding(num_labels, features)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        h = self.body(x)
+        logit = self.head(h).squeeze(-1)
+        if self.num_labels:
+            logit = logit + (self.label_embedding(labels) * h).sum(-1)
+        return logit
+
+
+def _arch(model_cfg, spec) -> str:
+    if model_cfg.arch != "auto":
+        return model_cfg.arch
+    return "mlp" if len(spec.data_shape) == 1 else "dcgan"
+
+
 def build_generator(model_cfg, spec) -> nn.Module:
     num_labels = spec.num_labels if model_cfg.conditional else 0
-    if len(spec.data_shape) == 1:
+    arch = _arch(model_cfg, spec)
+    if arch == "mlp" and len(spec.data_shape) == 1:
         return MLPGenerator(model_cfg.latent_dim, spec.data_shape[0], num_labels, model_cfg.hidden_dim)
-    raise ValueError(f"no generator for data of shape {spec.data_shape} (model.arch={model_cfg.arch})")
+    if arch == "dcgan" and len(spec.data_shape) == 3:
+        return DCGANGenerator(model_cfg.latent_dim, spec.data_shape, num_labels, model_cfg.g_channels,
+                              model_cfg.g_norm)
+    raise ValueError(f"model.arch={model_cfg.arch}: no generator for data of shape {spec.data_shape}")
 
 
 def build_discriminator(model_cfg, spec) -> nn.Module:
     num_labels = spec.num_labels if model_cfg.conditional else 0
-    if len(spec.data_shape) == 1:
+    arch = _arch(model_cfg, spec)
+    if arch == "mlp" and len(spec.data_shape) == 1:
         return MLPDiscriminator(spec.data_shape[0], num_labels, model_cfg.hidden_dim)
-    raise ValueError(f"no discriminator for data of shape {spec.data_shape} (model.arch={model_cfg.arch})")
+    if arch == "dcgan" and len(spec.data_shape) == 3:
+        return DCGANDiscriminator(spec.data_shape, num_labels, model_cfg.d_channels)
+    raise ValueError(f"model.arch={model_cfg.arch}: no discriminator for data of shape {spec.data_shape}")

@@ -24,3 +24,46 @@ def scatter_grid(samples, labels, centres, std: float, path: Path, title: str = 
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def partition_histogram(histogram, spec, path: Path) -> Path:
+    """Per-device class counts as a heat map: one row per device, one column per global label."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    num_devices, num_labels = histogram.shape
+    fig, ax = plt.subplots(figsize=(max(4, 0.35 * num_labels + 2), max(3, 0.28 * num_devices + 1.5)))
+    image = ax.imshow(histogram, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(num_labels))
+    ax.set_xticklabels(spec.label_names, rotation=90, fontsize=6)
+    community = spec.community_of_device
+    ax.set_yticks(range(num_devices))
+    ax.set_yticklabels([f"c{community[n]} d{n}" for n in range(num_devices)], fontsize=6)
+    for boundary in [i - 0.5 for i in range(1, num_devices) if community[i] != community[i - 1]]:
+        ax.axhline(boundary, color="white", lw=1)
+    fig.colorbar(image, ax=ax, label="samples")
+    ax.set_title("samples per device and label", fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def image_grid(images, path: Path, nrow: int, title: str = "", row_labels=None) -> Path:
+    """Images in [-1, 1] (``[n, C, H, W]``) as one PNG grid with ``nrow`` images per row."""
+    import torchvision
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid = torchvision.utils.make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1),
+                                       pad_value=1.0)
+    rows = -(-len(images) // nrow)
+    fig, ax = plt.subplots(figsize=(max(3, nrow * 0.45 + 1.5), max(2, rows * 0.45 + 0.6)))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    if row_labels is not None:
+        height = images.shape[-2] + 2
+        ax.set_yticks([2 + height * (i + 0.5) for i in range(len(row_labels))])
+        ax.set_yticklabels(row_labels, fontsize=6)
+    else:
+        ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks import GaussianGridMetrics, GlobalAggregation, RoundCheckpoint
+from callbacks import GaussianGridMetrics, GlobalAggregation, ImageSamples, RoundCheckpoint
 from datamodules import FederatedDataModule
 from fedgen_pl.system import FederatedGAN
 
@@ -51,12 +51,15 @@ def train(cfg: DictConfig) -> Path:
 
     datamodule = FederatedDataModule(cfg)
     datamodule.setup("fit")
-    datamodule.write_partition(run_dir / "partition.json")
+    datamodule.write_partition(run_dir)
     model = FederatedGAN(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
 
     aggregation = GlobalAggregation()
-    evaluation = GaussianGridMetrics(cfg.metrics.eval_every, cfg.metrics.grid_samples_per_label,
-                                     cfg.data.gaussian_std, plot_dir=run_dir / "plots")
+    if len(datamodule.spec.data_shape) == 1:
+        evaluation = GaussianGridMetrics(cfg.metrics.eval_every, cfg.metrics.grid_samples_per_label,
+                                         cfg.data.gaussian_std, plot_dir=run_dir / "plots")
+    else:
+        evaluation = ImageSamples(run_dir / "plots", cfg.metrics.eval_every)
     checkpoint = RoundCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_rounds)
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
@@ -82,7 +85,7 @@ def train(cfg: DictConfig) -> Path:
         "rounds": model.round,
         "iterations": model.iteration,
         "wall_time_s": round(time.time() - started, 2),
-        "metrics": evaluation.latest,
+        "metrics": getattr(evaluation, "latest", {}),
         "cloud_weights_last_round": aggregation.history[-1]["cloud_weights"] if aggregation.history else None,
         "run_dir": str(run_dir),
     }
