@@ -97,6 +97,7 @@ class FederatedDataModule(pl.LightningDataModule):
             keep = torch.isin(source.test_y, torch.tensor(wanted))
             self.community_test.append((source.test_x[keep], lookups[name][source.test_y[keep]]))
         self.sources = sources
+        self.lookups = lookups
         self.spec = FederationSpec(
             data_shape=tuple(self.train_x.shape[1:]),
             num_labels=num_labels,
@@ -155,6 +156,19 @@ class FederatedDataModule(pl.LightningDataModule):
 
     def devices_within_community(self) -> list[int]:
         return [j for count in self.spec.devices_per_community for j in range(count)]
+
+    def labelled_splits(self) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
+        """Every training image of the classes the federation uses (each dataset once, whichever
+        community holds it) with its global label, and each dataset's test split likewise."""
+        xs, ys, tests = [], [], {}
+        for name, source in self.sources.items():
+            lookup = self.lookups[name]
+            keep = lookup[source.train_y] >= 0
+            xs.append(source.train_x[keep])
+            ys.append(lookup[source.train_y[keep]])
+            keep = lookup[source.test_y] >= 0
+            tests[name] = (source.test_x[keep], lookup[source.test_y[keep]])
+        return torch.cat(xs), torch.cat(ys), tests
 
     def to(self, device: torch.device) -> "FederatedDataModule":
         """Move the training tensors to ``device`` (the GPU when training on one)."""

@@ -148,8 +148,10 @@ class FederatedGAN(pl.LightningModule):
         # 1-2. Devices update D_kj on their real data and on G_k(z_d).
         with torch.no_grad():
             fake_d = self.generate(batch.z_d, batch.y_d)
-        real_logits = self.device_discriminators(batch.real_x, batch.real_y)
-        fake_logits = self.device_discriminators(fake_d, batch.y_d)
+        # One batched call over real and generated samples (D scores every sample independently).
+        B = batch.real_x.shape[1]
+        logits = self.device_discriminators(torch.cat([batch.real_x, fake_d], 1), torch.cat([batch.real_y, batch.y_d], 1))
+        real_logits, fake_logits = logits[:, :B], logits[:, B:]
         # -[log D(x) + log(1 - D(G(z_d)))], batch means, one value per device
         d_loss = F.softplus(-real_logits).mean(1) + F.softplus(fake_logits).mean(1)
         opt_d.zero_grad(set_to_none=True)

@@ -15,7 +15,7 @@ def _compare_states(system, loop, opt_g, opt_d, atol):
             st, ref = opt_d.state[system.device_discriminators.stacked_params()[name]], loop.d_opts[n].state[p]
             torch.testing.assert_close(st["exp_avg"][n], ref["exp_avg"], atol=atol, rtol=0)
             torch.testing.assert_close(st["exp_avg_sq"][n], ref["exp_avg_sq"], atol=atol, rtol=0)
-            assert float(st["step"][n]) == float(ref["step"])
+            assert float(st["step"]) == float(ref["step"])
     for k, gen in enumerate(loop.generators):
         for name, p in gen.named_parameters():
             stacked = system.community_generators.stacked_params()[name][k]
