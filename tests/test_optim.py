@@ -63,4 +63,4 @@ def test_masked_then_unmasked_steps_equal_per_member_adam():
                 ref.step()
     for i, p in enumerate(members):
         torch.testing.assert_close(stacked[i], p, atol=1e-6, rtol=0)
-    assert opt.state[stacked]["member_step"].tolist() == [3.0, 2.0, 5.0]
+    assert opt.state[stacked]["member_step"].tolist() == [4.0, 3.0, 5.0]
