@@ -102,7 +102,9 @@ def load_source(cfg, name: str) -> SourceData:
         raise DataNotFoundError(f"dataset '{name}' is neither registered ({', '.join(sorted(SOURCES))}) nor a "
                                 f"directory under data.root ({cfg.data.root}); see datamodules/sources.py "
                                 f"for the layout")
-    return _fit_images(cfg, _read_user_dir(directory, name), name)
+    source = _memoised(_key(cfg, name), lambda: _fit_images(cfg, _read_user_dir(directory, name), name))
+    log.info("%s: loaded from %s", name, source.origin)
+    return source
 
 
 # -- file formats -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from omegaconf import OmegaConf
@@ -34,7 +35,31 @@ def _config(args) -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the message (tests capture it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _configure_logging() -> None:
+    """fedgen's own progress messages (data sources, caches) go to stderr at INFO."""
+    log = logging.getLogger("fedgen")
+    if not log.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("[fedgen] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    _configure_logging()
     parser = argparse.ArgumentParser(prog="fedgen", description="Federated generative models in PyTorch Lightning")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, fn, text in (("train", _train, "train one run"),

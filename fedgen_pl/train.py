@@ -42,6 +42,15 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
+def log_partition(loggers: list, datamodule, run_dir: Path) -> None:
+    """The per-device class histograms as a W&B table and image (the CSV and PNG are in run_dir)."""
+    for logger in loggers:
+        if isinstance(logger, pl.loggers.WandbLogger):
+            columns = ["community", "device", *datamodule.label_names]
+            logger.log_table(key="partition/histogram", columns=columns, data=datamodule.histogram_rows())
+            logger.log_image(key="partition/histogram_png", images=[str(run_dir / "plots" / "partition_histogram.png")])
+
+
 def train(cfg: DictConfig) -> Path:
     """Train one run; returns its directory."""
     started = time.time()
@@ -61,12 +70,14 @@ def train(cfg: DictConfig) -> Path:
     else:
         evaluation = ImageSamples(run_dir / "plots", cfg.metrics.eval_every)
     checkpoint = RoundCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_rounds)
+    loggers = build_loggers(cfg, run_dir)
+    log_partition(loggers, datamodule, run_dir)
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
         precision=cfg.trainer.precision,
         max_epochs=1,
-        logger=build_loggers(cfg, run_dir),
+        logger=loggers,
         callbacks=[aggregation, evaluation, checkpoint],   # order matters: aggregate, evaluate, save
         enable_checkpointing=False,
         enable_model_summary=False,

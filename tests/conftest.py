@@ -18,6 +18,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(2)
 
 SMALL_GRID = [
+    "experiment=gaussian_grid",
     "federation.communities=[{data: gaussian_grid, classes: [0, 1]}, {data: gaussian_grid, classes: [2]},"
     " {data: gaussian_grid, classes: [4]}]",
     "federation.devices_per_community=2",

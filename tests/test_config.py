@@ -37,16 +37,19 @@ def test_default_yaml_documents_every_schema_key():
 
 
 def test_layers_and_overrides():
-    cfg = load_config(["seed=3", "federation.local_iters=20"])
+    assert load_config([]).experiment == "mnist_fmnist_noniid"
+    cfg = load_config(["experiment=gaussian_grid", "seed=3", "federation.local_iters=20"])
     assert cfg.experiment == "gaussian_grid" and cfg.seed == 3 and cfg.federation.local_iters == 20
     assert len(cfg.federation.communities) == 9 and cloud_lr(cfg) == 9.0
     assert devices_per_community(cfg) == [5] * 9
     assert load_config(["federation.cloud_lr=1"]).federation.cloud_lr == 1
+    assert load_config(["experiment=mnist_fmnist_noniid"]).data.partition == "shards"
 
 
 def test_schedule_block_applies_and_command_line_wins():
-    assert load_config(["schedule=full"]).federation.global_rounds == 600
-    assert load_config(["schedule=full", "federation.global_rounds=7"]).federation.global_rounds == 7
+    assert load_config(["experiment=gaussian_grid", "schedule=full"]).federation.global_rounds == 600
+    assert load_config(["experiment=gaussian_grid", "schedule=full",
+                        "federation.global_rounds=7"]).federation.global_rounds == 7
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -57,7 +60,7 @@ def test_schedule_block_applies_and_command_line_wins():
     (["federation.update=sometimes"], r"federation.update: 'sometimes' is not allowed; choose one of sync, async"),
     (["federation.cloud_lr=-1"], r"federation.cloud_lr: must be 'auto' or a number > 0"),
     (["federation.cloud_lr=fast"], r"federation.cloud_lr: must be 'auto' or a number > 0, got 'fast'"),
-    (["federation.devices_per_community=[1, 2]"], r"devices_per_community: has 2 entries but .* has 9"),
+    (["federation.devices_per_community=[1, 2]"], r"devices_per_community: has 2 entries but .* has 3"),
     (["federation.devices_per_community=0"], r"devices_per_community: must be an int >= 1"),
     (["federation.communities=[{data: cifar}]"], r"communities\[0\].data: unknown dataset 'cifar'"),
     (["federation.aggregation=median"], r"federation.aggregation: unknown rule 'median'"),

@@ -46,3 +46,23 @@ def test_train_with_wandb_offline(tmp_path):
     run_dir = tmp_path / "run"
     assert main(["train", *FAST, "federation.global_rounds=1", "logger.wandb=true", f"output_dir={run_dir}"]) == 0
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_train_on_images_writes_sample_grid(tmp_path, capsys):
+    from test_sources import write_idx_dataset, write_npz_dataset
+
+    write_idx_dataset(tmp_path / "data" / "tiny")
+    write_npz_dataset(tmp_path / "data" / "mine")
+    run_dir = tmp_path / "run"
+    overrides = ["experiment=mnist_fmnist_noniid", f"data.root={tmp_path / 'data'}", "data.download=false",
+                 "data.image_size=8", "federation.communities=[{data: tiny}, {data: mine}, {data: mine}]",
+                 "federation.devices_per_community=2", "data.classes_per_device=2", "data.batch_size=4",
+                 "federation.global_rounds=2", "federation.local_iters=1", "model.g_channels=4",
+                 "model.d_channels=4", "model.latent_dim=4", "trainer.progress_bar=false", f"output_dir={run_dir}"]
+    assert main(["train", *overrides]) == 0
+    assert (run_dir / "plots" / "samples_global.png").is_file()
+    assert (run_dir / "plots" / "partition_histogram.png").is_file()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 2
+    err = capsys.readouterr().err
+    assert f"[fedgen] tiny: loaded from {tmp_path / 'data' / 'tiny'}" in err
