@@ -1,8 +1,8 @@
-"""Lightning callbacks: global aggregation, evaluation, checkpoints."""
+"""Lightning callbacks: global aggregation (the cloud tier), evaluation, checkpoints."""
 
 from callbacks.aggregation import GlobalAggregation
 from callbacks.checkpoint import RoundCheckpoint
+from callbacks.generation_metrics import GenerationMetrics
 from callbacks.grid_metrics import GaussianGridMetrics
-from callbacks.image_samples import ImageSamples
 
-__all__ = ["GlobalAggregation", "GaussianGridMetrics", "ImageSamples", "RoundCheckpoint"]
+__all__ = ["GlobalAggregation", "GaussianGridMetrics", "GenerationMetrics", "RoundCheckpoint"]

@@ -84,6 +84,7 @@ class FederatedDataModule(pl.LightningDataModule):
                 xs.append(source.train_x[indices])
                 ys.append(lookups[name][source.train_y[indices]])
                 sizes.append(len(indices))
+        community_of = [k for k, count in enumerate(device_counts) for _ in range(count)]
         self.train_x = torch.cat(xs)
         self.train_y = torch.cat(ys)
         self.device_sizes = torch.tensor(sizes)
@@ -106,6 +107,8 @@ class FederatedDataModule(pl.LightningDataModule):
             community_names=[f"{k}:{name}" for k, name in enumerate(names)],
             devices_per_community=device_counts,
             device_sample_counts=sizes,
+            community_labels=[sorted({label for n in range(len(ys)) if community_of[n] == k
+                                      for label in torch.unique(ys[n]).tolist()}) for k in range(len(names))],
         )
 
     def _label_space(self, names, classes, sources) -> dict[tuple[str, int], int]:

@@ -86,6 +86,12 @@ class DataConfig:
 class MetricsConfig:
     eval_every: int = MISSING
     grid_samples_per_label: int = MISSING
+    num_samples: int = MISSING
+    kid_subset_size: int = MISSING
+    inception: Any = MISSING
+    classifier_epochs: int = MISSING
+    classifier_train_samples: Optional[int] = None
+    cache_dir: str = MISSING
 
 
 @dataclass
@@ -303,6 +309,14 @@ def validate(cfg: DictConfig) -> None:
     _require(d.gaussian_samples_per_mode >= 1, "data.gaussian_samples_per_mode",
              f"must be >= 1, got {d.gaussian_samples_per_mode}")
     _require(cfg.metrics.eval_every >= 1, "metrics.eval_every", f"must be >= 1, got {cfg.metrics.eval_every}")
+    mc = cfg.metrics
+    _require(mc.inception in ("auto", True, False), "metrics.inception", f"must be auto, true or false, got {mc.inception!r}")
+    _require(mc.num_samples >= 10, "metrics.num_samples", f"must be >= 10, got {mc.num_samples}")
+    _require(1 <= mc.kid_subset_size <= mc.num_samples, "metrics.kid_subset_size",
+             f"must be in 1..metrics.num_samples ({mc.num_samples}), got {mc.kid_subset_size}")
+    _require(mc.classifier_epochs >= 1, "metrics.classifier_epochs", f"must be >= 1, got {mc.classifier_epochs}")
+    _require(mc.classifier_train_samples is None or mc.classifier_train_samples >= 100,
+             "metrics.classifier_train_samples", f"must be null (all) or >= 100, got {mc.classifier_train_samples}")
     _require(cfg.metrics.grid_samples_per_label >= 1, "metrics.grid_samples_per_label",
              f"must be >= 1, got {cfg.metrics.grid_samples_per_label}")
     t = cfg.trainer

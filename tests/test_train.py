@@ -58,11 +58,33 @@ def test_train_on_images_writes_sample_grid(tmp_path, capsys):
                  "data.image_size=8", "federation.communities=[{data: tiny}, {data: mine}, {data: mine}]",
                  "federation.devices_per_community=2", "data.classes_per_device=2", "data.batch_size=4",
                  "federation.global_rounds=2", "federation.local_iters=1", "model.g_channels=4",
-                 "model.d_channels=4", "model.latent_dim=4", "trainer.progress_bar=false", f"output_dir={run_dir}"]
+                 "model.d_channels=4", "model.latent_dim=4", "trainer.progress_bar=false", f"output_dir={run_dir}",
+                 "metrics.num_samples=40", "metrics.kid_subset_size=20", "metrics.classifier_epochs=1",
+                 f"metrics.cache_dir={tmp_path / 'cache'}", "metrics.inception=false", "metrics.eval_every=1"]
     assert main(["train", *overrides]) == 0
     assert (run_dir / "plots" / "samples_global.png").is_file()
+    assert (run_dir / "plots" / "samples_community_2.png").is_file()
     assert (run_dir / "plots" / "partition_histogram.png").is_file()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2
+    expected = {f"{scope}/{name}" for scope in ("global", "community_0", "community_1", "community_2")
+                for name in ("fid_classifier", "kid_classifier", "is_classifier", "acc")}
+    assert set(summary["metrics"]) == expected
+    assert 0 <= summary["metrics"]["global/acc"] <= 1 and summary["classifier"]["train_samples"] == 120
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert len([r for r in rows if r.get("global/fid_classifier")]) == 2      # every round (eval_every=1)
+
+    # fedgen eval recomputes the same metrics from the checkpoint; fedgen sample exports images
+    assert main(["eval", str(run_dir)]) == 0
+    evaluated = json.loads((run_dir / "checkpoints" / "metrics.json").read_text())
+    for key, value in summary["metrics"].items():
+        assert abs(evaluated[key] - value) < 1e-9, key
+    assert main(["sample", str(run_dir / "checkpoints" / "last.ckpt"), "--n", "12"]) == 0
+    import numpy as np
+
+    exported = np.load(run_dir / "checkpoints" / "samples_12.npz")
+    assert exported["x"].shape == (12, 1, 8, 8) and exported["x"].dtype == np.uint8
+    assert exported["y"].tolist() == [i % 7 for i in range(12)]       # 3 + 4 labels
+    assert (run_dir / "checkpoints" / "samples_12.png").is_file()
     err = capsys.readouterr().err
     assert f"[fedgen] tiny: loaded from {tmp_path / 'data' / 'tiny'}" in err

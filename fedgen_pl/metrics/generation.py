@@ -1,0 +1,154 @@
+"""FID, KID, IS and label accuracy of generated images, per community and global (METHOD.md §5.8).
+
+Every metric is a torchmetrics metric over a named feature network:
+
+- ``fid_classifier``, ``kid_classifier``: penultimate features of the scenario's classifier;
+- ``is_classifier``: the Inception-Score formula over the classifier's logits (close to the number of
+  labels for real, balanced data);
+- ``acc``: the share of generated samples the classifier assigns to their conditioned label;
+- ``fid_inception``: the TF-FID InceptionV3 (when ``metrics.inception`` is on).
+
+Scopes: ``community_k`` compares samples for community k's labels with k's test data; ``global``
+compares with the mixture of the communities' test data in their training proportions. Real sets are
+drawn once per run with a fixed generator (``num_samples`` each, the same for every model compared)
+and their statistics kept (``reset_real_features=False``); generated samples use the real set's labels
+and a fixed latent seed, so evaluations differ only by the generator.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from fedgen_pl.metrics.classifier import Classifier
+
+SampleFn = Callable[[Tensor, torch.Generator], Tensor]   # (labels, generator) -> images in [-1, 1]
+
+
+class ClassifierFeatures(nn.Module):
+    """The classifier's penultimate features, float64, for FID and KID."""
+
+    def __init__(self, classifier: Classifier):
+        super().__init__()
+        self.classifier = classifier
+        self.num_features = classifier.feature_dim
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        return self.classifier.features(_as_float(images)).double()
+
+
+class ClassifierLogits(ClassifierFeatures):
+    """The classifier's logits, float64, for the Inception-Score formula."""
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        return self.classifier(_as_float(images)).double()
+
+
+def _as_float(images: Tensor) -> Tensor:
+    return images.float().div(127.5).sub(1.0) if images.dtype == torch.uint8 else images.float()
+
+
+def real_sets(datamodule, num_samples: int, seed: int = 0) -> dict[str, tuple[Tensor, Tensor]]:
+    """uint8 real images and global labels per scope, ``num_samples`` each."""
+    generator = torch.Generator().manual_seed(seed)
+    spec = datamodule.spec
+
+    def draw(x: Tensor, y: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        index = (torch.randperm(len(x), generator=generator)[:n] if n <= len(x)
+                 else torch.randint(len(x), (n,), generator=generator))
+        return x[index], y[index]
+
+    sets = {f"community_{k}": draw(x, y, num_samples) for k, (x, y) in enumerate(datamodule.community_test)}
+    counts = torch.zeros(spec.num_communities)
+    counts.index_add_(0, torch.tensor(spec.community_of_device), torch.tensor(spec.device_sample_counts, dtype=torch.float))
+    share = counts / counts.sum()
+    per_community = (share * num_samples).floor().long()
+    per_community[: num_samples - int(per_community.sum())] += 1     # exactly num_samples in all
+    parts = [draw(x, y, int(n)) for (x, y), n in zip(datamodule.community_test, per_community) if n > 0]
+    sets["global"] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    return sets
+
+
+class GenerationEvaluator:
+    """Metrics for every scope; real statistics are computed once, in ``__init__``."""
+
+    def __init__(self, datamodule, classifier: Classifier, inception: nn.Module | None, num_samples: int,
+                 kid_subset_size: int, conditional: bool, device: torch.device | str = "cpu",
+                 batch_size: int = 500, seed: int = 0):
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.conditional = conditional
+        self.seed = seed
+        self.num_labels = datamodule.spec.num_labels
+        self.features = ClassifierFeatures(classifier).to(self.device)
+        self.logits = ClassifierLogits(classifier).to(self.device)
+        self.inception = inception.to(self.device) if inception is not None else None
+        self.real = real_sets(datamodule, num_samples, seed)
+        self.metrics: dict[str, dict[str, object]] = {}
+        warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
+        for scope, (x, y) in self.real.items():
+            metrics = {
+                "fid_classifier": FrechetInceptionDistance(feature=self.features, reset_real_features=False),
+                "kid_classifier": KernelInceptionDistance(feature=self.features, reset_real_features=False,
+                                                          subset_size=min(kid_subset_size, num_samples), subsets=50),
+                "is_classifier": InceptionScore(feature=self.logits, splits=10),
+                "acc": MulticlassAccuracy(num_classes=self.num_labels, average="micro"),
+            }
+            if self.inception is not None:
+                metrics["fid_inception"] = FrechetInceptionDistance(feature=self.inception, reset_real_features=False)
+            metrics = {name: m.to(self.device) for name, m in metrics.items()}
+            for start in range(0, len(x), batch_size):
+                batch = _as_float(x[start:start + batch_size].to(self.device))
+                for name in ("fid_classifier", "kid_classifier", "fid_inception"):
+                    if name in metrics:
+                        metrics[name].update(batch, real=True)
+            self.metrics[scope] = metrics
+
+    @torch.no_grad()
+    def evaluate(self, sample: SampleFn, scopes: list[str] | None = None) -> dict[str, float]:
+        """Metric values as ``{"<scope>/<metric>": value}`` for the generator behind ``sample``."""
+        results: dict[str, float] = {}
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.seed)     # IS and KID draw random splits and subsets
+            for scope in scopes or list(self.metrics):
+                results.update(self._evaluate_scope(scope, sample))
+        return results
+
+    def _evaluate_scope(self, scope: str, sample: SampleFn) -> dict[str, float]:
+        metrics = self.metrics[scope]
+        for metric in metrics.values():
+            metric.reset()      # fake statistics only: the real ones are kept
+        _, labels = self.real[scope]
+        generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        for start in range(0, len(labels), self.batch_size):
+            y = labels[start:start + self.batch_size].to(self.device)
+            fake = sample(y, generator).float().clamp(-1, 1)
+            metrics["fid_classifier"].update(fake, real=False)
+            metrics["kid_classifier"].update(fake, real=False)
+            metrics["is_classifier"].update(fake)
+            if self.conditional:
+                metrics["acc"].update(self.logits(fake).argmax(1), y)
+            if "fid_inception" in metrics:
+                metrics["fid_inception"].update(fake, real=False)
+        out = {
+            f"{scope}/fid_classifier": float(metrics["fid_classifier"].compute()),
+            f"{scope}/kid_classifier": float(metrics["kid_classifier"].compute()[0]),
+            f"{scope}/is_classifier": float(metrics["is_classifier"].compute()[0]),
+        }
+        if self.conditional:
+            out[f"{scope}/acc"] = float(metrics["acc"].compute())
+        if "fid_inception" in metrics:
+            out[f"{scope}/fid_inception"] = float(metrics["fid_inception"].compute())
+        return out

