@@ -21,25 +21,39 @@ from torch import Tensor
 # -- edge tier ----------------------------------------------------------------------------------
 
 
-def segment_softmax(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
-    """Softmax of ``values`` within each segment: ``out[i] = exp(v_i) / sum_{j: seg_j = seg_i} exp(v_j)``."""
+def segment_softmax(values: Tensor, segment: Tensor, num_segments: int, mask: Tensor | None = None) -> Tensor:
+    """Softmax of ``values`` within each segment: ``out[i] = exp(v_i) / sum_{j: seg_j = seg_i} exp(v_j)``.
+    Entries outside ``mask`` (bool) get weight 0 and take no share."""
+    if mask is not None:
+        values = torch.where(mask, values, torch.full_like(values, float("-inf")))
     seg_max = torch.full((num_segments,), float("-inf"), dtype=values.dtype, device=values.device)
     seg_max = seg_max.scatter_reduce(0, segment, values, reduce="amax", include_self=True)
+    seg_max = torch.where(torch.isinf(seg_max), torch.zeros_like(seg_max), seg_max)   # empty segments
     shifted = (values - seg_max[segment]).exp()
     totals = torch.zeros(num_segments, dtype=values.dtype, device=values.device).index_add(0, segment, shifted)
-    return shifted / totals[segment]
+    return shifted / totals[segment].clamp(min=torch.finfo(values.dtype).tiny)
 
 
 def segment_sum(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
     return torch.zeros(num_segments, dtype=values.dtype, device=values.device).index_add(0, segment, values)
 
 
-def sync_edge_weights(device_losses: Tensor, community: Tensor, num_communities: int, tau: float) -> Tensor:
-    """Eq. 4: ``w_kj = softmax_j(tau * L_kj)`` over the devices of each community, from detached losses.
+def sync_edge_weights(device_losses: Tensor, community: Tensor, num_communities: int, tau: float,
+                      arrived: Tensor | None = None) -> Tensor:
+    """Eq. 4: ``w_kj = softmax_j(tau * L_kj)`` over the devices of each community that reported
+    (``arrived``, default all), from detached losses.
 
     tau = 1 is the printed rule, tau = 0 the plain mean (AsynDGAN / M-D GAN), tau < 0 favours devices
     whose discriminator is fooled less."""
-    return segment_softmax(tau * device_losses.detach(), community, num_communities)
+    return segment_softmax(tau * device_losses.detach(), community, num_communities, arrived)
+
+
+def async_edge_weights(staleness: Tensor, arrived: Tensor, community: Tensor, num_communities: int) -> Tensor:
+    """Eq. 5: ``w_kj = exp(-s_kj) / |M_k|`` for the devices M_k arriving together, 0 for the others;
+    not renormalised, so stale feedback counts less in absolute terms (METHOD.md §5.1)."""
+    arrived_f = arrived.to(torch.float32)
+    count = segment_sum(arrived_f, community, num_communities)
+    return arrived_f * torch.exp(-staleness.to(torch.float32)) / count[community].clamp(min=1)
 
 
 def community_losses(weights: Tensor, device_losses: Tensor, community: Tensor, num_communities: int) -> Tensor:

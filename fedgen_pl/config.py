@@ -57,6 +57,7 @@ class ModelConfig:
     hidden_dim: int = MISSING
     g_channels: int = MISSING
     d_channels: int = MISSING
+    d_features: int = MISSING
     g_norm: str = MISSING
     g_lr: float = MISSING
     d_lr: float = MISSING
@@ -80,6 +81,22 @@ class DataConfig:
     quantity_skew: float = MISSING
     gaussian_std: float = MISSING
     gaussian_samples_per_mode: int = MISSING
+
+
+@dataclass
+class ClockConfig:
+    delay: str = MISSING
+    delay_low: int = MISSING
+    delay_high: int = MISSING
+    delay_median: float = MISSING
+    delay_sigma: float = MISSING
+    straggler_fraction: float = MISSING
+    straggler_slowdown: float = MISSING
+    dropout: float = MISSING
+    rejoin_ticks: int = MISSING
+    timeout: int = MISSING
+    lr_scale: bool = MISSING
+    max_lr_scale: float = MISSING
 
 
 @dataclass
@@ -120,6 +137,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -134,6 +152,7 @@ CHOICES = {
     "model.g_norm": ("group", "none"),
     "data.label_space": ("union", "shared"),
     "data.partition": ("iid", "shards", "dirichlet"),
+    "clock.delay": ("constant", "uniform", "lognormal", "tiers"),
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
     "trainer.precision": ("32-true", "32", "16-mixed", "bf16-mixed"),
     "logger.wandb_mode": ("offline", "online", "disabled"),
@@ -247,8 +266,6 @@ def validate(cfg: DictConfig) -> None:
                  f"unknown schedule; experiments may define {CHOICES['schedule']}")
 
     fed = cfg.federation
-    _require(fed["update"] == "sync", "federation.update",
-             "'async' (the virtual-clock update, Eq. 5) is not implemented yet; use sync")
     k = len(fed.communities)
     _require(k >= 1, "federation.communities", "needs at least one community, e.g. [{data: mnist}]")
     dpc = fed.devices_per_community
@@ -294,6 +311,7 @@ def validate(cfg: DictConfig) -> None:
         _require(m[key] >= 1, f"model.{key}", f"must be >= 1, got {m[key]}")
     for key in ("g_lr", "d_lr"):
         _require(m[key] > 0, f"model.{key}", f"must be > 0, got {m[key]}")
+    _require(m.d_features >= 0, "model.d_features", f"must be >= 0 (0 = no hidden layer), got {m.d_features}")
     for key in ("beta1", "beta2"):
         _require(0 <= m[key] < 1, f"model.{key}", f"must be in [0, 1), got {m[key]}")
 
@@ -309,6 +327,17 @@ def validate(cfg: DictConfig) -> None:
     _require(d.gaussian_samples_per_mode >= 1, "data.gaussian_samples_per_mode",
              f"must be >= 1, got {d.gaussian_samples_per_mode}")
     _require(cfg.metrics.eval_every >= 1, "metrics.eval_every", f"must be >= 1, got {cfg.metrics.eval_every}")
+    c = cfg.clock
+    _require(c.delay_low >= 1, "clock.delay_low", f"must be >= 1 tick, got {c.delay_low}")
+    _require(c.delay_high >= c.delay_low, "clock.delay_high", f"must be >= clock.delay_low ({c.delay_low}), got {c.delay_high}")
+    _require(c.delay_median > 0 and c.delay_sigma >= 0, "clock.delay_median",
+             f"lognormal needs delay_median > 0 and delay_sigma >= 0, got {c.delay_median}, {c.delay_sigma}")
+    _require(0 <= c.straggler_fraction <= 1, "clock.straggler_fraction", f"must be in [0, 1], got {c.straggler_fraction}")
+    _require(c.straggler_slowdown >= 1, "clock.straggler_slowdown", f"must be >= 1, got {c.straggler_slowdown}")
+    _require(0 <= c.dropout < 1, "clock.dropout", f"must be in [0, 1), got {c.dropout}")
+    _require(c.rejoin_ticks >= 1, "clock.rejoin_ticks", f"must be >= 1, got {c.rejoin_ticks}")
+    _require(c.timeout >= 1, "clock.timeout", f"must be >= 1 tick, got {c.timeout}")
+    _require(c.max_lr_scale >= 1, "clock.max_lr_scale", f"must be >= 1, got {c.max_lr_scale}")
     mc = cfg.metrics
     _require(mc.inception in ("auto", True, False), "metrics.inception", f"must be auto, true or false, got {mc.inception!r}")
     _require(mc.num_samples >= 10, "metrics.num_samples", f"must be >= 10, got {mc.num_samples}")

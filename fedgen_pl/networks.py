@@ -91,22 +91,27 @@ class DCGANGenerator(nn.Module):
 
 class DCGANDiscriminator(nn.Module):
     """image -> 2 strided convs -> features h -> logit, projection term for the label when conditional.
+    ``features = 0``: h is the flattened conv output (plain DCGAN); else one hidden layer of that width.
     No normalisation: every sample is scored independently (METHOD.md §5.5)."""
 
     def __init__(self, image_shape: tuple[int, int, int], num_labels: int = 0, channels: int = 32,
-                 features: int = 256):
+                 features: int = 0):
         super().__init__()
         c_in, height, width = image_shape
         self.num_labels = num_labels
-        self.body = nn.Sequential(
+        flat = 2 * channels * (height // 4) * (width // 4)
+        layers: list[nn.Module] = [
             nn.Conv2d(c_in, channels, 4, 2, 1), nn.LeakyReLU(0.2),
             nn.Conv2d(channels, 2 * channels, 4, 2, 1), nn.LeakyReLU(0.2),
             nn.Flatten(),
-            nn.Linear(2 * channels * (height // 4) * (width // 4), features), nn.LeakyReLU(0.2),
-        )
-        self.head = nn.Linear(features, 1)
+        ]
+        if features:
+            layers += [nn.Linear(flat, features), nn.LeakyReLU(0.2)]
+        self.body = nn.Sequential(*layers)
+        width_h = features or flat
+        self.head = nn.Linear(width_h, 1)
         if num_labels:
-            self.label_embedding = nn.Embedding(num_labels, features)
+            self.label_embedding = nn.Embedding(num_labels, width_h)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         h = self.body(x)
@@ -139,5 +144,5 @@ def build_discriminator(model_cfg, spec) -> nn.Module:
     if arch == "mlp" and len(spec.data_shape) == 1:
         return MLPDiscriminator(spec.data_shape[0], num_labels, model_cfg.hidden_dim)
     if arch == "dcgan" and len(spec.data_shape) == 3:
-        return DCGANDiscriminator(spec.data_shape, num_labels, model_cfg.d_channels)
+        return DCGANDiscriminator(spec.data_shape, num_labels, model_cfg.d_channels, model_cfg.d_features)
     raise ValueError(f"model.arch={model_cfg.arch}: no discriminator for data of shape {spec.data_shape}")

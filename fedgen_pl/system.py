@@ -5,46 +5,60 @@ Tiers and where they live:
 - edge community generators G_k: ``community_generators``, one ``StackedModule`` over K communities;
 - cloud global generator G: ``global_generator``, a plain module updated only by aggregation.
 
-A training step is one local iteration of every community, vectorised over devices and communities.
-The global aggregation at the end of a round is done by ``callbacks.GlobalAggregation``; this module
-only exposes the round's statistics and applies the new global state.
+Time is simulated by ``VirtualClock``: an edge *dispatches* generated samples to a device (stored as
+that device's in-flight work), and the device's feedback arrives some ticks later. A training step is
+one clock event: every device whose feedback arrives updates its discriminator on the work it was
+sent, returns L_kj and the gradient of its generator objective with respect to the generated batch
+(§5.3), and its edge regenerates G_k(z_g) from the stored latents and applies the weighted feedback.
+All of it runs vectorised over devices and communities, idle ones masked. In sync mode with every
+device reporting, a step is exactly one local iteration of every community. The global aggregation
+at the end of a round is done by ``callbacks.GlobalAggregation``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from fedgen_pl.aggregation import RoundStats, community_losses, sync_edge_weights
+from fedgen_pl.aggregation import RoundStats, async_edge_weights, community_losses, sync_edge_weights
+from fedgen_pl.clock import VirtualClock
 from fedgen_pl.config import cloud_lr
 from fedgen_pl.networks import build_discriminator, build_generator
 from fedgen_pl.optim import StackedAdam
 from fedgen_pl.spec import FederationSpec
 from fedgen_pl.stacked import StackedModule
 
+INFLIGHT = ("real_x", "real_y", "z_d", "y_d", "fake_d", "z_g", "y_g", "fake_g")
+
 
 @dataclass
 class LocalBatch:
-    """Everything random in one local iteration, per device (leading dim N, then batch B)."""
+    """One dispatch per device (leading dim N, then batch B): the device's real batch, the latents and
+    labels the edge drew, and the samples it generated from them."""
 
     real_x: Tensor
     real_y: Tensor
-    z_d: Tensor          # latents for the discriminator update
-    y_d: Tensor          # their labels, from each device's label histogram
-    z_g: Tensor          # latents for the generator update
+    z_d: Tensor          # latents for the discriminator update ...
+    y_d: Tensor          # ... their labels, from each device's label histogram
+    fake_d: Tensor       # ... and G_k(z_d, y_d) at dispatch
+    z_g: Tensor          # latents for the generator update ...
     y_g: Tensor
+    fake_g: Tensor       # ... and G_k(z_g, y_g) at dispatch
 
 
 @dataclass
 class StepStats:
-    d_loss: Tensor       # [N] discriminator loss before its step
+    arrived: Tensor      # [N] bool: devices whose feedback was used (M_k)
+    d_loss: Tensor       # [N] discriminator loss before its step (0 where not arrived)
     device_loss: Tensor  # [N] L_kj = E[log(1 - D_kj(G_k(z_g)))] with the updated D_kj
-    edge_weights: Tensor  # [N] w_kj
+    edge_weights: Tensor  # [N] w_kj (0 where not arrived)
+    staleness: Tensor    # [N] G_k updates since the device's work was dispatched
 
 
 class FederatedGAN(pl.LightningModule):
@@ -74,14 +88,30 @@ class FederatedGAN(pl.LightningModule):
         self.community_sample_counts.index_add_(0, community, torch.tensor(self.spec.device_sample_counts,
                                                                              dtype=torch.float32))
 
+        # In-flight work of every device (persistent: a resumed run continues the same dispatches).
+        B, shape, z = self.cfg.data.batch_size, self.spec.data_shape, model_cfg.latent_dim
+        for name, dims, dtype in (("real_x", shape, torch.float32), ("real_y", (), torch.long),
+                                  ("z_d", (z,), torch.float32), ("y_d", (), torch.long),
+                                  ("fake_d", shape, torch.float32), ("z_g", (z,), torch.float32),
+                                  ("y_g", (), torch.long), ("fake_g", shape, torch.float32)):
+            self.register_buffer(f"inflight_{name}", torch.zeros(N, B, *dims, dtype=dtype))
+        self.register_buffer("dispatch_version", torch.zeros(N, dtype=torch.long))
+        self.register_buffer("community_version", torch.zeros(K, dtype=torch.long))  # G_k updates so far
+        self.register_buffer("previous_staleness", torch.zeros(N))  # for the optional D lr scaling
+
         # Round state (saved in checkpoints through on_save_checkpoint).
         self.round = 0          # completed global rounds
-        self.local_iter = 0     # local iterations done in the current round
-        self.iteration = 0      # local iterations done in total
+        self.iteration = 0      # clock events processed (training steps)
         self.register_buffer("round_loss_sum", torch.zeros(K))
         self.register_buffer("round_updates", torch.zeros(K))
+        self.clock = VirtualClock(counts, self.cfg.federation["update"], self.cfg.federation.local_iters,
+                                  self.cfg.clock, int(self.cfg.seed))
+        self.bytes = {"device_to_edge": 0, "edge_to_device": 0, "edge_to_cloud": 0, "cloud_to_edge": 0}
+        self.counters = {"timeouts": 0, "dropouts": 0}
+        self.started = False    # the first dispatch has been made
         self.rng: torch.Generator | None = None
         self._pending_rng_state: tuple[str, Tensor] | None = None
+        self.data = None        # the DataModule (set in on_fit_start, or by attach_data)
 
     # -- configuration ---------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -94,6 +124,14 @@ class FederatedGAN(pl.LightningModule):
     @property
     def cloud_lr(self) -> float:
         return cloud_lr(self.cfg)
+
+    @property
+    def asynchronous(self) -> bool:
+        return self.cfg.federation["update"] == "async"
+
+    def attach_data(self, datamodule) -> None:
+        """The DataModule the dispatches draw from (done by ``on_fit_start`` under a Trainer)."""
+        self.data = datamodule.to(self.device)
 
     def generator_rng(self) -> torch.Generator:
         """The seeded generator behind every random draw of training, on the module's device."""
@@ -110,7 +148,7 @@ class FederatedGAN(pl.LightningModule):
                 self._pending_rng_state = None
         return self.rng
 
-    # -- the tiers ---------------------------------------------------------------------------------
+    # -- the edge: generating and dispatching ----------------------------------------------------
     def generate(self, z: Tensor, labels: Tensor) -> Tensor:
         """Each device's samples from its community's generator: z ``[N, B, d]`` -> ``[N, B, *shape]``."""
         K, N, B = self.num_communities, self.num_devices, z.shape[1]
@@ -124,90 +162,156 @@ class FederatedGAN(pl.LightningModule):
         out = self.community_generators(z_grid.reshape(K, J * B, -1), y_grid.reshape(K, J * B))
         return out.reshape(K * J, B, *out.shape[2:])[slots]
 
-    def draw_batch(self, datamodule) -> LocalBatch:
+    def draw_batch(self) -> LocalBatch:
+        """A fresh dispatch for every device: real batch, latents, labels and the generated samples."""
         rng, B = self.generator_rng(), self.cfg.data.batch_size
-        real_x, real_y = datamodule.sample_real(B, rng)
+        real_x, real_y = self.data.sample_real(B, rng)
         z_shape = (self.num_devices, B, self.cfg.model.latent_dim)
-        return LocalBatch(
-            real_x=real_x,
-            real_y=real_y,
-            z_d=torch.randn(z_shape, generator=rng, device=self.device),
-            y_d=datamodule.sample_fake_labels(B, rng),
-            z_g=torch.randn(z_shape, generator=rng, device=self.device),
-            y_g=datamodule.sample_fake_labels(B, rng),
-        )
+        z_d = torch.randn(z_shape, generator=rng, device=self.device)
+        y_d = self.data.sample_fake_labels(B, rng)
+        z_g = torch.randn(z_shape, generator=rng, device=self.device)
+        y_g = self.data.sample_fake_labels(B, rng)
+        with torch.no_grad():
+            fake_d, fake_g = self.generate(z_d, y_d), self.generate(z_g, y_g)
+        return LocalBatch(real_x, real_y, z_d, y_d, fake_d, z_g, y_g, fake_g)
 
+    def inflight(self) -> LocalBatch:
+        return LocalBatch(*(getattr(self, f"inflight_{name}") for name in INFLIGHT))
+
+    @torch.no_grad()
+    def dispatch(self, devices: np.ndarray) -> None:
+        """Send fresh work to ``devices`` (bool [N]; those offline are skipped by the clock)."""
+        sent = self.clock.dispatch(devices)
+        if not sent.any():
+            return
+        batch = self.draw_batch()
+        mask = torch.from_numpy(sent).to(self.device)
+        for name in INFLIGHT:
+            target, value = getattr(self, f"inflight_{name}"), getattr(batch, name)
+            target.copy_(torch.where(mask.view(-1, *[1] * (value.dim() - 1)), value.to(target.dtype), target))
+        self.dispatch_version.copy_(torch.where(mask, self.community_version[self.community_of_device],
+                                                self.dispatch_version))
+        self.bytes["edge_to_device"] += int(sent.sum()) * self.dispatch_bytes()
+
+    def dispatch_bytes(self) -> int:
+        """Edge -> device per dispatch: two generated batches (float32) and their labels (int64)."""
+        B, numel = self.cfg.data.batch_size, int(np.prod(self.spec.data_shape))
+        return 2 * B * numel * 4 + 2 * B * 8
+
+    def feedback_bytes(self) -> int:
+        """Device -> edge per feedback: L_kj (float32) and the gradient w.r.t. the generated batch."""
+        return 4 + self.cfg.data.batch_size * int(np.prod(self.spec.data_shape)) * 4
+
+    def generator_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.global_generator.state_dict().values())
+
+    # -- one clock event -------------------------------------------------------------------------
     def _backward(self, loss: Tensor) -> None:
         if self._trainer is None:  # used outside a Trainer (tests, benchmarks)
             loss.backward()
         else:
             self.manual_backward(loss)
 
-    def local_iteration(self, batch: LocalBatch, opt_g, opt_d) -> StepStats:
-        """One synchronous local iteration of every community (METHOD.md §2, §5.1)."""
-        # 1-2. Devices update D_kj on their real data and on G_k(z_d).
-        with torch.no_grad():
-            fake_d = self.generate(batch.z_d, batch.y_d)
-        # One batched call over real and generated samples (D scores every sample independently).
-        B = batch.real_x.shape[1]
-        logits = self.device_discriminators(torch.cat([batch.real_x, fake_d], 1), torch.cat([batch.real_y, batch.y_d], 1))
-        real_logits, fake_logits = logits[:, :B], logits[:, B:]
-        # -[log D(x) + log(1 - D(G(z_d)))], batch means, one value per device
-        d_loss = F.softplus(-real_logits).mean(1) + F.softplus(fake_logits).mean(1)
+    def step_event(self, opt_g, opt_d) -> StepStats | None:
+        """Advance the clock to its next event and process it; dispatch fresh work to idle devices."""
+        if not self.started:
+            self.dispatch(self.clock.idle_devices())
+            self.started = True
+        event = self.clock.next_event()
+        stats = None
+        if event.arrived.any():
+            arrived = torch.from_numpy(event.arrived).to(self.device)
+            updating = torch.from_numpy(event.updating).to(self.device)
+            stats = self.process_feedback(arrived, updating, bool(event.arrived.all()), opt_g, opt_d)
+            self.bytes["device_to_edge"] += int(event.arrived.sum()) * self.feedback_bytes()
+        self.counters["timeouts"] += int(event.timed_out.sum())
+        self.counters["dropouts"] = self.clock.dropouts
+        self.dispatch(self.clock.idle_devices())
+        return stats
+
+    def process_feedback(self, arrived: Tensor, updating: Tensor, everyone: bool, opt_g, opt_d) -> StepStats:
+        """Devices in ``arrived`` train on their in-flight work and feed back; their edges update
+        (METHOD.md §2, §5.1-§5.4). ``everyone``: all devices arrived (no masking needed)."""
+        work = self.inflight()
+        B = work.real_x.shape[1]
+        mask = arrived.to(work.real_x.dtype)
+        staleness = (self.community_version[self.community_of_device] - self.dispatch_version).clamp(min=0)
+
+        # 1-2. Devices update D_kj on their real data and G_k(z_d); one batched call over both.
+        logits = self.device_discriminators(torch.cat([work.real_x, work.fake_d], 1),
+                                            torch.cat([work.real_y, work.y_d], 1))
+        d_loss = F.softplus(-logits[:, :B]).mean(1) + F.softplus(logits[:, B:]).mean(1)
         opt_d.zero_grad(set_to_none=True)
-        self._backward(d_loss.sum())
-        opt_d.step()
+        self._backward((d_loss * mask).sum())
+        lr_scale = None
+        if self.asynchronous and self.cfg.clock.lr_scale:
+            # Journal rule: stragglers take larger steps, exp(staleness of their previous feedback), capped.
+            lr_scale = self.previous_staleness.exp().clamp(max=self.cfg.clock.max_lr_scale)
+        opt_d.step(active=None if everyone else arrived, lr_scale=lr_scale)
 
-        # 3. The updated D_kj score G_k(z_g): L_kj = E[log(1 - D_kj(G_k(z_g)))] goes back to the edge.
-        fake_g = self.generate(batch.z_g, batch.y_g)
-        logits = self.device_discriminators(fake_g, batch.y_g, frozen=True)
+        # 3. With the updated D_kj: L_kj and the gradient of the batch-mean objective w.r.t. G_k(z_g).
+        fake_g = work.fake_g.detach().requires_grad_(True)
+        logits = self.device_discriminators(fake_g, work.y_g, frozen=True)
         device_loss = -F.softplus(logits).mean(1)
-        if self.cfg.model.gan_loss == "non_saturating":
-            objective = F.softplus(-logits).mean(1)           # -E[log D(G(z_g))]
+        objective = F.softplus(-logits).mean(1) if self.cfg.model.gan_loss == "non_saturating" else device_loss
+        (feedback,) = torch.autograd.grad(objective.sum(), fake_g)   # per device: d l_kj / d G_k(z_g)
+
+        # 4. The edge weights the feedback and updates G_k by regenerating G_k(z_g) from the stored z_g.
+        K, community = self.num_communities, self.community_of_device
+        if self.asynchronous:
+            weights = async_edge_weights(staleness, arrived, community, K)
         else:
-            objective = device_loss
-
-        # 4. The edge weights its devices and updates G_k.
-        weights = sync_edge_weights(device_loss, self.community_of_device, self.num_communities,
-                                    self.cfg.federation.tau_edge)
-        g_loss = (weights * objective).sum()
+            weights = sync_edge_weights(device_loss, community, K, self.cfg.federation.tau_edge, arrived)
+        regenerated = self.generate(work.z_g, work.y_g)
+        w = weights.view(-1, *[1] * (feedback.dim() - 1)).to(feedback.dtype)
         opt_g.zero_grad(set_to_none=True)
-        self._backward(g_loss)
-        opt_g.step()
+        self._backward((regenerated * (w * feedback)).sum())
+        opt_g.step(active=None if bool(updating.all()) else updating)
 
-        self.round_loss_sum += community_losses(weights, device_loss, self.community_of_device,
-                                                self.num_communities)
-        self.round_updates += 1
-        return StepStats(d_loss.detach(), device_loss.detach(), weights)
+        with torch.no_grad():
+            self.community_version += updating.long()
+            self.previous_staleness.copy_(torch.where(arrived, staleness.float(), self.previous_staleness))
+            self.round_loss_sum += community_losses(weights, device_loss, community, K)
+            self.round_updates += updating.float()
+        zero = torch.zeros_like(d_loss)
+        return StepStats(arrived, torch.where(arrived, d_loss.detach(), zero),
+                         torch.where(arrived, device_loss.detach(), zero), weights, staleness)
 
     # -- Lightning glue ----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        self.trainer.datamodule.to(self.device)
+        self.attach_data(self.trainer.datamodule)
 
     def training_step(self, batch, batch_idx):
         opt_g, opt_d = self.optimizers()
-        stats = self.local_iteration(self.draw_batch(self.trainer.datamodule), opt_g, opt_d)
-        self.local_iter += 1
+        stats = self.step_event(opt_g, opt_d)
         self.iteration += 1
         every = self.cfg.trainer.log_every_n_iters
-        if self.iteration % every == 0:
+        if stats is not None and self.iteration % every == 0:
+            count = stats.arrived.sum().clamp(min=1)
             self.log_metrics({
-                "train/d_loss": stats.d_loss.mean(),
-                "train/device_loss": stats.device_loss.mean(),
+                "train/d_loss": stats.d_loss.sum() / count,
+                "train/device_loss": stats.device_loss.sum() / count,
                 "train/edge_weight_max": stats.edge_weights.max(),
+                "train/staleness_mean": (stats.staleness * stats.arrived).sum() / count,
             })
 
     def log_metrics(self, metrics: dict) -> None:
-        """Send metrics to every logger against the iteration count, with the round alongside."""
+        """Send metrics to every logger against the step count, with round and virtual time alongside."""
         values = {k: float(v) for k, v in metrics.items()}
         values["round"] = self.round
+        values["virtual_time"] = self.clock.tick
         for logger in self.loggers:
             logger.log_metrics(values, step=self.iteration)
 
     # -- rounds ------------------------------------------------------------------------------------
     @property
     def round_complete(self) -> bool:
-        return self.local_iter >= self.cfg.federation.local_iters
+        return self.clock.round_finished()
+
+    @property
+    def local_iter(self) -> int:
+        """Edge updates of the slowest community in the current round."""
+        return int(self.clock.updates.min())
 
     @property
     def training_finished(self) -> bool:
@@ -230,13 +334,20 @@ class FederatedGAN(pl.LightningModule):
 
     @torch.no_grad()
     def finish_round(self, new_global_state: dict[str, Tensor]) -> None:
-        """G <- the aggregate, G_k <- G for every k, and start the next round."""
+        """G <- the aggregate, G_k <- G for every k, and start the next round (at the tick the last
+        community finished); parked devices get fresh work from the new G_k."""
         self.global_generator.load_state_dict(new_global_state)
         self.community_generators.broadcast(self.global_state())
+        self.community_version += 1
         self.round_loss_sum.zero_()
         self.round_updates.zero_()
-        self.local_iter = 0
         self.round += 1
+        K = self.num_communities
+        self.bytes["edge_to_cloud"] += K * (self.generator_bytes() + 4)     # G_k and L*_k up
+        self.bytes["cloud_to_edge"] += K * self.generator_bytes()           # G down
+        self.clock.start_round()
+        if not self.training_finished and self.data is not None:
+            self.dispatch(self.clock.idle_devices())
 
     # -- sampling for evaluation -------------------------------------------------------------------
     @torch.no_grad()
@@ -249,12 +360,17 @@ class FederatedGAN(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["federation_state"] = {
             "round": self.round,
-            "local_iter": self.local_iter,
             "iteration": self.iteration,
+            "started": self.started,
             "rng": (self.device.type, self.generator_rng().get_state()),
+            "clock": self.clock.state_dict(),
+            "bytes": dict(self.bytes),
+            "counters": dict(self.counters),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["federation_state"]
-        self.round, self.local_iter, self.iteration = state["round"], state["local_iter"], state["iteration"]
+        self.round, self.iteration, self.started = state["round"], state["iteration"], state["started"]
         self.rng, self._pending_rng_state = None, state["rng"]
+        self.clock.load_state_dict(state["clock"])
+        self.bytes, self.counters = dict(state["bytes"]), dict(state["counters"])

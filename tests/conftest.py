@@ -41,7 +41,15 @@ def build_system(*overrides):
     from omegaconf import OmegaConf
 
     system = FederatedGAN(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
+    system.attach_data(datamodule)
     return system, datamodule
+
+
+def clone_batch(batch):
+    """A copy of a dispatch (the in-flight buffers are overwritten by the next dispatch)."""
+    from dataclasses import fields
+
+    return type(batch)(*(getattr(batch, f.name).clone() for f in fields(batch)))
 
 
 @pytest.fixture

@@ -98,7 +98,7 @@ def test_round_community_loss_is_mean_of_edge_values():
     opt_g, opt_d = system.configure_optimizers()
     per_step = []
     for _ in range(3):
-        s = system.local_iteration(system.draw_batch(datamodule), opt_g, opt_d)
+        s = system.step_event(opt_g, opt_d)
         per_step.append(torch.stack([(s.edge_weights * s.device_loss)[system.community_of_device == k].sum()
                                      for k in range(system.num_communities)]))
     torch.testing.assert_close(system.round_stats().community_loss, torch.stack(per_step).mean(0))
@@ -115,15 +115,15 @@ def test_callback_aggregates_and_broadcasts(cloud_lr):
         should_stop = False
 
     for _ in range(2):
-        system.local_iteration(system.draw_batch(datamodule), opt_g, opt_d)
-        system.local_iter += 1
+        system.step_event(opt_g, opt_d)
+    assert system.round_complete
     stats = system.round_stats()
     a = torch.softmax(0.5 * stats.community_loss, 0)
     lr = 1.0 if cloud_lr == "1" else 3.0
     expected = {name: g + lr * (a.view(-1, *[1] * g.dim()) * (system.community_state()[name] - g)).sum(0)
                 for name, g in system.global_state().items()}
     callback.on_train_batch_end(_Trainer(), system, None, None, 0)
-    assert system.round == 1 and system.local_iter == 0
+    assert system.round == 1 and system.local_iter == 0 and not system.round_complete
     for name, value in system.global_state().items():
         torch.testing.assert_close(value, expected[name])
         for k in range(system.num_communities):

@@ -74,6 +74,12 @@ def test_train_on_images_writes_sample_grid(tmp_path, capsys):
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     assert len([r for r in rows if r.get("global/fid_classifier")]) == 2      # every round (eval_every=1)
 
+    # extractor weights (classifier, Inception) never enter checkpoints
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    tops = {key.split(".")[0] for key in state}
+    assert {"global_generator", "community_generators", "device_discriminators"} <= tops
+    assert not any("classifier" in key or "inception" in key or "network" in key for key in state)
+
     # fedgen eval recomputes the same metrics from the checkpoint; fedgen sample exports images
     assert main(["eval", str(run_dir)]) == 0
     evaluated = json.loads((run_dir / "checkpoints" / "metrics.json").read_text())

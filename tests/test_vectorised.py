@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import build_system
+from conftest import build_system, clone_batch
 from fedgen_pl.reference import LoopFederation
 
 
@@ -35,9 +35,12 @@ def test_vectorised_steps_equal_per_device_loop(overrides):
     system, datamodule = build_system(*overrides)
     loop = LoopFederation(system)
     opt_g, opt_d = system.configure_optimizers()
+    system.dispatch(system.clock.idle_devices())
+    system.started = True
     for _ in range(4):
-        batch = system.draw_batch(datamodule)
-        stats = system.local_iteration(batch, opt_g, opt_d)
+        batch = clone_batch(system.inflight())
+        stats = system.step_event(opt_g, opt_d)
+        assert bool(stats.arrived.all())
         d_loss, device_loss, weights = loop.local_iteration(batch)
         torch.testing.assert_close(stats.d_loss, d_loss, atol=1e-5, rtol=0)
         torch.testing.assert_close(stats.device_loss, device_loss, atol=1e-5, rtol=0)
@@ -48,7 +51,7 @@ def test_vectorised_steps_equal_per_device_loop(overrides):
 def test_generator_pathways_stay_per_community():
     """Device n's samples come from its own community's generator only (also when ragged)."""
     system, datamodule = build_system("federation.devices_per_community=[2, 2, 1]")
-    batch = system.draw_batch(datamodule)
+    batch = system.draw_batch()
     fake = system.generate(batch.z_g, batch.y_g)
     fake[2:4].sum().backward()      # devices 2 and 3 belong to community 1
     grads = [p.grad for p in system.community_generators.stacked_params().values()]

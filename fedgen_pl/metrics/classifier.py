@@ -90,7 +90,7 @@ def train_classifier(train_x: Tensor, train_y: Tensor, num_labels: int, epochs: 
             done += 1
             if progress and (done % 200 == 0 or done == steps):
                 log.info("classifier: epoch %d/%d, step %d/%d, loss %.3f, %.0f s", epoch + 1, epochs, done, steps,
-                         float(loss), time.time() - started)
+                         float(loss.detach()), time.time() - started)
     return model.eval()
 
 
