@@ -28,9 +28,14 @@ class GlobalAggregation(pl.Callback):
                   "community_loss": stats.community_loss.tolist(),
                   "cloud_weights": weights.tolist()}
         self.history.append(record)
+        record["virtual_time"] = pl_module.clock.tick
         metrics = {f"cloud/weight_{k}": w for k, w in enumerate(record["cloud_weights"])}
         metrics.update({f"cloud/community_loss_{k}": v for k, v in enumerate(record["community_loss"])})
+        metrics.update({f"bytes/{name}": value for name, value in pl_module.bytes.items()})
+        metrics.update({f"faults/{name}": value for name, value in pl_module.counters.items()})
         pl_module.log_metrics(metrics)
+        for logger in trainer.loggers:     # flush every round: a crash loses at most one round of logs
+            logger.save()
         if pl_module.training_finished:
             trainer.should_stop = True
 

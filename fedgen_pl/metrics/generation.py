@@ -33,7 +33,7 @@ SampleFn = Callable[[Tensor, torch.Generator], Tensor]   # (labels, generator) -
 
 
 class ClassifierFeatures(nn.Module):
-    """The classifier's penultimate features, float64, for FID and KID."""
+    """The classifier's penultimate features, float64, for FID and KID on images."""
 
     def __init__(self, classifier: Classifier):
         super().__init__()
@@ -48,12 +48,16 @@ class ClassifierFeatures(nn.Module):
         return self.classifier.features(_as_float(images)).double()
 
 
-class ClassifierLogits(ClassifierFeatures):
-    """The classifier's logits, float64, for the Inception-Score formula."""
+class Precomputed(nn.Module):
+    """Identity 'feature network': the evaluator runs the classifier once per batch and hands its
+    features (or logits) to FID, KID and IS, instead of each metric running it again."""
 
-    @torch.no_grad()
-    def forward(self, images: Tensor) -> Tensor:
-        return self.classifier(_as_float(images)).double()
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features.double()
 
 
 def _as_float(images: Tensor) -> Tensor:
@@ -86,24 +90,24 @@ class GenerationEvaluator:
 
     def __init__(self, datamodule, classifier: Classifier, inception: nn.Module | None, num_samples: int,
                  kid_subset_size: int, conditional: bool, device: torch.device | str = "cpu",
-                 batch_size: int = 500, seed: int = 0):
+                 batch_size: int = 500, seed: int = 0, kid_subsets: int = 20):
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.conditional = conditional
         self.seed = seed
         self.num_labels = datamodule.spec.num_labels
-        self.features = ClassifierFeatures(classifier).to(self.device)
-        self.logits = ClassifierLogits(classifier).to(self.device)
+        self.classifier = classifier.to(self.device).eval()
+        features, logits = Precomputed(classifier.feature_dim), Precomputed(self.num_labels)
         self.inception = inception.to(self.device) if inception is not None else None
         self.real = real_sets(datamodule, num_samples, seed)
         self.metrics: dict[str, dict[str, object]] = {}
         warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
         for scope, (x, y) in self.real.items():
             metrics = {
-                "fid_classifier": FrechetInceptionDistance(feature=self.features, reset_real_features=False),
-                "kid_classifier": KernelInceptionDistance(feature=self.features, reset_real_features=False,
-                                                          subset_size=min(kid_subset_size, num_samples), subsets=50),
-                "is_classifier": InceptionScore(feature=self.logits, splits=10),
+                "fid_classifier": FrechetInceptionDistance(feature=features, reset_real_features=False),
+                "kid_classifier": KernelInceptionDistance(feature=features, reset_real_features=False,
+                                                          subset_size=min(kid_subset_size, num_samples), subsets=kid_subsets),
+                "is_classifier": InceptionScore(feature=logits, splits=10),
                 "acc": MulticlassAccuracy(num_classes=self.num_labels, average="micro"),
             }
             if self.inception is not None:
@@ -111,9 +115,11 @@ class GenerationEvaluator:
             metrics = {name: m.to(self.device) for name, m in metrics.items()}
             for start in range(0, len(x), batch_size):
                 batch = _as_float(x[start:start + batch_size].to(self.device))
-                for name in ("fid_classifier", "kid_classifier", "fid_inception"):
-                    if name in metrics:
-                        metrics[name].update(batch, real=True)
+                h = self.classifier.features(batch)
+                metrics["fid_classifier"].update(h, real=True)
+                metrics["kid_classifier"].update(h, real=True)
+                if "fid_inception" in metrics:
+                    metrics["fid_inception"].update(batch, real=True)
             self.metrics[scope] = metrics
 
     @torch.no_grad()
@@ -135,11 +141,13 @@ class GenerationEvaluator:
         for start in range(0, len(labels), self.batch_size):
             y = labels[start:start + self.batch_size].to(self.device)
             fake = sample(y, generator).float().clamp(-1, 1)
-            metrics["fid_classifier"].update(fake, real=False)
-            metrics["kid_classifier"].update(fake, real=False)
-            metrics["is_classifier"].update(fake)
+            h = self.classifier.features(fake)
+            logits = self.classifier.head(h)
+            metrics["fid_classifier"].update(h, real=False)
+            metrics["kid_classifier"].update(h, real=False)
+            metrics["is_classifier"].update(logits)
             if self.conditional:
-                metrics["acc"].update(self.logits(fake).argmax(1), y)
+                metrics["acc"].update(logits.argmax(1), y)
             if "fid_inception" in metrics:
                 metrics["fid_inception"].update(fake, real=False)
         out = {
