@@ -121,6 +121,59 @@ class DCGANDiscriminator(nn.Module):
         return logit
 
 
+class DomainDCGANGenerator(nn.Module):
+    """The label-related scenario's generator G(z, c) (METHOD.md §3, §5.9; RegCGAN): the one-hot domain
+    code c is concatenated to z and to the input of every later layer; no class label is given, so z
+    must carry the class. ``first_layer=True`` returns G1(z, c), the first layer's output, for L_inv."""
+
+    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], num_domains: int,
+                 channels: int = 32, norm: str = "group"):
+        super().__init__()
+        c_out, height, width = image_shape
+        if height % 4 or width % 4:
+            raise ValueError(f"DCGAN networks need image sides divisible by 4, got {height}x{width}")
+        self.num_labels = num_domains        # the conditioning input is the domain index
+        self.start = (2 * channels, height // 4, width // 4)
+
+        def norm_layer(c: int) -> nn.Module:
+            return nn.GroupNorm(min(8, c), c) if norm == "group" else nn.Identity()
+
+        self.project = nn.Linear(latent_dim + num_domains, 2 * channels * (height // 4) * (width // 4))
+        self.act1 = nn.Sequential(norm_layer(2 * channels), nn.ReLU())
+        self.up1 = nn.ConvTranspose2d(2 * channels + num_domains, channels, 4, 2, 1)
+        self.act2 = nn.Sequential(norm_layer(channels), nn.ReLU())
+        self.up2 = nn.ConvTranspose2d(channels + num_domains, c_out, 4, 2, 1)
+
+    @staticmethod
+    def _with_code(h: Tensor, code: Tensor) -> Tensor:
+        return torch.cat([h, code[:, :, None, None].expand(-1, -1, *h.shape[-2:])], dim=1)
+
+    def forward(self, z: Tensor, labels: Tensor, first_layer: bool = False) -> Tensor:
+        code = F.one_hot(labels, self.num_labels).to(z.dtype)
+        h = self.project(torch.cat([z, code], dim=-1))
+        if first_layer:
+            return h
+        h = self.act1(h.view(-1, *self.start))
+        h = self.act2(self.up1(self._with_code(h, code)))
+        return torch.tanh(self.up2(self._with_code(h, code)))
+
+
+class DomainClassifier(nn.Module):
+    """The cloud's domain classifier C (label-related scenario): image -> logits over the K domains."""
+
+    def __init__(self, image_shape: tuple[int, int, int], num_domains: int, channels: int = 16):
+        super().__init__()
+        c_in, height, width = image_shape
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, channels, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, 2 * channels, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Flatten(), nn.Linear(2 * channels * (height // 4) * (width // 4), num_domains),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
 def _arch(model_cfg, spec) -> str:
     if model_cfg.arch != "auto":
         return model_cfg.arch

@@ -72,9 +72,9 @@ class FederatedGAN(pl.LightningModule):
         self.num_communities, self.num_devices = K, N
         model_cfg = self.cfg.model
 
-        self.global_generator = build_generator(model_cfg, self.spec)
+        self.global_generator = self.build_generator()
         self.community_generators = StackedModule(self.global_generator, K)   # G_k <- G at the start
-        self.device_discriminators = StackedModule([build_discriminator(model_cfg, self.spec) for _ in range(N)])
+        self.device_discriminators = StackedModule([self.build_discriminator() for _ in range(N)])
 
         community = torch.tensor(self.spec.community_of_device)
         self.register_buffer("community_of_device", community, persistent=False)
@@ -112,6 +112,23 @@ class FederatedGAN(pl.LightningModule):
         self.rng: torch.Generator | None = None
         self._pending_rng_state: tuple[str, Tensor] | None = None
         self.data = None        # the DataModule (set in on_fit_start, or by attach_data)
+
+    # -- what variants change ----------------------------------------------------------------------
+    def build_generator(self):
+        return build_generator(self.cfg.model, self.spec)
+
+    def build_discriminator(self):
+        return build_discriminator(self.cfg.model, self.spec)
+
+    def conditioning(self, real_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The labels D sees with the real batch and G and D use for the two generated batches: here the
+        class labels, fakes drawn from each device's own label histogram (METHOD.md §5.6)."""
+        rng, B = self.generator_rng(), real_y.shape[1]
+        return real_y, self.data.sample_fake_labels(B, rng), self.data.sample_fake_labels(B, rng)
+
+    def edge_regularizer(self, updating: Tensor) -> Tensor | None:
+        """An extra term of the community generators' loss (the label-related model's L_inv, L_spe)."""
+        return None
 
     # -- configuration ---------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -166,11 +183,10 @@ class FederatedGAN(pl.LightningModule):
         """A fresh dispatch for every device: real batch, latents, labels and the generated samples."""
         rng, B = self.generator_rng(), self.cfg.data.batch_size
         real_x, real_y = self.data.sample_real(B, rng)
+        real_y, y_d, y_g = self.conditioning(real_y)
         z_shape = (self.num_devices, B, self.cfg.model.latent_dim)
         z_d = torch.randn(z_shape, generator=rng, device=self.device)
-        y_d = self.data.sample_fake_labels(B, rng)
         z_g = torch.randn(z_shape, generator=rng, device=self.device)
-        y_g = self.data.sample_fake_labels(B, rng)
         with torch.no_grad():
             fake_d, fake_g = self.generate(z_d, y_d), self.generate(z_g, y_g)
         return LocalBatch(real_x, real_y, z_d, y_d, fake_d, z_g, y_g, fake_g)
@@ -264,8 +280,12 @@ class FederatedGAN(pl.LightningModule):
             weights = sync_edge_weights(device_loss, community, K, self.cfg.federation.tau_edge, arrived)
         regenerated = self.generate(work.z_g, work.y_g)
         w = weights.view(-1, *[1] * (feedback.dim() - 1)).to(feedback.dtype)
+        g_loss = (regenerated * (w * feedback)).sum()
+        extra = self.edge_regularizer(updating)
+        if extra is not None:
+            g_loss = g_loss + extra
         opt_g.zero_grad(set_to_none=True)
-        self._backward((regenerated * (w * feedback)).sum())
+        self._backward(g_loss)
         opt_g.step(active=None if bool(updating.all()) else updating)
 
         with torch.no_grad():
@@ -351,8 +371,9 @@ class FederatedGAN(pl.LightningModule):
 
     # -- sampling for evaluation -------------------------------------------------------------------
     @torch.no_grad()
-    def sample_global(self, labels: Tensor, generator: torch.Generator) -> Tensor:
-        """Samples of the global generator G for the given labels (ignored when unconditional)."""
+    def sample_global(self, labels: Tensor, generator: torch.Generator, domains: Tensor | None = None) -> Tensor:
+        """Samples of the global generator G for the given class labels (ignored when unconditional);
+        ``domains`` (community indices) matter only to domain-conditional variants."""
         z = torch.randn(len(labels), self.cfg.model.latent_dim, generator=generator, device=labels.device)
         return self.global_generator(z, labels)
 

@@ -66,10 +66,10 @@ def test_is_on_real_data_close_to_label_count_and_acc_equals_classifier_accuracy
     evaluator = GenerationEvaluator(dm, classifier, None, num_samples=2000, kid_subset_size=500, conditional=True)
 
     def real_sampler(scope):
-        real_x, real_y = evaluator.real[scope]
+        real_x, real_y, _ = evaluator.real[scope]
         position = {"i": 0}
 
-        def sample(labels, generator):
+        def sample(labels, generator, domains):
             # "generates" the real set itself, in order: IS and acc then describe real data
             i = position["i"]
             position["i"] += len(labels)
@@ -79,7 +79,8 @@ def test_is_on_real_data_close_to_label_count_and_acc_equals_classifier_accuracy
         return sample
 
     metrics = evaluator.evaluate(real_sampler("global"), scopes=["global"])
-    real_x, real_y = evaluator.real["global"]
+    real_x, real_y, domains = evaluator.real["global"]
+    assert torch.equal(domains == 0, real_y < 10)         # community 0 is the MNIST one
     assert metrics["global/acc"] == pytest.approx(accuracy(classifier, real_x, real_y), abs=1e-6)
     assert abs(metrics["global/fid_classifier"]) < 1e-6
     # the real mixture follows the training proportions: MNIST 60k, FashionMNIST 2 x 30k

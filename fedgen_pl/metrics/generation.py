@@ -29,7 +29,8 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from fedgen_pl.metrics.classifier import Classifier
 
-SampleFn = Callable[[Tensor, torch.Generator], Tensor]   # (labels, generator) -> images in [-1, 1]
+# (labels, generator, domains) -> images in [-1, 1]; domains = the community index of every sample
+SampleFn = Callable[[Tensor, torch.Generator, Tensor], Tensor]
 
 
 class ClassifierFeatures(nn.Module):
@@ -64,24 +65,25 @@ def _as_float(images: Tensor) -> Tensor:
     return images.float().div(127.5).sub(1.0) if images.dtype == torch.uint8 else images.float()
 
 
-def real_sets(datamodule, num_samples: int, seed: int = 0) -> dict[str, tuple[Tensor, Tensor]]:
-    """uint8 real images and global labels per scope, ``num_samples`` each."""
+def real_sets(datamodule, num_samples: int, seed: int = 0) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+    """uint8 real images, global labels and community (domain) indices per scope, ``num_samples`` each."""
     generator = torch.Generator().manual_seed(seed)
     spec = datamodule.spec
 
-    def draw(x: Tensor, y: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    def draw(x: Tensor, y: Tensor, n: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
         index = (torch.randperm(len(x), generator=generator)[:n] if n <= len(x)
                  else torch.randint(len(x), (n,), generator=generator))
-        return x[index], y[index]
+        return x[index], y[index], torch.full((n,), k, dtype=torch.long)
 
-    sets = {f"community_{k}": draw(x, y, num_samples) for k, (x, y) in enumerate(datamodule.community_test)}
+    sets = {f"community_{k}": draw(x, y, num_samples, k) for k, (x, y) in enumerate(datamodule.community_test)}
     counts = torch.zeros(spec.num_communities)
     counts.index_add_(0, torch.tensor(spec.community_of_device), torch.tensor(spec.device_sample_counts, dtype=torch.float))
     share = counts / counts.sum()
     per_community = (share * num_samples).floor().long()
     per_community[: num_samples - int(per_community.sum())] += 1     # exactly num_samples in all
-    parts = [draw(x, y, int(n)) for (x, y), n in zip(datamodule.community_test, per_community) if n > 0]
-    sets["global"] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    parts = [draw(x, y, int(n), k) for k, ((x, y), n) in enumerate(zip(datamodule.community_test, per_community))
+             if n > 0]
+    sets["global"] = tuple(torch.cat([p[i] for p in parts]) for i in range(3))
     return sets
 
 
@@ -102,7 +104,7 @@ class GenerationEvaluator:
         self.real = real_sets(datamodule, num_samples, seed)
         self.metrics: dict[str, dict[str, object]] = {}
         warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
-        for scope, (x, y) in self.real.items():
+        for scope, (x, _, _) in self.real.items():
             metrics = {
                 "fid_classifier": FrechetInceptionDistance(feature=features, reset_real_features=False),
                 "kid_classifier": KernelInceptionDistance(feature=features, reset_real_features=False,
@@ -136,11 +138,12 @@ class GenerationEvaluator:
         metrics = self.metrics[scope]
         for metric in metrics.values():
             metric.reset()      # fake statistics only: the real ones are kept
-        _, labels = self.real[scope]
+        _, labels, domains = self.real[scope]
         generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         for start in range(0, len(labels), self.batch_size):
             y = labels[start:start + self.batch_size].to(self.device)
-            fake = sample(y, generator).float().clamp(-1, 1)
+            d = domains[start:start + self.batch_size].to(self.device)
+            fake = sample(y, generator, d).float().clamp(-1, 1)
             h = self.classifier.features(fake)
             logits = self.classifier.head(h)
             metrics["fid_classifier"].update(h, real=False)

@@ -1,0 +1,71 @@
+"""Virtual time for sync and async edges to reach a quality bar on the Gaussian grid.
+
+Runs ``gaussian_grid_async`` (heterogeneous devices: delays uniform in 10-60 ticks, 20% stragglers 4x
+slower) with ``federation.update=sync`` and ``=async`` for several seeds, and reports for each the
+first round and virtual time (ticks) at which the global generator's ``high_quality_share`` reaches
+the bar, plus the final metrics. Every number comes from the runs' own metrics.csv.
+
+    .venv/bin/python benchmarks/sync_vs_async_grid.py [--seeds 0 1 2] [--bar 0.8] [--rounds 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+
+from fedgen_pl.cli import main as fedgen
+
+
+def first_reaching(run_dir: Path, bar: float) -> tuple[int | None, int | None]:
+    with open(run_dir / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            value = row.get("global/high_quality_share")
+            if value and float(value) >= bar:
+                return int(float(row["round"])), int(float(row["virtual_time"]))
+    return None, None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--bar", type=float, default=0.8)
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--out", default=None, help="where the runs go (default: a temporary directory)")
+    args = parser.parse_args()
+    root = Path(args.out or tempfile.mkdtemp(prefix="sync-vs-async-"))
+    rows = []
+    for seed in args.seeds:
+        for update in ("sync", "async"):
+            run_dir = root / f"{update}-seed{seed}"
+            fedgen(["train", "experiment=gaussian_grid_async", f"federation.update={update}", f"seed={seed}",
+                    f"federation.global_rounds={args.rounds}", "trainer.progress_bar=false",
+                    f"output_dir={run_dir}"])
+            summary = json.loads((run_dir / "summary.json").read_text())
+            round_, ticks = first_reaching(run_dir, args.bar)
+            rows.append(dict(seed=seed, update=update, round=round_, ticks=ticks, summary=summary))
+
+    print(f"\nGaussian grid, gaussian_grid_async clock (tiers: 10-60 ticks, 20% stragglers x4), "
+          f"{args.rounds} rounds; {platform.processor() or platform.machine()}")
+    print(f"\n| seed | update | first round with high_quality_share >= {args.bar} | virtual time then (ticks) "
+          f"| final modes | final high_quality_share | virtual time of {args.rounds} rounds | wall time (s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        m = r["summary"]["metrics"]
+        print(f"| {r['seed']} | {r['update']} | {r['round'] if r['round'] is not None else 'not reached'} | "
+              f"{r['ticks'] if r['ticks'] is not None else '-'} | {m['modes_covered']}/9 | "
+              f"{m['high_quality_share']:.3f} | {r['summary']['virtual_time']} | {r['summary']['wall_time_s']:.0f} |")
+    for update in ("sync", "async"):
+        ticks = [r["ticks"] for r in rows if r["update"] == update and r["ticks"] is not None]
+        reached = f"{len(ticks)}/{len(args.seeds)} seeds reached the bar"
+        mean = f"mean {statistics.mean(ticks):.0f} ticks" if ticks else "no mean"
+        print(f"\n{update}: {reached}; {mean}")
+    print(f"\nruns in {root}")
+
+
+if __name__ == "__main__":
+    main()
