@@ -7,9 +7,6 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
-
-from fedgen_pl.plots import image_grid
 
 
 class GenerationMetrics(pl.Callback):
@@ -39,24 +36,7 @@ class GenerationMetrics(pl.Callback):
         if done % self.every_n_rounds == 0 or pl_module.training_finished:
             self._evaluated_round = done
             started = time.time()
-            self.latest = self.evaluator.evaluate(pl_module.sample_global)
+            self.latest = self.evaluator.evaluate_model(pl_module)
             self.eval_seconds += time.time() - started
             pl_module.log_metrics(self.latest)
-            save_sample_grids(pl_module, self.plot_dir, self.per_label)
-
-
-def save_sample_grids(model, plot_dir: Path, per_label: int = 8) -> list[Path]:
-    """``samples_global.png`` (one row per label) and ``samples_community_k.png`` (its labels)."""
-    spec = model.spec
-    generator = torch.Generator(device=model.device).manual_seed(4321)
-    labels = torch.arange(spec.num_labels, device=model.device).repeat_interleave(per_label)
-    images = model.sample_global(labels, generator)
-    paths = [image_grid(images, plot_dir / "samples_global.png", nrow=per_label,
-                        title=f"global generator, round {model.round}", row_labels=spec.label_names)]
-    # Each community's rows: the labels its devices hold (G_k equals G after every aggregation).
-    for k, (name, held) in enumerate(zip(spec.community_names, spec.community_labels)):
-        rows = torch.cat([torch.arange(i * per_label, (i + 1) * per_label) for i in held])
-        paths.append(image_grid(images[rows], plot_dir / f"samples_community_{k}.png", nrow=per_label,
-                                title=f"community {name}, round {model.round}",
-                                row_labels=[spec.label_names[i] for i in held]))
-    return paths
+            pl_module.save_sample_grids(self.plot_dir, self.per_label)

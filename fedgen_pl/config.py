@@ -63,6 +63,11 @@ class ModelConfig:
     d_lr: float = MISSING
     beta1: float = MISSING
     beta2: float = MISSING
+    lambda_inv: float = MISSING
+    lambda_spe: float = MISSING
+    classifier_steps: int = MISSING
+    classifier_lr: float = MISSING
+    regularizer_batch: int = MISSING
 
 
 @dataclass
@@ -147,7 +152,6 @@ class Config:
 CHOICES = {
     "schedule": ("quick", "full"),
     "federation.update": ("sync", "async"),
-    "model.name": ("fedgen_fr",),
     "model.arch": ("auto", "mlp", "dcgan"),
     "model.gan_loss": ("non_saturating", "saturating"),
     "model.g_norm": ("group", "none"),
@@ -308,6 +312,17 @@ def validate(cfg: DictConfig) -> None:
                      f"federation.communities[{i}].classes", f"has duplicates: {list(community.classes)}")
 
     m = cfg.model
+    from fedgen_pl.models import MODELS
+
+    _require(m.name in MODELS, "model.name", f"unknown model '{m.name}'; available: {', '.join(MODELS)}")
+    for key in ("lambda_inv", "lambda_spe"):
+        _require(m[key] >= 0, f"model.{key}", f"must be >= 0 (0 switches the term off), got {m[key]}")
+    _require(m.classifier_steps >= 0, "model.classifier_steps", f"must be >= 0, got {m.classifier_steps}")
+    _require(m.classifier_lr > 0, "model.classifier_lr", f"must be > 0, got {m.classifier_lr}")
+    _require(m.regularizer_batch >= 1, "model.regularizer_batch", f"must be >= 1, got {m.regularizer_batch}")
+    if m.name == "fedgen_lr":
+        _require(cfg.data.label_space == "shared", "data.label_space",
+                 "the label-related model (fedgen_lr) needs label_space=shared (the same classes in every domain)")
     for key in ("latent_dim", "hidden_dim", "g_channels", "d_channels"):
         _require(m[key] >= 1, f"model.{key}", f"must be >= 1, got {m[key]}")
     for key in ("g_lr", "d_lr"):

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from fedgen_pl.config import ConfigError, validate
-from fedgen_pl.system import FederatedGAN
+from fedgen_pl.models import model_class
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -22,10 +22,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, device: torch.device | None = None) -> tuple[FederatedGAN, Path]:
+def load_model(path: str | Path, device: torch.device | None = None):
     path = resolve_checkpoint(path)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = FederatedGAN.load_from_checkpoint(path, map_location=device, weights_only=True)
+    hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+    model = model_class(hparams["config"]["model"]["name"]).load_from_checkpoint(path, map_location=device,
+                                                                               weights_only=True)
     return model.to(device).eval(), path
 
 
@@ -51,7 +53,7 @@ def evaluate_checkpoint(path, overrides: list[str] | None = None) -> tuple[dict,
         metrics = {f"global/{k}": v for k, v in callback.evaluate(model)[0].items()}
     else:
         evaluator = build_evaluator(cfg, datamodule, model.device)
-        metrics = evaluator.evaluate(model.sample_global)
+        metrics = evaluator.evaluate_model(model)
         metrics["classifier_test_accuracy"] = evaluator.classifier_record["test_accuracy"]
     metrics = {"round": model.round, "iteration": model.iteration, **metrics}
     out = path.parent / "metrics.json"
@@ -69,9 +71,15 @@ def sample_checkpoint(path, n: int, out: str | None = None, seed: int = 0) -> li
         raise ConfigError(f"--n must be >= 1, got {n}")
     model, path = load_model(path)
     spec = model.spec
-    labels = torch.arange(n, device=model.device) % spec.num_labels
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    samples = model.sample_global(labels, generator).float().cpu()
+    if model.cfg.model.name == "fedgen_lr":     # domain-conditional: cycle through the domains
+        labels = torch.arange(n, device=model.device) % spec.num_communities
+        samples = model.sample_global(labels, generator, domains=labels).float().cpu()
+        names = spec.community_names
+    else:
+        labels = torch.arange(n, device=model.device) % spec.num_labels
+        samples = model.sample_global(labels, generator).float().cpu()
+        names = spec.label_names
     stem = Path(out) if out else path.parent / f"samples_{n}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     if samples.dim() == 4:
@@ -79,7 +87,7 @@ def sample_checkpoint(path, n: int, out: str | None = None, seed: int = 0) -> li
     else:
         stored = samples.numpy()
     npz = stem.with_suffix(".npz")
-    np.savez(npz, x=stored, y=labels.cpu().numpy(), label_names=np.array(spec.label_names))
+    np.savez(npz, x=stored, y=labels.cpu().numpy(), label_names=np.array(names))
     png = stem.with_suffix(".png")
     if samples.dim() == 4:
         order = torch.argsort(labels.cpu(), stable=True)[:400]      # rows grouped by label

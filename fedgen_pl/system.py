@@ -243,6 +243,7 @@ class FederatedGAN(pl.LightningModule):
         self.counters["timeouts"] += int(event.timed_out.sum())
         self.counters["dropouts"] = self.clock.dropouts
         self.dispatch(self.clock.idle_devices())
+        self.iteration += 1
         return stats
 
     def process_feedback(self, arrived: Tensor, updating: Tensor, everyone: bool, opt_g, opt_d) -> StepStats:
@@ -302,9 +303,8 @@ class FederatedGAN(pl.LightningModule):
         self.attach_data(self.trainer.datamodule)
 
     def training_step(self, batch, batch_idx):
-        opt_g, opt_d = self.optimizers()
-        stats = self.step_event(opt_g, opt_d)
-        self.iteration += 1
+        optimizers = self.optimizers()
+        stats = self.step_event(optimizers[0], optimizers[1])
         every = self.cfg.trainer.log_every_n_iters
         if stats is not None and self.iteration % every == 0:
             count = stats.arrived.sum().clamp(min=1)
@@ -370,6 +370,24 @@ class FederatedGAN(pl.LightningModule):
             self.dispatch(self.clock.idle_devices())
 
     # -- sampling for evaluation -------------------------------------------------------------------
+    def save_sample_grids(self, plot_dir, per_label: int = 8) -> list:
+        """``samples_global.png`` (one row per label) and ``samples_community_k.png`` (its labels)."""
+        from fedgen_pl.plots import image_grid
+
+        spec = self.spec
+        generator = torch.Generator(device=self.device).manual_seed(4321)
+        labels = torch.arange(spec.num_labels, device=self.device).repeat_interleave(per_label)
+        images = self.sample_global(labels, generator)
+        paths = [image_grid(images, plot_dir / "samples_global.png", nrow=per_label,
+                            title=f"global generator, round {self.round}", row_labels=spec.label_names)]
+        # Each community's rows: the labels its devices hold (G_k equals G after every aggregation).
+        for k, (name, held) in enumerate(zip(spec.community_names, spec.community_labels)):
+            rows = torch.cat([torch.arange(i * per_label, (i + 1) * per_label) for i in held])
+            paths.append(image_grid(images[rows], plot_dir / f"samples_community_{k}.png", nrow=per_label,
+                                    title=f"community {name}, round {self.round}",
+                                    row_labels=[spec.label_names[i] for i in held]))
+        return paths
+
     @torch.no_grad()
     def sample_global(self, labels: Tensor, generator: torch.Generator, domains: Tensor | None = None) -> Tensor:
         """Samples of the global generator G for the given class labels (ignored when unconditional);

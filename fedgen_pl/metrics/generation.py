@@ -97,6 +97,7 @@ class GenerationEvaluator:
         self.batch_size = batch_size
         self.conditional = conditional
         self.seed = seed
+        self.consistency_samples = num_samples
         self.num_labels = datamodule.spec.num_labels
         self.classifier = classifier.to(self.device).eval()
         features, logits = Precomputed(classifier.feature_dim), Precomputed(self.num_labels)
@@ -123,6 +124,23 @@ class GenerationEvaluator:
                 if "fid_inception" in metrics:
                     metrics["fid_inception"].update(batch, real=True)
             self.metrics[scope] = metrics
+
+    def evaluate_model(self, model) -> dict[str, float]:
+        """Every metric of ``model``'s global generator; ``global/class_consistency`` too when the model
+        draws paired samples (the label-related scenario)."""
+        results = self.evaluate(model.sample_global)
+        if hasattr(model, "paired_samples"):
+            generator = torch.Generator(device=self.device).manual_seed(self.seed + 2)
+            results["global/class_consistency"] = self.class_consistency(
+                model.paired_samples(self.consistency_samples, generator))
+        return results
+
+    @torch.no_grad()
+    def class_consistency(self, paired: Tensor) -> float:
+        """Share of latent vectors whose samples in every domain (``paired``: ``[D, n, C, H, W]``) the
+        classifier assigns to one and the same class."""
+        predictions = torch.stack([self.classifier(_as_float(x)).argmax(1) for x in paired])   # [D, n]
+        return float((predictions == predictions[:1]).all(0).double().mean())
 
     @torch.no_grad()
     def evaluate(self, sample: SampleFn, scopes: list[str] | None = None) -> dict[str, float]:

@@ -1,0 +1,17 @@
+"""Models selectable with ``model.name``; each is a LightningModule built from (config, spec)."""
+
+from __future__ import annotations
+
+from fedgen_pl.label_related import LabelRelatedGAN
+from fedgen_pl.system import FederatedGAN
+
+MODELS = {
+    "fedgen_fr": FederatedGAN,        # feature-related three-tier GAN (METHOD.md §2)
+    "fedgen_lr": LabelRelatedGAN,     # label-related three-tier GAN (METHOD.md §3)
+}
+
+
+def model_class(name: str):
+    if name not in MODELS:
+        raise KeyError(f"model.name: unknown model '{name}'; available: {', '.join(MODELS)}")
+    return MODELS[name]
