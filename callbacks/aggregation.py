@@ -21,7 +21,7 @@ class GlobalAggregation(pl.Callback):
         if not pl_module.round_complete:
             return
         stats = pl_module.round_stats()
-        rule = get_aggregation(pl_module.cfg.federation.aggregation)
+        rule = get_aggregation(pl_module.aggregation_name)
         new_state, weights = rule(pl_module.global_state(), pl_module.community_state(), stats)
         pl_module.finish_round(new_state)
         record = {"round": pl_module.round,

@@ -75,16 +75,16 @@ class LabelRelatedGAN(FederatedGAN):
         m = self.cfg.model
         if self.iteration == 0 or (m.lambda_inv == 0 and m.lambda_spe == 0):
             return None
-        K, B = self.num_communities, m.regularizer_batch
-        z, codes = self._paired_inputs(B, leading=(K,))      # one draw per edge, all domains
-        per_edge = torch.zeros(K, device=self.device)
+        G, K, B = self.num_generators, self.num_communities, m.regularizer_batch
+        z, codes = self._paired_inputs(B, leading=(G,))      # one draw per edge generator, all K domains
+        per_edge = torch.zeros(G, device=self.device)
         if m.lambda_inv:
-            first = self.community_generators(z, codes, first_layer=True)      # [K, K*B, F]
-            per_edge = per_edge + m.lambda_inv * invariance_loss(first.view(K, K, B, -1))
+            first = self.community_generators(z, codes, first_layer=True)      # [G, K*B, F]
+            per_edge = per_edge + m.lambda_inv * invariance_loss(first.view(G, K, B, -1))
         if m.lambda_spe:
-            images = self.community_generators(z, codes)                      # [K, K*B, C, H, W]
+            images = self.community_generators(z, codes)                      # [G, K*B, C, H, W]
             logits = self.frozen_classifier(images.flatten(0, 1))
-            ce = F.cross_entropy(logits, codes.flatten(), reduction="none").view(K, K, B)
+            ce = F.cross_entropy(logits, codes.flatten(), reduction="none").view(G, K, B)
             per_edge = per_edge + m.lambda_spe * ce.mean(-1).sum(-1)
         return (per_edge * updating.to(per_edge.dtype)).sum()
 
@@ -93,7 +93,7 @@ class LabelRelatedGAN(FederatedGAN):
         super().finish_round(new_global_state)
         self.train_domain_classifier()
         classifier_bytes = sum(p.numel() * p.element_size() for p in self.domain_classifier.parameters())
-        self.bytes["cloud_to_edge"] += self.num_communities * classifier_bytes
+        self.bytes["cloud_to_edge"] += self.num_generators * classifier_bytes
 
     def train_domain_classifier(self) -> list[float]:
         """``classifier_steps`` cross-entropy steps of C on {(G(z, c_k), k)}; returns the losses."""

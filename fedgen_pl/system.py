@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from fedgen_pl.aggregation import RoundStats, async_edge_weights, community_losses, sync_edge_weights
+from fedgen_pl.aggregation import (
+    RoundStats, async_edge_weights, community_losses, segment_sum, sync_edge_weights,
+)
 from fedgen_pl.clock import VirtualClock
 from fedgen_pl.config import cloud_lr
 from fedgen_pl.networks import build_discriminator, build_generator
@@ -61,32 +63,65 @@ class StepStats:
     staleness: Tensor    # [N] G_k updates since the device's work was dispatched
 
 
+class Grouping(torch.nn.Module):
+    """Which member of a ``StackedModule`` serves each device: ``group_of_device[n]`` (groups contiguous,
+    in device order). Moves per-device batches ``[N, B, ...]`` to per-member batches ``[G, M*B, ...]``
+    and back; ragged groups are padded to the largest (M) and the padding dropped again."""
+
+    def __init__(self, group_of_device: list[int]):
+        super().__init__()
+        sizes = np.bincount(group_of_device).tolist()
+        self.num_groups, self.max_size = len(sizes), max(sizes)
+        self.uniform = len(set(sizes)) == 1
+        start = np.cumsum([0] + sizes)[:-1]
+        slots = [g * self.max_size + n - start[g] for n, g in enumerate(group_of_device)]
+        self.register_buffer("slots", torch.tensor(slots), persistent=False)
+        self.register_buffer("group", torch.tensor(group_of_device), persistent=False)
+        self.sizes = sizes
+
+    def to_members(self, x: Tensor) -> Tensor:
+        G, M = self.num_groups, self.max_size
+        if not self.uniform:
+            x = x.new_zeros(G * M, *x.shape[1:]).index_copy(0, self.slots, x)
+        return x.reshape(G, M * x.shape[1], *x.shape[2:])
+
+    def from_members(self, y: Tensor, batch: int) -> Tensor:
+        y = y.reshape(self.num_groups * self.max_size, batch, *y.shape[2:])
+        return y if self.uniform else y[self.slots]
+
+
 class FederatedGAN(pl.LightningModule):
+    # Which network serves which device: one generator per community (its edge) and one
+    # discriminator per device. Baselines (fedgen_pl/baselines.py) change these.
+    generator_groups = "community"       # community | single | device
+    discriminator_groups = "device"      # device | single
+
     def __init__(self, config: dict, spec: dict):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.cfg: DictConfig = OmegaConf.create(config)
         self.spec = FederationSpec.from_dict(spec)
-        K, N = self.spec.num_communities, self.spec.num_devices
-        self.num_communities, self.num_devices = K, N
+        N = self.spec.num_devices
+        self.num_communities, self.num_devices = self.spec.num_communities, N
         model_cfg = self.cfg.model
+        community = self.spec.community_of_device
+        self.register_buffer("community_of_device", torch.tensor(community), persistent=False)
+        groups = {"community": community, "single": [0] * N, "device": list(range(N))}
+        self.generators = Grouping(groups[self.generator_groups])
+        self.discriminators = Grouping(groups[self.discriminator_groups])
+        K = self.num_generators = self.generators.num_groups
 
         self.global_generator = self.build_generator()
         self.community_generators = StackedModule(self.global_generator, K)   # G_k <- G at the start
-        self.device_discriminators = StackedModule([self.build_discriminator() for _ in range(N)])
-
-        community = torch.tensor(self.spec.community_of_device)
-        self.register_buffer("community_of_device", community, persistent=False)
-        counts = self.spec.devices_per_community
-        self.uniform_devices = len(set(counts)) == 1
-        self.max_devices = max(counts)
-        # Slot of each device in a [K, J_max] grid, to run ragged communities through G padded.
-        slots = [k * self.max_devices + j for k, c in enumerate(counts) for j in range(c)]
-        self.register_buffer("device_slot", torch.tensor(slots), persistent=False)
-        self.register_buffer("community_sample_counts", torch.zeros(K), persistent=False)
-        self.community_sample_counts.index_add_(0, community, torch.tensor(self.spec.device_sample_counts,
-                                                                             dtype=torch.float32))
+        self.device_discriminators = StackedModule([self.build_discriminator()
+                                                    for _ in range(self.discriminators.num_groups)])
+        counts = torch.tensor(self.spec.device_sample_counts, dtype=torch.float32)
+        self.register_buffer("generator_sample_counts", torch.zeros(K).index_add_(0, self.generators.group, counts),
+                             persistent=False)
+        # A shared discriminator sees the mean of its devices' losses.
+        share = 1.0 / torch.tensor(self.discriminators.sizes, dtype=torch.float32)[self.discriminators.group]
+        self.register_buffer("discriminator_share", share, persistent=False)
 
         # In-flight work of every device (persistent: a resumed run continues the same dispatches).
         B, shape, z = self.cfg.data.batch_size, self.spec.data_shape, model_cfg.latent_dim
@@ -96,16 +131,16 @@ class FederatedGAN(pl.LightningModule):
                                   ("y_g", (), torch.long), ("fake_g", shape, torch.float32)):
             self.register_buffer(f"inflight_{name}", torch.zeros(N, B, *dims, dtype=dtype))
         self.register_buffer("dispatch_version", torch.zeros(N, dtype=torch.long))
-        self.register_buffer("community_version", torch.zeros(K, dtype=torch.long))  # G_k updates so far
+        self.register_buffer("generator_version", torch.zeros(K, dtype=torch.long))  # G_k updates so far
         self.register_buffer("previous_staleness", torch.zeros(N))  # for the optional D lr scaling
 
         # Round state (saved in checkpoints through on_save_checkpoint).
         self.round = 0          # completed global rounds
         self.iteration = 0      # clock events processed (training steps)
-        self.register_buffer("round_loss_sum", torch.zeros(K))
+        self.register_buffer("round_loss_sum", torch.zeros(K))      # per generator (edge)
         self.register_buffer("round_updates", torch.zeros(K))
-        self.clock = VirtualClock(counts, self.cfg.federation["update"], self.cfg.federation.local_iters,
-                                  self.cfg.clock, int(self.cfg.seed))
+        self.clock = VirtualClock(self.generators.sizes, self.cfg.federation["update"],
+                                  self.cfg.federation.local_iters, self.cfg.clock, int(self.cfg.seed))
         self.bytes = {"device_to_edge": 0, "edge_to_device": 0, "edge_to_cloud": 0, "cloud_to_edge": 0}
         self.counters = {"timeouts": 0, "dropouts": 0}
         self.started = False    # the first dispatch has been made
@@ -126,6 +161,17 @@ class FederatedGAN(pl.LightningModule):
         rng, B = self.generator_rng(), real_y.shape[1]
         return real_y, self.data.sample_fake_labels(B, rng), self.data.sample_fake_labels(B, rng)
 
+    def edge_weights(self, device_loss: Tensor, staleness: Tensor, arrived: Tensor) -> Tensor:
+        """w_kj: Eq. 4 (sync) or Eq. 5 (async) within each generator's devices."""
+        K, edge = self.num_generators, self.generators.group
+        if self.asynchronous:
+            return async_edge_weights(staleness, arrived, edge, K)
+        return sync_edge_weights(device_loss, edge, K, self.cfg.federation.tau_edge, arrived)
+
+    @property
+    def aggregation_name(self) -> str:
+        return self.cfg.federation.aggregation
+
     def edge_regularizer(self, updating: Tensor) -> Tensor | None:
         """An extra term of the community generators' loss (the label-related model's L_inv, L_spe)."""
         return None
@@ -134,8 +180,9 @@ class FederatedGAN(pl.LightningModule):
     def configure_optimizers(self):
         m = self.cfg.model
         betas = (m.beta1, m.beta2)
-        opt_g = StackedAdam(self.community_generators.parameters(), self.num_communities, lr=m.g_lr, betas=betas)
-        opt_d = StackedAdam(self.device_discriminators.parameters(), self.num_devices, lr=m.d_lr, betas=betas)
+        opt_g = StackedAdam(self.community_generators.parameters(), self.num_generators, lr=m.g_lr, betas=betas)
+        opt_d = StackedAdam(self.device_discriminators.parameters(), self.discriminators.num_groups, lr=m.d_lr,
+                            betas=betas)
         return [opt_g, opt_d]
 
     @property
@@ -167,17 +214,16 @@ class FederatedGAN(pl.LightningModule):
 
     # -- the edge: generating and dispatching ----------------------------------------------------
     def generate(self, z: Tensor, labels: Tensor) -> Tensor:
-        """Each device's samples from its community's generator: z ``[N, B, d]`` -> ``[N, B, *shape]``."""
-        K, N, B = self.num_communities, self.num_devices, z.shape[1]
-        if self.uniform_devices:
-            J = N // K
-            out = self.community_generators(z.reshape(K, J * B, -1), labels.reshape(K, J * B))
-            return out.reshape(N, B, *out.shape[2:])
-        slots, J = self.device_slot, self.max_devices
-        z_grid = z.new_zeros(K * J, *z.shape[1:]).index_copy(0, slots, z)
-        y_grid = labels.new_zeros(K * J, B).index_copy(0, slots, labels)
-        out = self.community_generators(z_grid.reshape(K, J * B, -1), y_grid.reshape(K, J * B))
-        return out.reshape(K * J, B, *out.shape[2:])[slots]
+        """Each device's samples from its generator: z ``[N, B, d]`` -> ``[N, B, *shape]``."""
+        layout = self.generators
+        out = self.community_generators(layout.to_members(z), layout.to_members(labels))
+        return layout.from_members(out, z.shape[1])
+
+    def discriminate(self, x: Tensor, labels: Tensor, frozen: bool = False) -> Tensor:
+        """Each device's logits from its discriminator: x ``[N, B, *shape]`` -> ``[N, B]``."""
+        layout = self.discriminators
+        out = self.device_discriminators(layout.to_members(x), layout.to_members(labels), frozen=frozen)
+        return layout.from_members(out, x.shape[1])
 
     def draw_batch(self) -> LocalBatch:
         """A fresh dispatch for every device: real batch, latents, labels and the generated samples."""
@@ -205,7 +251,7 @@ class FederatedGAN(pl.LightningModule):
         for name in INFLIGHT:
             target, value = getattr(self, f"inflight_{name}"), getattr(batch, name)
             target.copy_(torch.where(mask.view(-1, *[1] * (value.dim() - 1)), value.to(target.dtype), target))
-        self.dispatch_version.copy_(torch.where(mask, self.community_version[self.community_of_device],
+        self.dispatch_version.copy_(torch.where(mask, self.generator_version[self.generators.group],
                                                 self.dispatch_version))
         self.bytes["edge_to_device"] += int(sent.sum()) * self.dispatch_bytes()
 
@@ -252,33 +298,31 @@ class FederatedGAN(pl.LightningModule):
         work = self.inflight()
         B = work.real_x.shape[1]
         mask = arrived.to(work.real_x.dtype)
-        staleness = (self.community_version[self.community_of_device] - self.dispatch_version).clamp(min=0)
+        staleness = (self.generator_version[self.generators.group] - self.dispatch_version).clamp(min=0)
 
         # 1-2. Devices update D_kj on their real data and G_k(z_d); one batched call over both.
-        logits = self.device_discriminators(torch.cat([work.real_x, work.fake_d], 1),
-                                            torch.cat([work.real_y, work.y_d], 1))
+        logits = self.discriminate(torch.cat([work.real_x, work.fake_d], 1), torch.cat([work.real_y, work.y_d], 1))
         d_loss = F.softplus(-logits[:, :B]).mean(1) + F.softplus(logits[:, B:]).mean(1)
         opt_d.zero_grad(set_to_none=True)
-        self._backward((d_loss * mask).sum())
+        self._backward((d_loss * mask * self.discriminator_share).sum())
         lr_scale = None
         if self.asynchronous and self.cfg.clock.lr_scale:
             # Journal rule: stragglers take larger steps, exp(staleness of their previous feedback), capped.
             lr_scale = self.previous_staleness.exp().clamp(max=self.cfg.clock.max_lr_scale)
-        opt_d.step(active=None if everyone else arrived, lr_scale=lr_scale)
+        d_active = segment_sum(mask, self.discriminators.group, self.discriminators.num_groups) > 0
+        opt_d.step(active=None if bool(d_active.all()) else d_active,
+                   lr_scale=None if lr_scale is None or self.discriminator_groups != "device" else lr_scale)
 
         # 3. With the updated D_kj: L_kj and the gradient of the batch-mean objective w.r.t. G_k(z_g).
         fake_g = work.fake_g.detach().requires_grad_(True)
-        logits = self.device_discriminators(fake_g, work.y_g, frozen=True)
+        logits = self.discriminate(fake_g, work.y_g, frozen=True)
         device_loss = -F.softplus(logits).mean(1)
         objective = F.softplus(-logits).mean(1) if self.cfg.model.gan_loss == "non_saturating" else device_loss
         (feedback,) = torch.autograd.grad(objective.sum(), fake_g)   # per device: d l_kj / d G_k(z_g)
 
         # 4. The edge weights the feedback and updates G_k by regenerating G_k(z_g) from the stored z_g.
-        K, community = self.num_communities, self.community_of_device
-        if self.asynchronous:
-            weights = async_edge_weights(staleness, arrived, community, K)
-        else:
-            weights = sync_edge_weights(device_loss, community, K, self.cfg.federation.tau_edge, arrived)
+        K, edge = self.num_generators, self.generators.group
+        weights = self.edge_weights(device_loss, staleness, arrived)
         regenerated = self.generate(work.z_g, work.y_g)
         w = weights.view(-1, *[1] * (feedback.dim() - 1)).to(feedback.dtype)
         g_loss = (regenerated * (w * feedback)).sum()
@@ -290,9 +334,9 @@ class FederatedGAN(pl.LightningModule):
         opt_g.step(active=None if bool(updating.all()) else updating)
 
         with torch.no_grad():
-            self.community_version += updating.long()
+            self.generator_version += updating.long()
             self.previous_staleness.copy_(torch.where(arrived, staleness.float(), self.previous_staleness))
-            self.round_loss_sum += community_losses(weights, device_loss, community, K)
+            self.round_loss_sum += community_losses(weights, device_loss, edge, K)
             self.round_updates += updating.float()
         zero = torch.zeros_like(d_loss)
         return StepStats(arrived, torch.where(arrived, d_loss.detach(), zero),
@@ -341,7 +385,7 @@ class FederatedGAN(pl.LightningModule):
         """L*_k = mean over the round's updates of G_k of sum_j w_kj L_kj (METHOD.md §5.2)."""
         return RoundStats(
             community_loss=self.round_loss_sum / self.round_updates.clamp(min=1),
-            sample_counts=self.community_sample_counts,
+            sample_counts=self.generator_sample_counts,
             tau_cloud=self.cfg.federation.tau_cloud,
             cloud_lr=self.cloud_lr,
         )
@@ -358,11 +402,11 @@ class FederatedGAN(pl.LightningModule):
         community finished); parked devices get fresh work from the new G_k."""
         self.global_generator.load_state_dict(new_global_state)
         self.community_generators.broadcast(self.global_state())
-        self.community_version += 1
+        self.generator_version += 1
         self.round_loss_sum.zero_()
         self.round_updates.zero_()
         self.round += 1
-        K = self.num_communities
+        K = self.num_generators
         self.bytes["edge_to_cloud"] += K * (self.generator_bytes() + 4)     # G_k and L*_k up
         self.bytes["cloud_to_edge"] += K * self.generator_bytes()           # G down
         self.clock.start_round()
