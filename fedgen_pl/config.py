@@ -45,6 +45,7 @@ class FederationConfig:
     tau_cloud: float = MISSING
     cloud_lr: Any = MISSING
     aggregation: str = MISSING
+    fedavg_via_edges: bool = MISSING
 
 
 @dataclass
@@ -320,9 +321,11 @@ def validate(cfg: DictConfig) -> None:
     _require(m.classifier_steps >= 0, "model.classifier_steps", f"must be >= 0, got {m.classifier_steps}")
     _require(m.classifier_lr > 0, "model.classifier_lr", f"must be > 0, got {m.classifier_lr}")
     _require(m.regularizer_batch >= 1, "model.regularizer_batch", f"must be >= 1, got {m.regularizer_batch}")
-    if m.name == "fedgen_lr":
+    from fedgen_pl.models import LABEL_RELATED
+
+    if m.name in LABEL_RELATED:
         _require(cfg.data.label_space == "shared", "data.label_space",
-                 "the label-related model (fedgen_lr) needs label_space=shared (the same classes in every domain)")
+                 f"the label-related model ({m.name}) needs label_space=shared (the same classes in every domain)")
     for key in ("latent_dim", "hidden_dim", "g_channels", "d_channels"):
         _require(m[key] >= 1, f"model.{key}", f"must be >= 1, got {m[key]}")
     for key in ("g_lr", "d_lr"):

@@ -72,7 +72,7 @@ def sample_checkpoint(path, n: int, out: str | None = None, seed: int = 0) -> li
     model, path = load_model(path)
     spec = model.spec
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    if model.cfg.model.name == "fedgen_lr":     # domain-conditional: cycle through the domains
+    if hasattr(model, "paired_samples"):     # domain-conditional: cycle through the domains
         labels = torch.arange(n, device=model.device) % spec.num_communities
         samples = model.sample_global(labels, generator, domains=labels).float().cpu()
         names = spec.community_names

@@ -71,27 +71,36 @@ class LabelRelatedGAN(FederatedGAN):
         params = {name: p.detach() for name, p in self.domain_classifier.named_parameters()}
         return functional_call(self.domain_classifier, params, (images,))
 
+    @property
+    def lambdas(self) -> tuple[float, float]:
+        """(lambda_inv, lambda_spe): the weights of L_inv and L_spe in the edges' generator loss."""
+        return float(self.cfg.model.lambda_inv), float(self.cfg.model.lambda_spe)
+
     def edge_regularizer(self, updating: Tensor) -> Tensor | None:
         m = self.cfg.model
-        if self.iteration == 0 or (m.lambda_inv == 0 and m.lambda_spe == 0):
+        lambda_inv, lambda_spe = self.lambdas
+        if self.iteration == 0 or (lambda_inv == 0 and lambda_spe == 0):
             return None
         G, K, B = self.num_generators, self.num_communities, m.regularizer_batch
         z, codes = self._paired_inputs(B, leading=(G,))      # one draw per edge generator, all K domains
         per_edge = torch.zeros(G, device=self.device)
-        if m.lambda_inv:
+        if lambda_inv:
             first = self.community_generators(z, codes, first_layer=True)      # [G, K*B, F]
-            per_edge = per_edge + m.lambda_inv * invariance_loss(first.view(G, K, B, -1))
-        if m.lambda_spe:
+            per_edge = per_edge + lambda_inv * invariance_loss(first.view(G, K, B, -1))
+        if lambda_spe:
             images = self.community_generators(z, codes)                      # [G, K*B, C, H, W]
             logits = self.frozen_classifier(images.flatten(0, 1))
             ce = F.cross_entropy(logits, codes.flatten(), reduction="none").view(G, K, B)
-            per_edge = per_edge + m.lambda_spe * ce.mean(-1).sum(-1)
+            per_edge = per_edge + lambda_spe * ce.mean(-1).sum(-1)
         return (per_edge * updating.to(per_edge.dtype)).sum()
 
     # -- the cloud -----------------------------------------------------------------------------------
     def finish_round(self, new_global_state: dict[str, Tensor]) -> None:
         super().finish_round(new_global_state)
         self.train_domain_classifier()
+
+    def count_round_bytes(self) -> None:
+        super().count_round_bytes()        # and C goes down with G
         classifier_bytes = sum(p.numel() * p.element_size() for p in self.domain_classifier.parameters())
         self.bytes["cloud_to_edge"] += self.num_generators * classifier_bytes
 

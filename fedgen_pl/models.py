@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from fedgen_pl.baselines import CentralizedGAN, FedCGAN, FedGAN, MDGAN, RegCGAN
 from fedgen_pl.label_related import LabelRelatedGAN
 from fedgen_pl.system import FederatedGAN
 
 MODELS = {
     "fedgen_fr": FederatedGAN,        # feature-related three-tier GAN (METHOD.md §2)
     "fedgen_lr": LabelRelatedGAN,     # label-related three-tier GAN (METHOD.md §3)
+    "centralized_gan": CentralizedGAN,
+    "md_gan": MDGAN,
+    "fed_gan": FedGAN,
+    "reg_cgan": RegCGAN,
+    "fed_cgan": FedCGAN,
 }
+LABEL_RELATED = ("fedgen_lr", "reg_cgan", "fed_cgan")
 
 
 def model_class(name: str):

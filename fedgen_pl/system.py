@@ -264,6 +264,12 @@ class FederatedGAN(pl.LightningModule):
         """Device -> edge per feedback: L_kj (float32) and the gradient w.r.t. the generated batch."""
         return 4 + self.cfg.data.batch_size * int(np.prod(self.spec.data_shape)) * 4
 
+    def count_round_bytes(self) -> None:
+        """The cloud round's traffic: every edge sends G_k and L*_k up and receives G."""
+        K = self.num_generators
+        self.bytes["edge_to_cloud"] += K * (self.generator_bytes() + 4)
+        self.bytes["cloud_to_edge"] += K * self.generator_bytes()
+
     def generator_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.global_generator.state_dict().values())
 
@@ -406,9 +412,7 @@ class FederatedGAN(pl.LightningModule):
         self.round_loss_sum.zero_()
         self.round_updates.zero_()
         self.round += 1
-        K = self.num_generators
-        self.bytes["edge_to_cloud"] += K * (self.generator_bytes() + 4)     # G_k and L*_k up
-        self.bytes["cloud_to_edge"] += K * self.generator_bytes()           # G down
+        self.count_round_bytes()
         self.clock.start_round()
         if not self.training_finished and self.data is not None:
             self.dispatch(self.clock.idle_devices())

@@ -52,7 +52,9 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
 
 def class_conditional(cfg: DictConfig) -> bool:
     """Whether the generator takes class labels (so ``acc`` is defined)."""
-    return bool(cfg.model.conditional) and cfg.model.name != "fedgen_lr"
+    from fedgen_pl.models import LABEL_RELATED
+
+    return bool(cfg.model.conditional) and cfg.model.name not in LABEL_RELATED
 
 
 def use_inception(cfg: DictConfig, device: torch.device) -> bool:

@@ -6,7 +6,7 @@ import torch
 
 from datamodules import FederatedDataModule
 from fedgen_pl.config import load_config
-from fedgen_pl.system import FederatedGAN
+from fedgen_pl.models import model_class
 
 # Never reach for the network or a user's W&B account from tests.
 _wandb_tmp = tempfile.mkdtemp(prefix="fedgen-wandb-")
@@ -40,7 +40,7 @@ def build_system(*overrides):
     datamodule.setup("fit")
     from omegaconf import OmegaConf
 
-    system = FederatedGAN(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
+    system = model_class(cfg.model.name)(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
     system.attach_data(datamodule)
     return system, datamodule
 

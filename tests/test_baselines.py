@@ -1,0 +1,88 @@
+"""Baselines: each trains in the shared engine; FedAvg against hand-computed numbers."""
+
+import json
+
+import pytest
+import torch
+
+from callbacks import GlobalAggregation
+from conftest import SMALL_GRID, build_system
+from fedgen_pl.baselines import fedavg_weights, hierarchical_fedavg
+from fedgen_pl.cli import main
+from test_label_related import _lr_overrides
+
+
+def test_fedavg_hand_computed():
+    members = {"w": torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0]]), "n": torch.tensor([[7], [8], [9]])}
+    counts = torch.tensor([10, 30, 60])
+    # flat: 0.1*[1,0] + 0.3*[3,2] + 0.6*[5,4] = [4.0, 3.0]
+    torch.testing.assert_close(fedavg_weights(counts), torch.tensor([0.1, 0.3, 0.6]))
+    # via edges {0, 1} and {2}: edge 0 = (10*[1,0] + 30*[3,2]) / 40 = [2.5, 1.5]; edge 1 = [5, 4];
+    # cloud = 0.4*[2.5, 1.5] + 0.6*[5, 4] = [4.0, 3.0] -- the same as flat
+    out = hierarchical_fedavg(members, counts, torch.tensor([0, 0, 1]), 2)
+    torch.testing.assert_close(out["w"], torch.tensor([4.0, 3.0]))
+    assert out["n"].tolist() == [7]
+
+
+class _Trainer:
+    should_stop = False
+    loggers = []
+
+
+def _run_rounds(system, rounds):
+    opt_g, opt_d = system.configure_optimizers()[:2]
+    aggregation = GlobalAggregation()
+    while system.round < rounds:
+        system.step_event(opt_g, opt_d)
+        aggregation.on_train_batch_end(_Trainer(), system, None, None, 0)
+    return aggregation
+
+
+def test_fed_gan_averages_generators_and_discriminators_by_counts():
+    system, dm = build_system("model.name=fed_gan", "federation.local_iters=2",
+                              "federation.devices_per_community=[1, 3, 2]")
+    assert system.num_generators == 6 and system.device_discriminators.n == 6
+    counts = torch.tensor(dm.spec.device_sample_counts, dtype=torch.float32)
+    opt_g, opt_d = system.configure_optimizers()[:2]
+    for _ in range(2):
+        system.step_event(opt_g, opt_d)
+    g_members = {k: v.clone() for k, v in system.community_state().items()}
+    d_members = {k: v.clone() for k, v in system.device_discriminators.stacked_state().items()}
+    GlobalAggregation().on_train_batch_end(_Trainer(), system, None, None, 0)
+    w = counts / counts.sum()
+    for name, stacked in g_members.items():
+        expected = (stacked * w.view(-1, *[1] * (stacked.dim() - 1))).sum(0)
+        torch.testing.assert_close(system.global_state()[name], expected)
+        torch.testing.assert_close(system.community_state()[name][4], expected)
+    for name, stacked in d_members.items():
+        expected = (stacked * w.view(-1, *[1] * (stacked.dim() - 1))).sum(0)
+        torch.testing.assert_close(system.device_discriminators.stacked_state()[name][0], expected)
+
+
+@pytest.mark.parametrize("name", ["centralized_gan", "md_gan", "fed_gan"])
+def test_feature_related_baselines_train(name, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["train", *SMALL_GRID, f"model.name={name}", "federation.global_rounds=2", "federation.local_iters=2",
+                 "trainer.progress_bar=false", "metrics.eval_every=1", f"output_dir={run_dir}"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 2 and 0 <= summary["metrics"]["high_quality_share"] <= 1
+
+
+def test_centralized_gan_shares_one_discriminator_and_moves_no_bytes():
+    system, _ = build_system("model.name=centralized_gan", "federation.local_iters=2")
+    assert system.num_generators == 1 and system.device_discriminators.n == 1
+    _run_rounds(system, 1)
+    assert sum(system.bytes.values()) == 0
+    md, _ = build_system("model.name=md_gan", "federation.local_iters=2")
+    assert md.num_generators == 1 and md.device_discriminators.n == 6
+    _run_rounds(md, 1)
+    assert md.bytes["edge_to_device"] > 0 and md.bytes["edge_to_cloud"] == 0
+
+
+@pytest.mark.parametrize("name", ["reg_cgan", "fed_cgan"])
+def test_label_related_baselines_train(name, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["train", *_lr_overrides(tmp_path), f"model.name={name}", "federation.global_rounds=2",
+                 "federation.local_iters=2", "metrics.eval_every=1", f"output_dir={run_dir}"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 2 and "global/class_consistency" in summary["metrics"]
