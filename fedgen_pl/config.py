@@ -69,6 +69,7 @@ class ModelConfig:
     classifier_steps: int = MISSING
     classifier_lr: float = MISSING
     regularizer_batch: int = MISSING
+    vae_average: str = MISSING
 
 
 @dataclass
@@ -156,6 +157,7 @@ CHOICES = {
     "model.arch": ("auto", "mlp", "dcgan"),
     "model.gan_loss": ("non_saturating", "saturating"),
     "model.g_norm": ("group", "none"),
+    "model.vae_average": ("all", "decoder"),
     "data.label_space": ("union", "shared"),
     "data.partition": ("iid", "shards", "dirichlet"),
     "clock.delay": ("constant", "uniform", "lognormal", "tiers"),

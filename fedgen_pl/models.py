@@ -5,6 +5,7 @@ from __future__ import annotations
 from fedgen_pl.baselines import CentralizedGAN, FedCGAN, FedGAN, MDGAN, RegCGAN
 from fedgen_pl.label_related import LabelRelatedGAN
 from fedgen_pl.system import FederatedGAN
+from fedgen_pl.vae import FedVAE
 
 MODELS = {
     "fedgen_fr": FederatedGAN,        # feature-related three-tier GAN (METHOD.md §2)
@@ -14,6 +15,7 @@ MODELS = {
     "fed_gan": FedGAN,
     "reg_cgan": RegCGAN,
     "fed_cgan": FedCGAN,
+    "fed_vae": FedVAE,                # hierarchical FedAvg of device VAEs (METHOD.md §7)
 }
 LABEL_RELATED = ("fedgen_lr", "reg_cgan", "fed_cgan")
 

@@ -60,12 +60,13 @@ class MLPDiscriminator(nn.Module):
 class DCGANGenerator(nn.Module):
     """z (+ one-hot label) -> fc -> 2 transposed convs -> image in [-1, 1] (DCGAN-style, 28x28 by default).
 
+    ``output="logits"`` drops the final tanh (the VAE's decoder emits pixel logits).
     Normalisation is per sample (GroupNorm) or none: batch statistics would make a device's samples
     depend on the other devices' batch and running statistics would need their own aggregation rule
     (METHOD.md §5.5)."""
 
     def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], num_labels: int = 0,
-                 channels: int = 64, norm: str = "group"):
+                 channels: int = 64, norm: str = "group", output: str = "tanh"):
         super().__init__()
         c_out, height, width = image_shape
         if height % 4 or width % 4:
@@ -80,7 +81,7 @@ class DCGANGenerator(nn.Module):
         self.body = nn.Sequential(
             norm_layer(2 * channels), nn.ReLU(),
             nn.ConvTranspose2d(2 * channels, channels, 4, 2, 1), norm_layer(channels), nn.ReLU(),
-            nn.ConvTranspose2d(channels, c_out, 4, 2, 1), nn.Tanh(),
+            nn.ConvTranspose2d(channels, c_out, 4, 2, 1), nn.Tanh() if output == "tanh" else nn.Identity(),
         )
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:

@@ -20,20 +20,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from fedgen_pl.aggregation import (
-    RoundStats, async_edge_weights, community_losses, segment_sum, sync_edge_weights,
+    async_edge_weights, community_losses, segment_sum, sync_edge_weights,
 )
-from fedgen_pl.clock import VirtualClock
-from fedgen_pl.config import cloud_lr
+from fedgen_pl.federation import FederationModule, Grouping
 from fedgen_pl.networks import build_discriminator, build_generator
 from fedgen_pl.optim import StackedAdam
-from fedgen_pl.spec import FederationSpec
 from fedgen_pl.stacked import StackedModule
 
 INFLIGHT = ("real_x", "real_y", "z_d", "y_d", "fake_d", "z_g", "y_g", "fake_g")
@@ -63,62 +59,21 @@ class StepStats:
     staleness: Tensor    # [N] G_k updates since the device's work was dispatched
 
 
-class Grouping(torch.nn.Module):
-    """Which member of a ``StackedModule`` serves each device: ``group_of_device[n]`` (groups contiguous,
-    in device order). Moves per-device batches ``[N, B, ...]`` to per-member batches ``[G, M*B, ...]``
-    and back; ragged groups are padded to the largest (M) and the padding dropped again."""
-
-    def __init__(self, group_of_device: list[int]):
-        super().__init__()
-        sizes = np.bincount(group_of_device).tolist()
-        self.num_groups, self.max_size = len(sizes), max(sizes)
-        self.uniform = len(set(sizes)) == 1
-        start = np.cumsum([0] + sizes)[:-1]
-        slots = [g * self.max_size + n - start[g] for n, g in enumerate(group_of_device)]
-        self.register_buffer("slots", torch.tensor(slots), persistent=False)
-        self.register_buffer("group", torch.tensor(group_of_device), persistent=False)
-        self.sizes = sizes
-
-    def to_members(self, x: Tensor) -> Tensor:
-        G, M = self.num_groups, self.max_size
-        if not self.uniform:
-            x = x.new_zeros(G * M, *x.shape[1:]).index_copy(0, self.slots, x)
-        return x.reshape(G, M * x.shape[1], *x.shape[2:])
-
-    def from_members(self, y: Tensor, batch: int) -> Tensor:
-        y = y.reshape(self.num_groups * self.max_size, batch, *y.shape[2:])
-        return y if self.uniform else y[self.slots]
-
-
-class FederatedGAN(pl.LightningModule):
+class FederatedGAN(FederationModule):
     # Which network serves which device: one generator per community (its edge) and one
     # discriminator per device. Baselines (fedgen_pl/baselines.py) change these.
     generator_groups = "community"       # community | single | device
     discriminator_groups = "device"      # device | single
 
     def __init__(self, config: dict, spec: dict):
-        super().__init__()
-        self.save_hyperparameters()
-        self.automatic_optimization = False
-        self.cfg: DictConfig = OmegaConf.create(config)
-        self.spec = FederationSpec.from_dict(spec)
-        N = self.spec.num_devices
-        self.num_communities, self.num_devices = self.spec.num_communities, N
-        model_cfg = self.cfg.model
-        community = self.spec.community_of_device
-        self.register_buffer("community_of_device", torch.tensor(community), persistent=False)
-        groups = {"community": community, "single": [0] * N, "device": list(range(N))}
-        self.generators = Grouping(groups[self.generator_groups])
-        self.discriminators = Grouping(groups[self.discriminator_groups])
-        K = self.num_generators = self.generators.num_groups
+        super().__init__(config, spec)
+        N, K, model_cfg = self.num_devices, self.num_generators, self.cfg.model
+        self.discriminators = Grouping(self.device_groups[self.discriminator_groups])
 
         self.global_generator = self.build_generator()
         self.community_generators = StackedModule(self.global_generator, K)   # G_k <- G at the start
         self.device_discriminators = StackedModule([self.build_discriminator()
                                                     for _ in range(self.discriminators.num_groups)])
-        counts = torch.tensor(self.spec.device_sample_counts, dtype=torch.float32)
-        self.register_buffer("generator_sample_counts", torch.zeros(K).index_add_(0, self.generators.group, counts),
-                             persistent=False)
         # A shared discriminator sees the mean of its devices' losses.
         share = 1.0 / torch.tensor(self.discriminators.sizes, dtype=torch.float32)[self.discriminators.group]
         self.register_buffer("discriminator_share", share, persistent=False)
@@ -131,22 +86,7 @@ class FederatedGAN(pl.LightningModule):
                                   ("y_g", (), torch.long), ("fake_g", shape, torch.float32)):
             self.register_buffer(f"inflight_{name}", torch.zeros(N, B, *dims, dtype=dtype))
         self.register_buffer("dispatch_version", torch.zeros(N, dtype=torch.long))
-        self.register_buffer("generator_version", torch.zeros(K, dtype=torch.long))  # G_k updates so far
         self.register_buffer("previous_staleness", torch.zeros(N))  # for the optional D lr scaling
-
-        # Round state (saved in checkpoints through on_save_checkpoint).
-        self.round = 0          # completed global rounds
-        self.iteration = 0      # clock events processed (training steps)
-        self.register_buffer("round_loss_sum", torch.zeros(K))      # per generator (edge)
-        self.register_buffer("round_updates", torch.zeros(K))
-        self.clock = VirtualClock(self.generators.sizes, self.cfg.federation["update"],
-                                  self.cfg.federation.local_iters, self.cfg.clock, int(self.cfg.seed))
-        self.bytes = {"device_to_edge": 0, "edge_to_device": 0, "edge_to_cloud": 0, "cloud_to_edge": 0}
-        self.counters = {"timeouts": 0, "dropouts": 0}
-        self.started = False    # the first dispatch has been made
-        self.rng: torch.Generator | None = None
-        self._pending_rng_state: tuple[str, Tensor] | None = None
-        self.data = None        # the DataModule (set in on_fit_start, or by attach_data)
 
     # -- what variants change ----------------------------------------------------------------------
     def build_generator(self):
@@ -168,10 +108,6 @@ class FederatedGAN(pl.LightningModule):
             return async_edge_weights(staleness, arrived, edge, K)
         return sync_edge_weights(device_loss, edge, K, self.cfg.federation.tau_edge, arrived)
 
-    @property
-    def aggregation_name(self) -> str:
-        return self.cfg.federation.aggregation
-
     def edge_regularizer(self, updating: Tensor) -> Tensor | None:
         """An extra term of the community generators' loss (the label-related model's L_inv, L_spe)."""
         return None
@@ -184,33 +120,6 @@ class FederatedGAN(pl.LightningModule):
         opt_d = StackedAdam(self.device_discriminators.parameters(), self.discriminators.num_groups, lr=m.d_lr,
                             betas=betas)
         return [opt_g, opt_d]
-
-    @property
-    def cloud_lr(self) -> float:
-        return cloud_lr(self.cfg)
-
-    @property
-    def asynchronous(self) -> bool:
-        return self.cfg.federation["update"] == "async"
-
-    def attach_data(self, datamodule) -> None:
-        """The DataModule the dispatches draw from (done by ``on_fit_start`` under a Trainer)."""
-        self.data = datamodule.to(self.device)
-
-    def generator_rng(self) -> torch.Generator:
-        """The seeded generator behind every random draw of training, on the module's device."""
-        if self.rng is None or self.rng.device != self.device:
-            self.rng = torch.Generator(device=self.device)
-            self.rng.manual_seed(int(self.cfg.seed) + 17)
-            if self._pending_rng_state is not None:
-                device_type, state = self._pending_rng_state
-                if device_type != self.device.type:
-                    raise RuntimeError(f"this checkpoint's random state was saved on {device_type}; resume it "
-                                       f"with trainer.accelerator={'gpu' if device_type == 'cuda' else 'cpu'} "
-                                       f"to continue the exact random sequence")
-                self.rng.set_state(state)
-                self._pending_rng_state = None
-        return self.rng
 
     # -- the edge: generating and dispatching ----------------------------------------------------
     def generate(self, z: Tensor, labels: Tensor) -> Tensor:
@@ -241,11 +150,11 @@ class FederatedGAN(pl.LightningModule):
         return LocalBatch(*(getattr(self, f"inflight_{name}") for name in INFLIGHT))
 
     @torch.no_grad()
-    def dispatch(self, devices: np.ndarray) -> None:
-        """Send fresh work to ``devices`` (bool [N]; those offline are skipped by the clock)."""
+    def dispatch(self, devices: np.ndarray) -> np.ndarray:
+        """Send fresh work (generated samples) to ``devices``; those offline are skipped by the clock."""
         sent = self.clock.dispatch(devices)
         if not sent.any():
-            return
+            return sent
         batch = self.draw_batch()
         mask = torch.from_numpy(sent).to(self.device)
         for name in INFLIGHT:
@@ -254,6 +163,7 @@ class FederatedGAN(pl.LightningModule):
         self.dispatch_version.copy_(torch.where(mask, self.generator_version[self.generators.group],
                                                 self.dispatch_version))
         self.bytes["edge_to_device"] += int(sent.sum()) * self.dispatch_bytes()
+        return sent
 
     def dispatch_bytes(self) -> int:
         """Edge -> device per dispatch: two generated batches (float32) and their labels (int64)."""
@@ -264,22 +174,7 @@ class FederatedGAN(pl.LightningModule):
         """Device -> edge per feedback: L_kj (float32) and the gradient w.r.t. the generated batch."""
         return 4 + self.cfg.data.batch_size * int(np.prod(self.spec.data_shape)) * 4
 
-    def count_round_bytes(self) -> None:
-        """The cloud round's traffic: every edge sends G_k and L*_k up and receives G."""
-        K = self.num_generators
-        self.bytes["edge_to_cloud"] += K * (self.generator_bytes() + 4)
-        self.bytes["cloud_to_edge"] += K * self.generator_bytes()
-
-    def generator_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.global_generator.state_dict().values())
-
     # -- one clock event -------------------------------------------------------------------------
-    def _backward(self, loss: Tensor) -> None:
-        if self._trainer is None:  # used outside a Trainer (tests, benchmarks)
-            loss.backward()
-        else:
-            self.manual_backward(loss)
-
     def step_event(self, opt_g, opt_d) -> StepStats | None:
         """Advance the clock to its next event and process it; dispatch fresh work to idle devices."""
         if not self.started:
@@ -348,94 +243,27 @@ class FederatedGAN(pl.LightningModule):
         return StepStats(arrived, torch.where(arrived, d_loss.detach(), zero),
                          torch.where(arrived, device_loss.detach(), zero), weights, staleness)
 
-    # -- Lightning glue ----------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        self.attach_data(self.trainer.datamodule)
-
-    def training_step(self, batch, batch_idx):
-        optimizers = self.optimizers()
-        stats = self.step_event(optimizers[0], optimizers[1])
-        every = self.cfg.trainer.log_every_n_iters
-        if stats is not None and self.iteration % every == 0:
-            count = stats.arrived.sum().clamp(min=1)
-            self.log_metrics({
-                "train/d_loss": stats.d_loss.sum() / count,
-                "train/device_loss": stats.device_loss.sum() / count,
-                "train/edge_weight_max": stats.edge_weights.max(),
-                "train/staleness_mean": (stats.staleness * stats.arrived).sum() / count,
-            })
-
-    def log_metrics(self, metrics: dict) -> None:
-        """Send metrics to every logger against the step count, with round and virtual time alongside."""
-        values = {k: float(v) for k, v in metrics.items()}
-        values["round"] = self.round
-        values["virtual_time"] = self.clock.tick
-        for logger in self.loggers:
-            logger.log_metrics(values, step=self.iteration)
+    def step_metrics(self, stats: StepStats) -> dict:
+        count = stats.arrived.sum().clamp(min=1)
+        return {
+            "train/d_loss": stats.d_loss.sum() / count,
+            "train/device_loss": stats.device_loss.sum() / count,
+            "train/edge_weight_max": stats.edge_weights.max(),
+            "train/staleness_mean": (stats.staleness * stats.arrived).sum() / count,
+        }
 
     # -- rounds ------------------------------------------------------------------------------------
-    @property
-    def round_complete(self) -> bool:
-        return self.clock.round_finished()
-
-    @property
-    def local_iter(self) -> int:
-        """Edge updates of the slowest community in the current round."""
-        return int(self.clock.updates.min())
-
-    @property
-    def training_finished(self) -> bool:
-        return self.round >= self.cfg.federation.global_rounds
-
-    def round_stats(self) -> RoundStats:
-        """L*_k = mean over the round's updates of G_k of sum_j w_kj L_kj (METHOD.md §5.2)."""
-        return RoundStats(
-            community_loss=self.round_loss_sum / self.round_updates.clamp(min=1),
-            sample_counts=self.generator_sample_counts,
-            tau_cloud=self.cfg.federation.tau_cloud,
-            cloud_lr=self.cloud_lr,
-        )
-
     def global_state(self) -> dict[str, Tensor]:
         return dict(self.global_generator.state_dict())
 
     def community_state(self) -> dict[str, Tensor]:
         return self.community_generators.stacked_state()
 
-    @torch.no_grad()
-    def finish_round(self, new_global_state: dict[str, Tensor]) -> None:
-        """G <- the aggregate, G_k <- G for every k, and start the next round (at the tick the last
-        community finished); parked devices get fresh work from the new G_k."""
+    def apply_global(self, new_global_state: dict[str, Tensor]) -> None:
         self.global_generator.load_state_dict(new_global_state)
         self.community_generators.broadcast(self.global_state())
-        self.generator_version += 1
-        self.round_loss_sum.zero_()
-        self.round_updates.zero_()
-        self.round += 1
-        self.count_round_bytes()
-        self.clock.start_round()
-        if not self.training_finished and self.data is not None:
-            self.dispatch(self.clock.idle_devices())
 
     # -- sampling for evaluation -------------------------------------------------------------------
-    def save_sample_grids(self, plot_dir, per_label: int = 8) -> list:
-        """``samples_global.png`` (one row per label) and ``samples_community_k.png`` (its labels)."""
-        from fedgen_pl.plots import image_grid
-
-        spec = self.spec
-        generator = torch.Generator(device=self.device).manual_seed(4321)
-        labels = torch.arange(spec.num_labels, device=self.device).repeat_interleave(per_label)
-        images = self.sample_global(labels, generator)
-        paths = [image_grid(images, plot_dir / "samples_global.png", nrow=per_label,
-                            title=f"global generator, round {self.round}", row_labels=spec.label_names)]
-        # Each community's rows: the labels its devices hold (G_k equals G after every aggregation).
-        for k, (name, held) in enumerate(zip(spec.community_names, spec.community_labels)):
-            rows = torch.cat([torch.arange(i * per_label, (i + 1) * per_label) for i in held])
-            paths.append(image_grid(images[rows], plot_dir / f"samples_community_{k}.png", nrow=per_label,
-                                    title=f"community {name}, round {self.round}",
-                                    row_labels=[spec.label_names[i] for i in held]))
-        return paths
-
     @torch.no_grad()
     def sample_global(self, labels: Tensor, generator: torch.Generator, domains: Tensor | None = None) -> Tensor:
         """Samples of the global generator G for the given class labels (ignored when unconditional);
@@ -443,21 +271,3 @@ class FederatedGAN(pl.LightningModule):
         z = torch.randn(len(labels), self.cfg.model.latent_dim, generator=generator, device=labels.device)
         return self.global_generator(z, labels)
 
-    # -- checkpoints -------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["federation_state"] = {
-            "round": self.round,
-            "iteration": self.iteration,
-            "started": self.started,
-            "rng": (self.device.type, self.generator_rng().get_state()),
-            "clock": self.clock.state_dict(),
-            "bytes": dict(self.bytes),
-            "counters": dict(self.counters),
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint["federation_state"]
-        self.round, self.iteration, self.started = state["round"], state["iteration"], state["started"]
-        self.rng, self._pending_rng_state = None, state["rng"]
-        self.clock.load_state_dict(state["clock"])
-        self.bytes, self.counters = dict(state["bytes"]), dict(state["counters"])
