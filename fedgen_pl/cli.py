@@ -4,6 +4,7 @@
     fedgen config [key=value ...]         print the resolved configuration without training
     fedgen eval CHECKPOINT                every metric of a saved run -> metrics.json beside it
     fedgen sample CHECKPOINT --n N        N generated samples and labels -> npz and a PNG grid
+    fedgen table [--schedule quick|full]  run the paper's tables' configurations, print them as Markdown
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ def _sample(args) -> int:
 
     for path in sample_checkpoint(args.checkpoint, args.n, args.out, args.seed):
         print(path)
+    return 0
+
+
+def _table(args) -> int:
+    from fedgen_pl.table import main as table
+
+    print(table(args.schedule, args.seeds, args.tables, args.out))
     return 0
 
 
@@ -103,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--out", default=None, help="output stem (default: samples_<N> beside the checkpoint)")
     sub.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
     sub.set_defaults(fn=_sample)
+    sub = commands.add_parser("table", help="reproduce the paper's tables",
+                              description="run every configuration behind the paper's Table 1, Table 2 and the "
+                                          "Gaussian-grid comparison (reusing finished runs) and print Markdown tables")
+    sub.add_argument("--schedule", choices=("quick", "full"), default="quick")
+    sub.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    sub.add_argument("--tables", nargs="+", choices=("table1", "table2", "grid"), default=["table1", "table2", "grid"])
+    sub.add_argument("--out", default=None, help="runs and table.md go here (default runs/table-<schedule>-<time>)")
+    sub.set_defaults(fn=_table)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

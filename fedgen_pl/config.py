@@ -140,6 +140,7 @@ class Config:
     experiment: str = MISSING
     seed: int = MISSING
     output_dir: Optional[str] = None
+    plugins: List[str] = field(default_factory=list)
     schedule: str = MISSING
     schedules: Dict[str, Any] = field(default_factory=dict)
     federation: FederationConfig = field(default_factory=FederationConfig)
@@ -235,12 +236,40 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
         cfg = _merge(cfg, cfg.schedules[schedule], f"{path} schedules.{schedule}")
     cfg = _merge(cfg, cli, "command line")
     cfg.experiment = experiment
+    import_plugins(cfg.plugins)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"keys without a value: {', '.join(missing)} (set them in the experiment or on the "
                           f"command line)")
     validate(cfg)
     return cfg
+
+
+def import_plugins(plugins) -> None:
+    """Import user modules (a dotted name or a path to a .py file) that register datasets or
+    aggregation rules, before the config is validated."""
+    import importlib
+    import importlib.util
+    import sys
+
+    for i, plugin in enumerate(plugins):
+        path = Path(plugin)
+        try:
+            if path.suffix == ".py":
+                if not path.is_file():
+                    raise ConfigError(f"plugins[{i}]: file '{plugin}' does not exist")
+                name = f"fedgen_plugin_{path.stem}"
+                if name not in sys.modules:
+                    spec = importlib.util.spec_from_file_location(name, path)
+                    module = importlib.util.module_from_spec(spec)
+                    sys.modules[name] = module
+                    spec.loader.exec_module(module)
+            else:
+                importlib.import_module(plugin)
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 - report any import failure with the plugin's name
+            raise ConfigError(f"plugins[{i}]: importing '{plugin}' failed: {type(err).__name__}: {err}") from None
 
 
 # -- validation -------------------------------------------------------------------------------

@@ -90,8 +90,8 @@ def log_partition(loggers: list, datamodule, run_dir: Path) -> None:
             logger.log_image(key="partition/histogram_png", images=[str(run_dir / "plots" / "partition_histogram.png")])
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train one run; returns its directory."""
+def train(cfg: DictConfig, extra_callbacks: list | None = None) -> Path:
+    """Train one run; returns its directory. ``extra_callbacks`` run after the built-in ones."""
     started = time.time()
     pl.seed_everything(int(cfg.seed), verbose=False)
     run_dir = make_run_dir(cfg)
@@ -103,9 +103,12 @@ def train(cfg: DictConfig) -> Path:
     model = model_class(cfg.model.name)(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
 
     aggregation = GlobalAggregation()
-    if len(datamodule.spec.data_shape) == 1:
+    if all(c.data == "gaussian_grid" for c in cfg.federation.communities):
         evaluation = GaussianGridMetrics(cfg.metrics.eval_every, cfg.metrics.grid_samples_per_label,
                                          cfg.data.gaussian_std, plot_dir=run_dir / "plots")
+    elif len(datamodule.spec.data_shape) == 1:
+        log.warning("no evaluation metrics for vector data other than the Gaussian grid; training without them")
+        evaluation = None
     else:
         evaluation = GenerationMetrics(partial(build_evaluator, cfg, datamodule), cfg.metrics.eval_every,
                                        run_dir / "plots")
@@ -118,7 +121,8 @@ def train(cfg: DictConfig) -> Path:
         precision=cfg.trainer.precision,
         max_epochs=1,
         logger=loggers,
-        callbacks=[aggregation, evaluation, checkpoint],   # order: aggregate, evaluate the new G, save
+        # order: aggregate, evaluate the new G, save, then the caller's
+        callbacks=[aggregation, *([evaluation] if evaluation else []), checkpoint, *(extra_callbacks or [])],
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=cfg.trainer.progress_bar,
@@ -141,7 +145,7 @@ def train(cfg: DictConfig) -> Path:
         "bytes_edge_cloud": model.bytes["edge_to_cloud"] + model.bytes["cloud_to_edge"],
         "bytes": dict(model.bytes),
         "faults": dict(model.counters),
-        "metrics": evaluation.latest,
+        "metrics": evaluation.latest if evaluation else {},
         "eval_seconds": round(getattr(evaluation, "eval_seconds", 0.0), 2),
         "metrics_setup_seconds": round(getattr(evaluation, "setup_seconds", 0.0), 2),
         "classifier": getattr(getattr(evaluation, "evaluator", None), "classifier_record", None),
