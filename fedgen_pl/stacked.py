@@ -64,21 +64,25 @@ class StackedModule(nn.Module):
         return {**self.stacked_params(), **self.stacked_buffers()}
 
     # -- compute -------------------------------------------------------------------------------
-    def forward(self, *inputs: Tensor, frozen: bool = False, **options) -> Tensor:
+    def forward(self, *inputs: Tensor, frozen: bool = False, members: Tensor | None = None, **options) -> Tensor:
         """Member ``i`` applied to ``inputs[...][i]``; every input has leading dimension ``n``.
 
-        ``frozen=True`` uses detached parameters: gradients flow to the inputs only (a discriminator
-        scoring generated samples for the generator's update). ``options`` go unchanged (not vmapped)
-        to every member's ``forward``.
+        ``members`` (int ``[m]``): run only those members (repeats allowed), inputs having leading
+        dimension ``m``; gradients flow back to the selected slices. ``frozen=True`` uses detached
+        parameters: gradients flow to the inputs only (a discriminator scoring generated samples for the
+        generator's update). ``options`` go unchanged (not vmapped) to every member's ``forward``.
         """
-        params = self.stacked_params()
+        params, buffers = self.stacked_params(), self.stacked_buffers()
         if frozen:
             params = {name: p.detach() for name, p in params.items()}
+        if members is not None:
+            params = {name: p[members] for name, p in params.items()}
+            buffers = {name: b[members] for name, b in buffers.items()}
 
         def member_forward(member_params, member_buffers, *xs):
             return functional_call(self.template, (member_params, member_buffers), xs, options)
 
-        return vmap(member_forward)(params, self.stacked_buffers(), *inputs)
+        return vmap(member_forward)(params, buffers, *inputs)
 
     # -- copying in and out --------------------------------------------------------------------
     @torch.no_grad()

@@ -64,6 +64,7 @@ class FederatedGAN(FederationModule):
     # discriminator per device. Baselines (fedgen_pl/baselines.py) change these.
     generator_groups = "community"       # community | single | device
     discriminator_groups = "device"      # device | single
+    subset_compute = True                # an event computes only the devices that reported (False: all, masked)
 
     def __init__(self, config: dict, spec: dict):
         super().__init__(config, spec)
@@ -122,14 +123,20 @@ class FederatedGAN(FederationModule):
         return [opt_g, opt_d]
 
     # -- the edge: generating and dispatching ----------------------------------------------------
-    def generate(self, z: Tensor, labels: Tensor) -> Tensor:
-        """Each device's samples from its generator: z ``[N, B, d]`` -> ``[N, B, *shape]``."""
+    def generate(self, z: Tensor, labels: Tensor, devices: Tensor | None = None) -> Tensor:
+        """Each device's samples from its generator: z ``[N, B, d]`` -> ``[N, B, *shape]``; with
+        ``devices`` (int ``[n]``) only those devices, inputs ``[n, B, ...]``."""
+        if devices is not None:
+            return self.community_generators(z, labels, members=self.generators.group[devices])
         layout = self.generators
         out = self.community_generators(layout.to_members(z), layout.to_members(labels))
         return layout.from_members(out, z.shape[1])
 
-    def discriminate(self, x: Tensor, labels: Tensor, frozen: bool = False) -> Tensor:
-        """Each device's logits from its discriminator: x ``[N, B, *shape]`` -> ``[N, B]``."""
+    def discriminate(self, x: Tensor, labels: Tensor, frozen: bool = False, devices: Tensor | None = None) -> Tensor:
+        """Each device's logits from its discriminator: x ``[N, B, *shape]`` -> ``[N, B]``; with
+        ``devices`` only those devices."""
+        if devices is not None:
+            return self.device_discriminators(x, labels, frozen=frozen, members=self.discriminators.group[devices])
         layout = self.discriminators
         out = self.device_discriminators(layout.to_members(x), layout.to_members(labels), frozen=frozen)
         return layout.from_members(out, x.shape[1])
@@ -142,9 +149,15 @@ class FederatedGAN(FederationModule):
         z_shape = (self.num_devices, B, self.cfg.model.latent_dim)
         z_d = torch.randn(z_shape, generator=rng, device=self.device)
         z_g = torch.randn(z_shape, generator=rng, device=self.device)
-        with torch.no_grad():
-            fake_d, fake_g = self.generate(z_d, y_d), self.generate(z_g, y_g)
-        return LocalBatch(real_x, real_y, z_d, y_d, fake_d, z_g, y_g, fake_g)
+        return LocalBatch(real_x, real_y, z_d, y_d, None, z_g, y_g, None)
+
+    @torch.no_grad()
+    def fill_generated(self, batch: LocalBatch, devices: Tensor | None = None) -> LocalBatch:
+        """G_k(z_d) and G_k(z_g) for the batch (for ``devices`` only, in their order, when given)."""
+        pick = (lambda t: t) if devices is None else (lambda t: t[devices])
+        batch.fake_d = self.generate(pick(batch.z_d), pick(batch.y_d), devices)
+        batch.fake_g = self.generate(pick(batch.z_g), pick(batch.y_g), devices)
+        return batch
 
     def inflight(self) -> LocalBatch:
         return LocalBatch(*(getattr(self, f"inflight_{name}") for name in INFLIGHT))
@@ -155,11 +168,18 @@ class FederatedGAN(FederationModule):
         sent = self.clock.dispatch(devices)
         if not sent.any():
             return sent
-        batch = self.draw_batch()
+        batch = self.draw_batch()      # drawn for every device: the random stream does not depend on who is sent
         mask = torch.from_numpy(sent).to(self.device)
-        for name in INFLIGHT:
-            target, value = getattr(self, f"inflight_{name}"), getattr(batch, name)
-            target.copy_(torch.where(mask.view(-1, *[1] * (value.dim() - 1)), value.to(target.dtype), target))
+        if sent.all():
+            self.fill_generated(batch)
+            for name in INFLIGHT:
+                getattr(self, f"inflight_{name}").copy_(getattr(batch, name))
+        else:
+            devices = torch.from_numpy(np.flatnonzero(sent)).to(self.device)
+            self.fill_generated(batch, devices)
+            for name in INFLIGHT:
+                target, value = getattr(self, f"inflight_{name}"), getattr(batch, name)
+                target.index_copy_(0, devices, value if name.startswith("fake") else value[devices])
         self.dispatch_version.copy_(torch.where(mask, self.generator_version[self.generators.group],
                                                 self.dispatch_version))
         self.bytes["edge_to_device"] += int(sent.sum()) * self.dispatch_bytes()
@@ -195,37 +215,45 @@ class FederatedGAN(FederationModule):
 
     def process_feedback(self, arrived: Tensor, updating: Tensor, everyone: bool, opt_g, opt_d) -> StepStats:
         """Devices in ``arrived`` train on their in-flight work and feed back; their edges update
-        (METHOD.md §2, §5.1-§5.4). ``everyone``: all devices arrived (no masking needed)."""
+        (METHOD.md §2, §5.1-§5.4). Only the arrived devices are computed (``everyone``: all of them,
+        through the grouped layout); the others' parameters and optimiser states stay untouched."""
         work = self.inflight()
-        B = work.real_x.shape[1]
-        mask = arrived.to(work.real_x.dtype)
+        N, B = self.num_devices, work.real_x.shape[1]
+        devices = None if everyone or not self.subset_compute else arrived.nonzero().flatten()
+        pick = (lambda t: t) if devices is None else (lambda t: t[devices])
         staleness = (self.generator_version[self.generators.group] - self.dispatch_version).clamp(min=0)
 
         # 1-2. Devices update D_kj on their real data and G_k(z_d); one batched call over both.
-        logits = self.discriminate(torch.cat([work.real_x, work.fake_d], 1), torch.cat([work.real_y, work.y_d], 1))
+        logits = self.discriminate(torch.cat([pick(work.real_x), pick(work.fake_d)], 1),
+                                   torch.cat([pick(work.real_y), pick(work.y_d)], 1), devices=devices)
         d_loss = F.softplus(-logits[:, :B]).mean(1) + F.softplus(logits[:, B:]).mean(1)
         opt_d.zero_grad(set_to_none=True)
-        self._backward((d_loss * mask * self.discriminator_share).sum())
+        mask = arrived.to(work.real_x.dtype)
+        d_weight = pick(self.discriminator_share) * (mask if devices is None else 1.0)
+        self._backward((d_loss * d_weight).sum())
         lr_scale = None
-        if self.asynchronous and self.cfg.clock.lr_scale:
+        if self.asynchronous and self.cfg.clock.lr_scale and self.discriminator_groups == "device":
             # Journal rule: stragglers take larger steps, exp(staleness of their previous feedback), capped.
             lr_scale = self.previous_staleness.exp().clamp(max=self.cfg.clock.max_lr_scale)
         d_active = segment_sum(mask, self.discriminators.group, self.discriminators.num_groups) > 0
-        opt_d.step(active=None if bool(d_active.all()) else d_active,
-                   lr_scale=None if lr_scale is None or self.discriminator_groups != "device" else lr_scale)
+        opt_d.step(active=None if bool(d_active.all()) else d_active, lr_scale=lr_scale)
 
         # 3. With the updated D_kj: L_kj and the gradient of the batch-mean objective w.r.t. G_k(z_g).
-        fake_g = work.fake_g.detach().requires_grad_(True)
-        logits = self.discriminate(fake_g, work.y_g, frozen=True)
+        fake_g = pick(work.fake_g).detach().requires_grad_(True)
+        logits = self.discriminate(fake_g, pick(work.y_g), frozen=True, devices=devices)
         device_loss = -F.softplus(logits).mean(1)
         objective = F.softplus(-logits).mean(1) if self.cfg.model.gan_loss == "non_saturating" else device_loss
         (feedback,) = torch.autograd.grad(objective.sum(), fake_g)   # per device: d l_kj / d G_k(z_g)
 
         # 4. The edge weights the feedback and updates G_k by regenerating G_k(z_g) from the stored z_g.
+        def spread(values: Tensor) -> Tensor:    # [n] for the computed devices -> [N], 0 elsewhere
+            return values if devices is None else values.new_zeros(N).index_copy(0, devices, values)
+
         K, edge = self.num_generators, self.generators.group
-        weights = self.edge_weights(device_loss, staleness, arrived)
-        regenerated = self.generate(work.z_g, work.y_g)
-        w = weights.view(-1, *[1] * (feedback.dim() - 1)).to(feedback.dtype)
+        device_loss_all = spread(device_loss.detach())
+        weights = self.edge_weights(device_loss_all, staleness, arrived)
+        regenerated = self.generate(pick(work.z_g), pick(work.y_g), devices)
+        w = pick(weights).view(-1, *[1] * (feedback.dim() - 1)).to(feedback.dtype)
         g_loss = (regenerated * (w * feedback)).sum()
         extra = self.edge_regularizer(updating)
         if extra is not None:
@@ -237,11 +265,9 @@ class FederatedGAN(FederationModule):
         with torch.no_grad():
             self.generator_version += updating.long()
             self.previous_staleness.copy_(torch.where(arrived, staleness.float(), self.previous_staleness))
-            self.round_loss_sum += community_losses(weights, device_loss, edge, K)
+            self.round_loss_sum += community_losses(weights, device_loss_all, edge, K)
             self.round_updates += updating.float()
-        zero = torch.zeros_like(d_loss)
-        return StepStats(arrived, torch.where(arrived, d_loss.detach(), zero),
-                         torch.where(arrived, device_loss.detach(), zero), weights, staleness)
+        return StepStats(arrived, spread(d_loss.detach()), device_loss_all, weights, staleness)
 
     def step_metrics(self, stats: StepStats) -> dict:
         count = stats.arrived.sum().clamp(min=1)

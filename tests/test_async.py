@@ -175,3 +175,15 @@ def test_byte_counts_match_formula():
     assert system.bytes["device_to_edge"] == 4 * N * (4 + B * point)
     assert system.bytes["edge_to_cloud"] == 2 * K * (generator + 4)
     assert system.bytes["cloud_to_edge"] == 2 * K * generator
+
+
+def test_computing_only_the_reporting_devices_equals_the_masked_full_computation():
+    overrides = ["federation.update=async", "clock.delay=uniform", "federation.local_iters=50"]
+    subset, _ = build_system(*overrides)
+    full, _ = build_system(*overrides)
+    full.subset_compute = False
+    trace_subset, trace_full = _train(subset, 15), _train(full, 15)
+    assert trace_subset == trace_full
+    assert any(a is not None and len(a) < 6 for _, a in trace_subset)      # partial events happened
+    for (name, a), b in zip(_params(subset).items(), _params(full).values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
