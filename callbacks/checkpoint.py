@@ -1,4 +1,8 @@
-"""Checkpoints of the whole system at round boundaries, written atomically (temp file + rename)."""
+"""Checkpoints of the whole system at round boundaries, written atomically (temp file + rename).
+
+``last.ckpt`` is the newest; the one it replaced is kept as ``previous.ckpt``, so a damaged newest file
+still leaves a checkpoint to resume from (``fedgen_pl/resume.py``). A crash writes ``crash.ckpt``
+beside them and leaves both untouched."""
 
 from __future__ import annotations
 
@@ -18,10 +22,16 @@ class RoundCheckpoint(pl.Callback):
     def last_path(self) -> Path:
         return self.dirpath / "last.ckpt"
 
-    def save(self, trainer: pl.Trainer, path: Path) -> None:
+    @property
+    def previous_path(self) -> Path:
+        return self.dirpath / "previous.ckpt"
+
+    def save(self, trainer: pl.Trainer, path: Path, keep_previous: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         trainer.save_checkpoint(tmp, weights_only=False)
+        if keep_previous and path.exists():
+            os.replace(path, self.previous_path)
         os.replace(tmp, path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -29,8 +39,16 @@ class RoundCheckpoint(pl.Callback):
         if done == self._saved_round or pl_module.local_iter != 0:
             return
         if done % self.every_n_rounds == 0 or pl_module.training_finished:
-            self.save(trainer, self.last_path)
+            for logger in trainer.loggers:     # the logs reach disk with (before) the checkpoint
+                logger.save()
+            self.save(trainer, self.last_path, keep_previous=True)
             self._saved_round = done
+
+    def state_dict(self) -> dict:
+        return {"saved_round": self._saved_round}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._saved_round = state_dict["saved_round"]
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         # The state may be mid-update; keep last.ckpt intact and leave the crash state beside it.

@@ -29,6 +29,12 @@ class GenerationMetrics(pl.Callback):
             self.evaluator = self.build_evaluator(pl_module.device)
             self.setup_seconds = time.time() - started
 
+    def state_dict(self) -> dict:
+        return {"evaluated_round": self._evaluated_round, "latest": dict(self.latest)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._evaluated_round, self.latest = state_dict["evaluated_round"], dict(state_dict["latest"])
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         done = pl_module.round
         if done == self._evaluated_round or pl_module.local_iter != 0 or done == 0:

@@ -36,6 +36,12 @@ class GaussianGridMetrics(pl.Callback):
         metrics = grid_metrics(samples, centres, self.std, labels.cpu() if conditional else None)
         return metrics, samples, labels.cpu()
 
+    def state_dict(self) -> dict:
+        return {"evaluated_round": self._evaluated_round, "latest": dict(self.latest)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._evaluated_round, self.latest = state_dict["evaluated_round"], dict(state_dict["latest"])
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         done = pl_module.round
         if done == self._evaluated_round or pl_module.local_iter != 0 or done == 0:

@@ -17,6 +17,7 @@ import sys
 from omegaconf import OmegaConf
 
 from fedgen_pl.config import ConfigError, load_config
+from fedgen_pl.federation import NonFiniteError
 
 
 def _train(args) -> int:
@@ -128,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"fedgen: {err}", file=sys.stderr)
         return 2
+    except NonFiniteError as err:
+        print(f"fedgen: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -126,6 +126,7 @@ class TrainerConfig:
     log_every_n_iters: int = MISSING
     checkpoint_every_rounds: int = MISSING
     progress_bar: bool = MISSING
+    nonfinite: str = MISSING
 
 
 @dataclass
@@ -140,6 +141,7 @@ class Config:
     experiment: str = MISSING
     seed: int = MISSING
     output_dir: Optional[str] = None
+    resume: Optional[str] = None
     plugins: List[str] = field(default_factory=list)
     schedule: str = MISSING
     schedules: Dict[str, Any] = field(default_factory=dict)
@@ -164,6 +166,7 @@ CHOICES = {
     "clock.delay": ("constant", "uniform", "lognormal", "tiers"),
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
     "trainer.precision": ("32-true", "32", "16-mixed", "bf16-mixed"),
+    "trainer.nonfinite": ("skip", "stop"),
     "logger.wandb_mode": ("offline", "online", "disabled"),
 }
 
@@ -224,6 +227,10 @@ def _merge(base: DictConfig, layer, source: str) -> DictConfig:
 def load_config(overrides: list[str] | None = None) -> DictConfig:
     """Build and validate the configuration for ``overrides`` (a list of ``key=value`` strings)."""
     cli = _parse_overrides(list(overrides or []))
+    if cli.get("resume") is not None:
+        from fedgen_pl.resume import resume_config
+
+        return resume_config(list(overrides or []))
     cfg = OmegaConf.structured(Config)
     cfg = _merge(cfg, OmegaConf.load(CONFIG_DIR / "default.yaml"), "configs/default.yaml")
     experiment = str(cli.get("experiment", cfg.experiment))

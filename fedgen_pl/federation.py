@@ -9,6 +9,8 @@ families.
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -19,6 +21,10 @@ from fedgen_pl.aggregation import RoundStats
 from fedgen_pl.clock import VirtualClock
 from fedgen_pl.config import cloud_lr
 from fedgen_pl.spec import FederationSpec
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or inf in a device's loss or gradients, with ``trainer.nonfinite=stop``."""
 
 
 class Grouping(torch.nn.Module):
@@ -75,11 +81,11 @@ class FederationModule(pl.LightningModule):
         self.iteration = 0      # clock events processed (training steps)
         self.register_buffer("round_loss_sum", torch.zeros(K))      # per member (edge)
         self.register_buffer("round_updates", torch.zeros(K))
+        self.register_buffer("nonfinite_per_device", torch.zeros(N, dtype=torch.long))   # updates skipped
         self.clock = VirtualClock(self.generators.sizes, self.cfg.federation["update"],
                                   self.cfg.federation.local_iters, self.cfg.clock, int(self.cfg.seed))
         self.bytes = {"device_to_edge": 0, "edge_to_device": 0, "edge_to_cloud": 0, "cloud_to_edge": 0}
-        self.counters = {"timeouts": 0, "dropouts": 0}
-        self.started = False    # the first dispatch has been made
+        self.counters = {"timeouts": 0, "dropouts": 0, "nonfinite_skipped": 0}
         self.rng: torch.Generator | None = None
         self._pending_rng_state: tuple[str, Tensor] | None = None
         self.data = None        # the DataModule (set in on_fit_start, or by attach_data)
@@ -129,6 +135,25 @@ class FederationModule(pl.LightningModule):
 
     def generator_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.global_generator.state_dict().values())
+
+    def report_nonfinite(self, devices: Tensor, generators: Tensor | None = None) -> None:
+        """Count the devices and generators skipped for non-finite values, or stop (trainer.nonfinite)."""
+        self.nonfinite_per_device += devices.long()
+        self.counters["nonfinite_skipped"] = int(self.nonfinite_per_device.sum())
+        generators = torch.zeros(0, dtype=torch.bool) if generators is None else generators
+        self.counters["nonfinite_generator_skipped"] = (self.counters.get("nonfinite_generator_skipped", 0)
+                                                        + int(generators.sum()))
+        if self.cfg.trainer.nonfinite == "stop":
+            where = []
+            for n in devices.nonzero().flatten().tolist():
+                k = self.spec.community_of_device[n]
+                j = n - sum(self.spec.devices_per_community[:k])
+                where.append(f"community {k} ({self.spec.community_names[k]}), device {j}")
+            for g in generators.nonzero().flatten().tolist():
+                where.append(f"generator {g}'s gradients")
+            raise NonFiniteError(f"non-finite loss or gradient at iteration {self.iteration} (round {self.round}): "
+                                 f"{'; '.join(where)}. Stopped (trainer.nonfinite=stop); lower the learning rates, "
+                                 f"or set trainer.nonfinite=skip to skip such updates and count them")
 
     def _backward(self, loss: Tensor) -> None:
         if self._trainer is None:  # used outside a Trainer (tests, benchmarks)
@@ -229,10 +254,14 @@ class FederationModule(pl.LightningModule):
 
     # -- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        partition = getattr(self.data, "partition", None)
         checkpoint["federation_state"] = {
+            "partition": None if partition is None else [[torch.tensor(d, dtype=torch.long) for d in community]
+                                                         for community in partition],
+            "global_rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state_to_plain(np.random.get_state()),
+                           "python": _to_lists(random.getstate())},
             "round": self.round,
             "iteration": self.iteration,
-            "started": self.started,
             "rng": (self.device.type, self.generator_rng().get_state()),
             "clock": self.clock.state_dict(),
             "bytes": dict(self.bytes),
@@ -241,7 +270,29 @@ class FederationModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["federation_state"]
-        self.round, self.iteration, self.started = state["round"], state["iteration"], state["started"]
+        self.round, self.iteration = state["round"], state["iteration"]
         self.rng, self._pending_rng_state = None, state["rng"]
         self.clock.load_state_dict(state["clock"])
         self.bytes, self.counters = dict(state["bytes"]), dict(state["counters"])
+        if "global_rng" in state:     # only user code draws from these; restored for completeness
+            torch.set_rng_state(state["global_rng"]["torch"])
+            np.random.set_state(_numpy_state_from_plain(state["global_rng"]["numpy"]))
+            random.setstate(_to_tuples(state["global_rng"]["python"]))
+
+
+def _numpy_state_to_plain(state) -> list:
+    name, keys, pos, has_gauss, cached = state
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_state_from_plain(state) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return name, keys.numpy().astype(np.uint32), pos, has_gauss, cached
+
+
+def _to_lists(value):
+    return [_to_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _to_tuples(value):
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value

@@ -84,6 +84,16 @@ class StackedModule(nn.Module):
 
         return vmap(member_forward)(params, buffers, *inputs)
 
+    @torch.no_grad()
+    def finite_grads(self) -> Tensor:
+        """bool ``[n]``: every gradient entry of member i is finite (members without gradients: True)."""
+        params = list(self.parameters())
+        ok = torch.ones(self.n, dtype=torch.bool, device=params[0].device)
+        for p in params:
+            if p.grad is not None:
+                ok &= torch.isfinite(p.grad).flatten(1).all(1)
+        return ok
+
     # -- copying in and out --------------------------------------------------------------------
     @torch.no_grad()
     def member(self, i: int) -> nn.Module:

@@ -52,7 +52,7 @@ class LocalBatch:
 
 @dataclass
 class StepStats:
-    arrived: Tensor      # [N] bool: devices whose feedback was used (M_k)
+    arrived: Tensor      # [N] bool: devices whose feedback was used (M_k, without non-finite ones)
     d_loss: Tensor       # [N] discriminator loss before its step (0 where not arrived)
     device_loss: Tensor  # [N] L_kj = E[log(1 - D_kj(G_k(z_g)))] with the updated D_kj
     edge_weights: Tensor  # [N] w_kj (0 where not arrived)
@@ -197,9 +197,9 @@ class FederatedGAN(FederationModule):
     # -- one clock event -------------------------------------------------------------------------
     def step_event(self, opt_g, opt_d) -> StepStats | None:
         """Advance the clock to its next event and process it; dispatch fresh work to idle devices."""
-        if not self.started:
-            self.dispatch(self.clock.idle_devices())
-            self.started = True
+        # Idle devices get work: at the start, and after a finished run is resumed with more rounds
+        # (in between, every step ends by dispatching, so this sends nothing).
+        self.dispatch(self.clock.idle_devices())
         event = self.clock.next_event()
         stats = None
         if event.arrived.any():
@@ -216,12 +216,21 @@ class FederatedGAN(FederationModule):
     def process_feedback(self, arrived: Tensor, updating: Tensor, everyone: bool, opt_g, opt_d) -> StepStats:
         """Devices in ``arrived`` train on their in-flight work and feed back; their edges update
         (METHOD.md §2, §5.1-§5.4). Only the arrived devices are computed (``everyone``: all of them,
-        through the grouped layout); the others' parameters and optimiser states stay untouched."""
+        through the grouped layout); the others' parameters and optimiser states stay untouched.
+
+        Non-finite values (``trainer.nonfinite``): a device whose discriminator loss or gradients, L_kj
+        or feedback are NaN/inf takes no step, gets no weight at its edge and sends nothing to G_k; an
+        edge whose generator gradients are non-finite does not step. Each is counted (or stops the run)."""
         work = self.inflight()
         N, B = self.num_devices, work.real_x.shape[1]
         devices = None if everyone or not self.subset_compute else arrived.nonzero().flatten()
         pick = (lambda t: t) if devices is None else (lambda t: t[devices])
+
+        def spread(values: Tensor) -> Tensor:    # [n] for the computed devices -> [N], 0 elsewhere
+            return values if devices is None else values.new_zeros(N).index_copy(0, devices, values)
+
         staleness = (self.generator_version[self.generators.group] - self.dispatch_version).clamp(min=0)
+        d_group, num_d = self.discriminators.group, self.discriminators.num_groups
 
         # 1-2. Devices update D_kj on their real data and G_k(z_d); one batched call over both.
         logits = self.discriminate(torch.cat([pick(work.real_x), pick(work.fake_d)], 1),
@@ -235,8 +244,11 @@ class FederatedGAN(FederationModule):
         if self.asynchronous and self.cfg.clock.lr_scale and self.discriminator_groups == "device":
             # Journal rule: stragglers take larger steps, exp(staleness of their previous feedback), capped.
             lr_scale = self.previous_staleness.exp().clamp(max=self.cfg.clock.max_lr_scale)
-        d_active = segment_sum(mask, self.discriminators.group, self.discriminators.num_groups) > 0
-        opt_d.step(active=None if bool(d_active.all()) else d_active, lr_scale=lr_scale)
+        bad_loss = arrived & ~spread(torch.isfinite(d_loss.detach()).to(mask.dtype)).bool()
+        d_step = ((segment_sum(mask, d_group, num_d) > 0) & self.device_discriminators.finite_grads()
+                  & ~(segment_sum(bad_loss.to(mask.dtype), d_group, num_d) > 0))
+        opt_d.step(active=None if bool(d_step.all()) else d_step, lr_scale=lr_scale)
+        d_ok = arrived & d_step[d_group]
 
         # 3. With the updated D_kj: L_kj and the gradient of the batch-mean objective w.r.t. G_k(z_g).
         fake_g = pick(work.fake_g).detach().requires_grad_(True)
@@ -244,14 +256,15 @@ class FederatedGAN(FederationModule):
         device_loss = -F.softplus(logits).mean(1)
         objective = F.softplus(-logits).mean(1) if self.cfg.model.gan_loss == "non_saturating" else device_loss
         (feedback,) = torch.autograd.grad(objective.sum(), fake_g)   # per device: d l_kj / d G_k(z_g)
+        row_ok = torch.isfinite(device_loss.detach()) & torch.isfinite(feedback).flatten(1).all(1)
+        usable = d_ok & spread(row_ok.to(mask.dtype)).bool()          # M_k after the non-finite guard
+        rows_usable = pick(usable).view(-1, *[1] * (feedback.dim() - 1))
+        feedback = torch.where(rows_usable, feedback, torch.zeros_like(feedback))
 
         # 4. The edge weights the feedback and updates G_k by regenerating G_k(z_g) from the stored z_g.
-        def spread(values: Tensor) -> Tensor:    # [n] for the computed devices -> [N], 0 elsewhere
-            return values if devices is None else values.new_zeros(N).index_copy(0, devices, values)
-
         K, edge = self.num_generators, self.generators.group
-        device_loss_all = spread(device_loss.detach())
-        weights = self.edge_weights(device_loss_all, staleness, arrived)
+        device_loss_all = torch.where(usable, spread(device_loss.detach()), torch.zeros(N, device=self.device))
+        weights = self.edge_weights(device_loss_all, staleness, usable)
         regenerated = self.generate(pick(work.z_g), pick(work.y_g), devices)
         w = pick(weights).view(-1, *[1] * (feedback.dim() - 1)).to(feedback.dtype)
         g_loss = (regenerated * (w * feedback)).sum()
@@ -260,14 +273,19 @@ class FederatedGAN(FederationModule):
             g_loss = g_loss + extra
         opt_g.zero_grad(set_to_none=True)
         self._backward(g_loss)
-        opt_g.step(active=None if bool(updating.all()) else updating)
+        g_step = (updating & (segment_sum(usable.to(mask.dtype), edge, K) > 0)
+                  & self.community_generators.finite_grads())
+        if not bool(((usable == arrived).all() & (g_step == updating).all())):
+            self.report_nonfinite(arrived & ~usable, updating & ~g_step)
+        opt_g.step(active=None if bool(g_step.all()) else g_step)
 
         with torch.no_grad():
-            self.generator_version += updating.long()
-            self.previous_staleness.copy_(torch.where(arrived, staleness.float(), self.previous_staleness))
+            self.generator_version += g_step.long()
+            self.previous_staleness.copy_(torch.where(usable, staleness.float(), self.previous_staleness))
             self.round_loss_sum += community_losses(weights, device_loss_all, edge, K)
-            self.round_updates += updating.float()
-        return StepStats(arrived, spread(d_loss.detach()), device_loss_all, weights, staleness)
+            self.round_updates += g_step.float()
+        d_loss_all = torch.where(usable, spread(d_loss.detach()), torch.zeros(N, device=self.device))
+        return StepStats(usable, d_loss_all, device_loss_all, weights, staleness)
 
     def step_metrics(self, stats: StepStats) -> dict:
         count = stats.arrived.sum().clamp(min=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -40,14 +41,40 @@ def make_run_dir(cfg: DictConfig) -> Path:
     return run_dir
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    loggers: list = [pl.loggers.CSVLogger(save_dir=str(run_dir), name="", version="")]
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list:
+    """A CSV logger (``metrics.csv``) and, with ``logger.wandb``, a W&B run. Resuming at ``resume_step``
+    keeps the CSV rows up to that step and continues the same W&B run."""
+    kept = read_csv_rows(run_dir / "metrics.csv", resume_step) if resume_step is not None else []
+    csv_logger = pl.loggers.CSVLogger(save_dir=str(run_dir), name="", version="")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        writer = csv_logger.experiment      # starts a new metrics.csv: write the kept rows into it at once
+    writer.metrics.extend(kept)
+    writer.save()
+    loggers: list = [csv_logger]
     if cfg.logger.wandb:
         os.environ.setdefault("WANDB_DIR", str(run_dir))
-        loggers.append(pl.loggers.WandbLogger(project=cfg.logger.wandb_project, save_dir=str(run_dir),
-                                              mode=cfg.logger.wandb_mode, name=run_dir.name,
-                                              config=OmegaConf.to_container(cfg, resolve=True)))
+        id_file = run_dir / WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if resume_step is not None and id_file.is_file() else None
+        wandb_logger = pl.loggers.WandbLogger(project=cfg.logger.wandb_project, save_dir=str(run_dir),
+                                              mode=cfg.logger.wandb_mode, name=run_dir.name, id=run_id,
+                                              resume="allow" if run_id else None,
+                                              config=OmegaConf.to_container(cfg, resolve=True))
+        id_file.write_text(wandb_logger.experiment.id + "\n")
+        loggers.append(wandb_logger)
     return loggers
+
+
+def read_csv_rows(path: Path, max_step: int) -> list[dict]:
+    """The rows of a run's ``metrics.csv`` logged at steps up to ``max_step`` (empty cells dropped)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    return [row for row in rows if int(float(row.get("step", 0))) <= max_step]
 
 
 def class_conditional(cfg: DictConfig) -> bool:
@@ -81,6 +108,19 @@ def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
     return evaluator
 
 
+def check_partition(partition: list[list[list[int]]], saved, checkpoint: str) -> None:
+    """A resumed run must see the same devices' data as the run that wrote ``checkpoint``."""
+    if saved is None:
+        return
+    rebuilt = [[list(map(int, device)) for device in community] for community in partition]
+    stored = [[device.tolist() for device in community] for community in saved]
+    if rebuilt != stored:
+        from fedgen_pl.config import ConfigError
+
+        raise ConfigError(f"resume: the partition rebuilt from the data differs from the one in {checkpoint} "
+                          f"(did the dataset files or data.* settings change?); start a new run")
+
+
 def log_partition(loggers: list, datamodule, run_dir: Path) -> None:
     """The per-device class histograms as a W&B table and image (the CSV and PNG are in run_dir)."""
     for logger in loggers:
@@ -91,14 +131,20 @@ def log_partition(loggers: list, datamodule, run_dir: Path) -> None:
 
 
 def train(cfg: DictConfig, extra_callbacks: list | None = None) -> Path:
-    """Train one run; returns its directory. ``extra_callbacks`` run after the built-in ones."""
+    """Train one run; returns its directory. ``extra_callbacks`` run after the built-in ones.
+    With ``cfg.resume`` (a checkpoint, set by ``fedgen_pl.resume.resume_config``) the run continues."""
     started = time.time()
     pl.seed_everything(int(cfg.seed), verbose=False)
     run_dir = make_run_dir(cfg)
     OmegaConf.save(cfg, run_dir / "config.yaml")
+    resume_state = None
+    if cfg.resume:
+        resume_state = torch.load(cfg.resume, map_location="cpu", weights_only=True)["federation_state"]
 
     datamodule = FederatedDataModule(cfg)
     datamodule.setup("fit")
+    if resume_state is not None:
+        check_partition(datamodule.partition, resume_state.get("partition"), cfg.resume)
     datamodule.write_partition(run_dir)
     model = model_class(cfg.model.name)(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
 
@@ -113,7 +159,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> Path:
         evaluation = GenerationMetrics(partial(build_evaluator, cfg, datamodule), cfg.metrics.eval_every,
                                        run_dir / "plots")
     checkpoint = RoundCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_rounds)
-    loggers = build_loggers(cfg, run_dir)
+    loggers = build_loggers(cfg, run_dir, resume_state["iteration"] if resume_state else None)
     log_partition(loggers, datamodule, run_dir)
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
@@ -129,10 +175,14 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> Path:
         num_sanity_val_steps=0,
         default_root_dir=str(run_dir),
     )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
-        trainer.fit(model, datamodule=datamodule)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.resume or None, weights_only=True)
+    except BaseException:
+        finish_wandb(loggers, exit_code=1)
+        raise
 
     summary = {
         "experiment": cfg.experiment,
@@ -151,8 +201,17 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> Path:
         "classifier": getattr(getattr(evaluation, "evaluator", None), "classifier_record", None),
         "cloud_weights_last_round": aggregation.history[-1]["cloud_weights"] if aggregation.history else None,
         "run_dir": str(run_dir),
+        "resumed_from": cfg.resume,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     for logger in trainer.loggers:
         logger.finalize("success")
+    finish_wandb(loggers, exit_code=0)
     return run_dir
+
+
+def finish_wandb(loggers: list, exit_code: int) -> None:
+    """End this process's W&B run (Lightning leaves it open; a later run in the process would join it)."""
+    for logger in loggers:
+        if isinstance(logger, pl.loggers.WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish(exit_code=exit_code)

@@ -91,9 +91,9 @@ class FedVAE(FederationModule):
         return (reconstruction + kl).mean(1)
 
     def step_event(self, opt) -> dict | None:
-        if not self.started:
-            self.dispatch(self.clock.idle_devices())
-            self.started = True
+        # Idle devices get work: at the start, and after a finished run is resumed with more rounds
+        # (in between, every step ends by dispatching, so this sends nothing).
+        self.dispatch(self.clock.idle_devices())
         event = self.clock.next_event()
         stats = None
         if event.arrived.any():
@@ -103,8 +103,14 @@ class FedVAE(FederationModule):
             eps = torch.randn(self.num_devices, B, self.cfg.model.latent_dim, generator=rng, device=self.device)
             loss = self.negative_elbo(x, y, eps)
             opt.zero_grad(set_to_none=True)
-            self._backward((loss * arrived).sum())
-            opt.step(active=None if bool(arrived.all()) else arrived)
+            finite_loss = torch.isfinite(loss.detach())
+            self._backward(torch.where(arrived & finite_loss, loss, torch.zeros_like(loss)).sum())
+            # Non-finite guard (trainer.nonfinite): a device with a NaN/inf loss or gradient does not step.
+            step = arrived & finite_loss & self.device_vaes.finite_grads()
+            if not bool((step == arrived).all()):
+                self.report_nonfinite(arrived & ~step)
+            opt.step(active=None if bool(step.all()) else step)
+            arrived = step
             with torch.no_grad():
                 self.generator_version += arrived.long()
                 self.round_loss_sum += torch.where(arrived, loss.detach(), torch.zeros_like(loss))

@@ -36,7 +36,6 @@ def test_vectorised_steps_equal_per_device_loop(overrides):
     loop = LoopFederation(system)
     opt_g, opt_d = system.configure_optimizers()
     system.dispatch(system.clock.idle_devices())
-    system.started = True
     for _ in range(4):
         batch = clone_batch(system.inflight())
         stats = system.step_event(opt_g, opt_d)

@@ -1,0 +1,122 @@
+"""Resuming a killed run: ``fedgen train resume=PATH`` or ``resume=latest``.
+
+A run directory holds ``checkpoints/last.ckpt`` and the one before it, ``checkpoints/previous.ckpt``
+(both written atomically). Resuming loads the newest readable one (a corrupt ``last.ckpt`` is reported
+and ``previous.ckpt`` used), takes the run's configuration from the checkpoint, and lets the command
+line change only what cannot alter the computation so far (``RESUMABLE_KEYS``); any other key that
+differs from the checkpoint's is an error naming it. Checkpoints are read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fedgen_pl.config import Config, ConfigError, _merge, _parse_overrides, import_plugins, validate
+
+log = logging.getLogger("fedgen")
+
+# Keys a resumed run may change: the length of the run, and how it is logged, evaluated and saved.
+RESUMABLE_KEYS = ("resume", "output_dir", "federation.global_rounds", "trainer.", "logger.", "metrics.", "plugins")
+RUNS_ROOT = Path("runs")
+
+
+def checkpoint_candidates(target: Path) -> list[Path]:
+    """The checkpoints to try, newest first: a run directory's ``last`` then ``previous``; a file itself
+    (then ``previous.ckpt`` beside it when the file is a ``last.ckpt``)."""
+    if target.is_dir():
+        folder = target / "checkpoints"
+        return [folder / "last.ckpt", folder / "previous.ckpt"]
+    if target.name == "last.ckpt":
+        return [target, target.with_name("previous.ckpt")]
+    return [target]
+
+
+def latest_run(experiment: str, root: Path = RUNS_ROOT) -> Path:
+    """The newest run directory of ``experiment`` under ``root`` that holds a checkpoint."""
+    stem = Path(experiment).stem
+    runs = [d for d in root.glob(f"{stem}-*") if d.is_dir()
+            and any(p.is_file() for p in checkpoint_candidates(d))]
+    if not runs:
+        raise ConfigError(f"resume=latest: no run of experiment '{stem}' with a checkpoint under {root.resolve()}/ "
+                          f"(looked for {stem}-*/checkpoints/last.ckpt); pass resume=RUN_DIR instead")
+    newest = max(runs, key=lambda d: max(p.stat().st_mtime for p in checkpoint_candidates(d) if p.is_file()))
+    log.info("resume=latest: %s", newest)
+    return newest
+
+
+def load_checkpoint(target: Path) -> tuple[Path, dict]:
+    """The newest readable checkpoint for ``target`` (a run directory or a .ckpt file) and its contents."""
+    problems = []
+    for path in checkpoint_candidates(target):
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+            continue
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            if "federation_state" not in checkpoint or "hyper_parameters" not in checkpoint:
+                raise ValueError("not a fedgen-pl training checkpoint")
+        except Exception as err:  # noqa: BLE001 - any unreadable file: say so and try the previous one
+            message = f"{path}: unreadable ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            log.error("resume: %s; trying the previous checkpoint", message)
+            problems.append(message)
+            continue
+        if problems:
+            log.warning("resume: using %s (round %d) instead", path, checkpoint["federation_state"]["round"])
+        return path, checkpoint
+    raise ConfigError(f"resume: no readable checkpoint for {target}: " + "; ".join(problems))
+
+
+def run_dir_of(checkpoint_path: Path) -> Path:
+    folder = checkpoint_path.parent
+    return folder.parent if folder.name == "checkpoints" else folder
+
+
+def _allowed(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
+
+
+def resume_config(overrides: list[str]) -> DictConfig:
+    """The configuration of the run to resume (from its checkpoint), with the command line's changes
+    to ``RESUMABLE_KEYS``; ``resume`` is set to the checkpoint used and ``output_dir`` to its run."""
+    cli = _parse_overrides(overrides)
+    target = str(cli.resume)
+    if target == "latest":
+        default_experiment = OmegaConf.load(Path(__file__).resolve().parent.parent / "configs" / "default.yaml").experiment
+        run = latest_run(str(cli.get("experiment", default_experiment)))
+    else:
+        run = Path(target).expanduser()
+        if not run.exists():
+            raise ConfigError(f"resume: '{target}' does not exist; pass a run directory, a .ckpt file or latest")
+    path, checkpoint = load_checkpoint(run)
+    saved = OmegaConf.create(checkpoint["hyper_parameters"]["config"])
+    cfg = _merge(OmegaConf.structured(Config), saved, f"{path} (its configuration)")
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if _allowed(key):
+            continue
+        new, old = OmegaConf.select(cli, key), OmegaConf.select(saved, key, default="<absent>")
+        if OmegaConf.is_config(new):
+            new = OmegaConf.to_container(new)
+        if OmegaConf.is_config(old):
+            old = OmegaConf.to_container(old)
+        if new != old:
+            raise ConfigError(f"resume: key '{key}' is {old!r} in the checkpoint {path} but {new!r} on the command "
+                              f"line; a resumed run keeps its configuration except "
+                              f"{', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in RESUMABLE_KEYS)}. "
+                              f"Start a new run to change it")
+    allowed = OmegaConf.from_dotlist([item for item in overrides if _allowed(item.split("=", 1)[0])])
+    cfg = _merge(cfg, allowed, "command line")
+    cfg.resume = str(path)
+    cfg.output_dir = str(run_dir_of(path))
+    import_plugins(cfg.plugins)
+    validate(cfg)
+    done = checkpoint["federation_state"]["round"]
+    if done >= cfg.federation.global_rounds:
+        raise ConfigError(f"resume: {path} has already finished {done} of federation.global_rounds="
+                          f"{cfg.federation.global_rounds} rounds; raise federation.global_rounds to train longer")
+    log.info("resume: continuing %s from round %d, iteration %d", path, done, checkpoint["federation_state"]["iteration"])
+    return cfg

@@ -1,0 +1,130 @@
+"""Exact resume after SIGKILL, checkpoint fallback, resume=latest, and what may change on resume."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import SMALL_GRID
+from fedgen_pl.cli import main
+from fedgen_pl.config import ConfigError, load_config
+from fedgen_pl.resume import load_checkpoint
+
+FAST = [*SMALL_GRID, "federation.global_rounds=4", "federation.local_iters=2", "metrics.eval_every=1",
+        "trainer.checkpoint_every_rounds=1", "trainer.progress_bar=false", "trainer.log_every_n_iters=1"]
+ASYNC = ["federation.update=async", "clock.delay=uniform", "clock.delay_low=1", "clock.delay_high=9"]
+
+# Trains like `fedgen train`, and SIGKILLs itself after the first event of round 3 (mid-round: the newest
+# checkpoint is round 2's, and round 3's first event is lost with the process).
+KILLER = """
+import os, signal, sys
+import pytorch_lightning as pl
+from fedgen_pl.config import load_config
+from fedgen_pl.train import train
+
+class KillMidRound(pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        if pl_module.round == 2 and pl_module.clock.updates.sum() > 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(load_config(sys.argv[1:]), extra_callbacks=[KillMidRound()])
+"""
+
+
+def _csv_rows(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def _checkpoint(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("update", ["sync", "async"])
+def test_sigkill_mid_round_then_resume_equals_uninterrupted_run(tmp_path, update):
+    overrides = [*FAST, *(ASYNC if update == "async" else [])]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(["train", *overrides, f"output_dir={straight}"]) == 0
+
+    done = subprocess.run([sys.executable, "-c", KILLER, *overrides, f"output_dir={killed}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -9, done.stderr[-2000:]
+    assert _checkpoint(killed)["federation_state"]["round"] == 2
+    assert main(["train", f"resume={killed}"]) == 0
+
+    a, b = _checkpoint(straight), _checkpoint(killed)
+    assert a["federation_state"]["iteration"] == b["federation_state"]["iteration"]
+    assert a["federation_state"]["clock"] == b["federation_state"]["clock"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for name, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][name]), name
+    for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"]):
+        for key, state in opt_a["state"].items():
+            for field, value in state.items():
+                assert torch.equal(value, opt_b["state"][key][field]), (key, field)
+    # The CSV continues: the killed run's rows up to its checkpoint, then the resumed ones, as if never killed.
+    assert _csv_rows(killed) == _csv_rows(straight)
+
+
+def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path, caplog):
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "federation.global_rounds=2", f"output_dir={run}"]) == 0
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    path, checkpoint = load_checkpoint(run)
+    assert path.name == "previous.ckpt" and checkpoint["federation_state"]["round"] == 1
+    assert "last.ckpt: unreadable" in caplog.text
+    assert main(["train", f"resume={run}", "federation.global_rounds=3"]) == 0
+    assert _checkpoint(run)["federation_state"]["round"] == 3
+
+    for name in ("last.ckpt", "previous.ckpt"):
+        (run / "checkpoints" / name).write_bytes(b"\x00" * 10)
+    with pytest.raises(ConfigError, match="no readable checkpoint"):
+        load_checkpoint(run)
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "federation.global_rounds=1", f"output_dir={run}"]) == 0
+    assert main(["train", f"resume={run}", "federation.global_rounds=2", "federation.local_iters=3"]) == 2
+    err = capsys.readouterr().err
+    assert "federation.local_iters" in err and "is 2 in the checkpoint" in err and "but 3" in err
+    assert main(["train", f"resume={run}"]) == 2
+    assert "already finished 1 of federation.global_rounds=1" in capsys.readouterr().err
+    assert main(["train", f"resume={tmp_path / 'nowhere'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_resume_latest_picks_the_newest_run_of_the_experiment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    older = tmp_path / "runs" / "gaussian_grid-20260101-000000"
+    assert main(["train", *FAST, "federation.global_rounds=1", f"output_dir={older}"]) == 0
+    newer = tmp_path / "runs" / "gaussian_grid-20260102-000000"
+    shutil.copytree(older, newer)
+    for path in (newer / "checkpoints").iterdir():
+        os.utime(path, (path.stat().st_atime + 100, path.stat().st_mtime + 100))
+    cfg = load_config(["resume=latest", "experiment=gaussian_grid", "federation.global_rounds=2"])
+    assert cfg.output_dir == str(os.path.relpath(newer, tmp_path))
+    with pytest.raises(ConfigError, match="no run of experiment 'mnist_fmnist_iid'"):
+        load_config(["resume=latest", "experiment=mnist_fmnist_iid"])
+
+
+def test_resume_continues_the_wandb_run(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "federation.global_rounds=1", "logger.wandb=true", f"output_dir={run}"]) == 0
+    run_id = (run / "wandb_run_id.txt").read_text().strip()
+    assert main(["train", f"resume={run}", "federation.global_rounds=2"]) == 0
+    assert (run / "wandb_run_id.txt").read_text().strip() == run_id
+    # A new W&B run would get a new id (and a directory named after it): every run directory is the same run.
+    offline = sorted((run / "wandb").glob("offline-run-*"))
+    assert offline and {d.name.rsplit("-", 1)[1] for d in offline} == {run_id}
+
+
+def test_checkpoints_and_classifier_cache_load_with_weights_only(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "federation.global_rounds=1", f"output_dir={run}"]) == 0
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["federation_state"]["partition"][0][0].dtype == torch.long
