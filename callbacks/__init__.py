@@ -4,5 +4,6 @@ from callbacks.aggregation import GlobalAggregation
 from callbacks.checkpoint import RoundCheckpoint
 from callbacks.generation_metrics import GenerationMetrics
 from callbacks.grid_metrics import GaussianGridMetrics
+from callbacks.progress import FederationProgressBar
 
-__all__ = ["GlobalAggregation", "GaussianGridMetrics", "GenerationMetrics", "RoundCheckpoint"]
+__all__ = ["FederationProgressBar", "GlobalAggregation", "GaussianGridMetrics", "GenerationMetrics", "RoundCheckpoint"]

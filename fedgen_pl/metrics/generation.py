@@ -17,6 +17,7 @@ and a fixed latent seed, so evaluations differ only by the generator.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 
@@ -28,6 +29,8 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from fedgen_pl.metrics.classifier import Classifier
+
+log = logging.getLogger("fedgen")
 
 # (labels, generator, domains) -> images in [-1, 1]; domains = the community index of every sample
 SampleFn = Callable[[Tensor, torch.Generator, Tensor], Tensor]
@@ -105,7 +108,8 @@ class GenerationEvaluator:
         self.real = real_sets(datamodule, num_samples, seed)
         self.metrics: dict[str, dict[str, object]] = {}
         warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
-        for scope, (x, _, _) in self.real.items():
+        for i, (scope, (x, _, _)) in enumerate(self.real.items()):
+            log.info("metrics: real statistics %d/%d (%s, %d images)", i + 1, len(self.real), scope, len(x))
             metrics = {
                 "fid_classifier": FrechetInceptionDistance(feature=features, reset_real_features=False),
                 "kid_classifier": KernelInceptionDistance(feature=features, reset_real_features=False,

@@ -1,0 +1,195 @@
+"""How fast the federated local iteration is, measured against its references in the same run.
+
+    .venv/bin/python benchmarks/step_speed.py                   # (a) (b) (d) at 3x5 devices, batch 64
+    .venv/bin/python benchmarks/step_speed.py --scaling 3x5 10x15 100x15 --batch 32   # (c)
+
+(a) the vectorised local iteration (stacked networks + vmap, ``FederatedGAN.step_event``) against a
+    per-device Python loop of the same maths (``fedgen_pl.reference.LoopFederation``);
+(b) the same iteration against one centralized GAN step with the same networks and the same total real
+    batch (devices x batch), the same losses and two latent batches (z_d, z_g);
+(c) time per iteration and peak memory as the number of devices grows;
+(d) end-to-end training throughput (real samples per second through ``fedgen train``: batch sampling,
+    dispatch, aggregation, logging and checkpoints included, evaluation excluded) against the bare
+    federated step of (a), as time per iteration.
+Every ratio divides two timings taken in this run, on this machine; the script prints the hardware.
+Data: MNIST + FashionMNIST (the offline sources `make` installs), DCGAN networks of mnist_fmnist_noniid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from datamodules import FederatedDataModule
+from fedgen_pl.config import load_config
+from fedgen_pl.models import model_class
+from fedgen_pl.reference import LoopFederation
+
+
+def config(layout: str, batch: int, device: str, extra: list[str] = ()):
+    communities, devices = (int(v) for v in layout.split("x"))
+    names = ["mnist" if k % 3 == 0 else "fashion_mnist" for k in range(communities)]
+    listing = "[" + ", ".join(f"{{data: {n}}}" for n in names) + "]"
+    return load_config(["experiment=mnist_fmnist_noniid", f"federation.communities={listing}",
+                        f"federation.devices_per_community={devices}", f"data.batch_size={batch}",
+                        "data.partition=iid", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+                        "seed=0", *extra])
+
+
+def build(cfg, device: str):
+    datamodule = FederatedDataModule(cfg)
+    datamodule.setup("fit")
+    system = model_class(cfg.model.name)(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
+    system = system.to(device)
+    system.attach_data(datamodule)
+    return system
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeat: int, warmup: int, device: str) -> float:
+    """Median seconds per call over ``repeat`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def federated_step(system):
+    opt_g, opt_d = system.configure_optimizers()
+    return lambda: system.step_event(opt_g, opt_d)
+
+
+def loop_step(system):
+    loop = LoopFederation(system)
+    batch = system.inflight()
+    return lambda: loop.local_iteration(batch)
+
+
+def centralized_step(system):
+    """One GAN step over the pooled batch: D on real + G(z_d), then G through D(G(z_g)); same networks."""
+    G = system.community_generators.member(0).requires_grad_(True)
+    D = system.device_discriminators.member(0).requires_grad_(True)
+    m = system.cfg.model
+    opt_g = torch.optim.Adam(G.parameters(), lr=m.g_lr, betas=(m.beta1, m.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=m.d_lr, betas=(m.beta1, m.beta2))
+    rng, B = system.generator_rng(), system.cfg.data.batch_size
+
+    def step():
+        real_x, real_y = system.data.sample_real(B, rng)
+        real_x, real_y = real_x.flatten(0, 1), real_y.flatten(0, 1)
+        n = len(real_y)
+        y_d, y_g = system.data.sample_fake_labels(B, rng).flatten(), system.data.sample_fake_labels(B, rng).flatten()
+        z_d = torch.randn(n, m.latent_dim, generator=rng, device=system.device)
+        z_g = torch.randn(n, m.latent_dim, generator=rng, device=system.device)
+        with torch.no_grad():
+            fake_d = G(z_d, y_d)
+        logits = D(torch.cat([real_x, fake_d]), torch.cat([real_y, y_d]))
+        d_loss = F.softplus(-logits[:n]).mean() + F.softplus(logits[n:]).mean()
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        for p in D.parameters():
+            p.requires_grad_(False)
+        g_loss = F.softplus(-D(G(z_g, y_g), y_g)).mean()
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        for p in D.parameters():
+            p.requires_grad_(True)
+
+    return step
+
+
+def peak_memory(device: str) -> str:
+    if device == "cuda":
+        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB GPU"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS (process peak)"
+
+
+def end_to_end(layout: str, batch: int, device: str, rounds: int) -> tuple[float, int]:
+    """Seconds per local iteration of `fedgen train` (no evaluation), and the iterations run."""
+    from fedgen_pl.train import train
+
+    out = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    cfg = config(layout, batch, device, [f"federation.global_rounds={rounds}", "metrics.eval_every=1000000",
+                                         "trainer.progress_bar=false", f"output_dir={out}",
+                                         "metrics.classifier_train_samples=1000", "metrics.classifier_epochs=1",
+                                         f"metrics.cache_dir={out / 'cache'}", "metrics.num_samples=100",
+                                         "metrics.kid_subset_size=50"])
+    run_dir = train(cfg)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    training = summary["wall_time_s"] - summary["metrics_setup_seconds"] - summary["eval_seconds"]
+    return training / summary["iterations"], summary["iterations"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--layout", default="3x5", help="communities x devices per community for (a), (b), (d)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--scaling", nargs="*", default=[], help="layouts for (c), e.g. 3x5 10x15 100x15")
+    parser.add_argument("--e2e-rounds", type=int, default=20, help="rounds of `fedgen train` for (d); 0 skips it")
+    parser.add_argument("--skip-loop", action="store_true")
+    args = parser.parse_args()
+    device = args.device
+    hardware = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or platform.machine()}, " \
+        f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+    print(f"# step_speed: {hardware}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}")
+
+    if not args.scaling:
+        cfg = config(args.layout, args.batch, device)
+        n = sum([cfg.federation.devices_per_community] * len(cfg.federation.communities))
+        print(f"layout {args.layout} ({n} devices), batch {args.batch} per device, {n * args.batch} real samples "
+              f"per iteration; median of {args.repeat} after {args.warmup} warm-up")
+        system = build(cfg, device)
+        fed = timed(federated_step(system), args.repeat, args.warmup, device)
+        central = timed(centralized_step(build(cfg, device)), args.repeat, args.warmup, device)
+        print(f"federated local iteration (vectorised): {fed * 1000:.1f} ms")
+        print(f"centralized GAN step, same networks and total batch: {central * 1000:.1f} ms")
+        print(f"(b) federated / centralized = {fed / central:.2f}x")
+        if not args.skip_loop:
+            loop = timed(loop_step(build(cfg, device)), max(3, args.repeat // 4), 1, device)
+            print(f"per-device Python loop of the same maths: {loop * 1000:.1f} ms")
+            print(f"(a) loop / vectorised = {loop / fed:.2f}x")
+        if args.e2e_rounds:
+            e2e, iterations = end_to_end(args.layout, args.batch, device, args.e2e_rounds)
+            print(f"end-to-end `fedgen train` ({iterations} iterations): {e2e * 1000:.1f} ms per iteration, "
+                  f"{n * args.batch / e2e:.0f} real samples/s")
+            print(f"(d) end-to-end / bare federated step = {e2e / fed:.2f}x")
+    for layout in args.scaling:
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        cfg = config(layout, args.batch, device)
+        system = build(cfg, device)
+        seconds = timed(federated_step(system), max(3, args.repeat // 4), 2, device)
+        print(f"(c) {layout} ({system.num_devices} devices, batch {args.batch}): {seconds * 1000:.1f} ms per "
+              f"iteration, peak {peak_memory(device)}")
+        del system
+
+
+if __name__ == "__main__":
+    main()
