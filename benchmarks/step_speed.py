@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from datamodules import FederatedDataModule
+from fedgen_pl.aggregation import get_aggregation
 from fedgen_pl.config import load_config
 from fedgen_pl.models import model_class
 from fedgen_pl.reference import LoopFederation
@@ -44,7 +45,7 @@ def config(layout: str, batch: int, device: str, extra: list[str] = ()):
     return load_config(["experiment=mnist_fmnist_noniid", f"federation.communities={listing}",
                         f"federation.devices_per_community={devices}", f"data.batch_size={batch}",
                         "data.partition=iid", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
-                        "seed=0", *extra])
+                        "seed=0", "federation.global_rounds=1000000", *extra])
 
 
 def build(cfg, device: str):
@@ -76,8 +77,18 @@ def timed(fn, repeat: int, warmup: int, device: str) -> float:
 
 
 def federated_step(system):
+    """One clock event (sync: a local iteration of every community, dispatch of the next included); at a
+    round's end also the cloud aggregation, as the GlobalAggregation callback does it."""
     opt_g, opt_d = system.configure_optimizers()
-    return lambda: system.step_event(opt_g, opt_d)
+    rule = get_aggregation(system.aggregation_name)
+
+    def step():
+        system.step_event(opt_g, opt_d)
+        if system.round_complete:
+            with torch.no_grad():
+                system.finish_round(rule(system.global_state(), system.community_state(), system.round_stats())[0])
+
+    return step
 
 
 def loop_step(system):
@@ -165,15 +176,19 @@ def main() -> None:
         print(f"layout {args.layout} ({n} devices), batch {args.batch} per device, {n * args.batch} real samples "
               f"per iteration; median of {args.repeat} after {args.warmup} warm-up")
         system = build(cfg, device)
+        execution = system.device_discriminators.execution(system.inflight_real_x)
         fed = timed(federated_step(system), args.repeat, args.warmup, device)
         central = timed(centralized_step(build(cfg, device)), args.repeat, args.warmup, device)
-        print(f"federated local iteration (vectorised): {fed * 1000:.1f} ms")
+        print(f"federated local iteration (trainer.member_execution=auto -> {execution}): {fed * 1000:.1f} ms")
         print(f"centralized GAN step, same networks and total batch: {central * 1000:.1f} ms")
         print(f"(b) federated / centralized = {fed / central:.2f}x")
         if not args.skip_loop:
+            vmapped = timed(federated_step(build(config(args.layout, args.batch, device, ["trainer.member_execution=vmap"]),
+                                                 device)), args.repeat, args.warmup, device)
             loop = timed(loop_step(build(cfg, device)), max(3, args.repeat // 4), 1, device)
-            print(f"per-device Python loop of the same maths: {loop * 1000:.1f} ms")
-            print(f"(a) loop / vectorised = {loop / fed:.2f}x")
+            print(f"federated local iteration, vmap over devices: {vmapped * 1000:.1f} ms")
+            print(f"per-device Python loop of the same maths (reference.LoopFederation): {loop * 1000:.1f} ms")
+            print(f"(a) loop / vmap = {loop / vmapped:.2f}x")
         if args.e2e_rounds:
             e2e, iterations = end_to_end(args.layout, args.batch, device, args.e2e_rounds)
             print(f"end-to-end `fedgen train` ({iterations} iterations): {e2e * 1000:.1f} ms per iteration, "

@@ -2,8 +2,10 @@
 
 Runs ``gaussian_grid_async`` (heterogeneous devices: delays uniform in 10-60 ticks, 20% stragglers 4x
 slower) with ``federation.update=sync`` and ``=async`` for several seeds, each until the global
-generator's ``high_quality_share`` reaches the bar (or ``--rounds``), and reports the round and
-virtual time (ticks) at which it did. Every number comes from the runs' own metrics.csv.
+generator has ``high_quality_share >= bar`` with all 9 modes covered (or ``--rounds``), and reports the
+round and virtual time (ticks) at which it did. ``high_quality_share`` alone is no bar: a generator
+collapsed onto one mode has it near 1 (seen in the first rounds), so the script also prints when the
+share alone first passed. Every number comes from the runs' own metrics.csv.
 
     .venv/bin/python benchmarks/sync_vs_async_grid.py [--seeds 0 1 2] [--bar 0.8] [--rounds 200]
 """
@@ -27,7 +29,7 @@ from fedgen_pl.train import train
 
 
 class StopAtBar(pl.Callback):
-    """Stop training once the grid evaluation reports high_quality_share >= bar."""
+    """Stop training once the grid evaluation reports high_quality_share >= bar and every mode covered."""
 
     def __init__(self, bar: float):
         self.bar = bar
@@ -35,15 +37,20 @@ class StopAtBar(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         for callback in trainer.callbacks:
             if isinstance(callback, GaussianGridMetrics):
-                if callback.latest.get("high_quality_share", 0.0) >= self.bar:
+                latest = callback.latest
+                if latest.get("high_quality_share", 0.0) >= self.bar and latest.get("modes_covered", 0) == MODES:
                     trainer.should_stop = True
 
 
-def first_reaching(run_dir: Path, bar: float) -> tuple[int | None, int | None]:
+MODES = 9
+
+
+def first_reaching(run_dir: Path, bar: float, modes: int = 0) -> tuple[int | None, int | None]:
+    """(round, virtual time) of the first evaluation with high_quality_share >= bar and >= modes covered."""
     with open(run_dir / "metrics.csv") as f:
         for row in csv.DictReader(f):
-            value = row.get("global/high_quality_share")
-            if value and float(value) >= bar:
+            value, covered = row.get("global/high_quality_share"), row.get("global/modes_covered")
+            if value and float(value) >= bar and float(covered) >= modes:
                 return int(float(row["round"])), int(float(row["virtual_time"]))
     return None, None
 
@@ -65,19 +72,22 @@ def main() -> None:
                                f"output_dir={run_dir}"])
             train(cfg, extra_callbacks=[StopAtBar(args.bar)])
             summary = json.loads((run_dir / "summary.json").read_text())
-            round_, ticks = first_reaching(run_dir, args.bar)
-            rows.append(dict(seed=seed, update=update, round=round_, ticks=ticks, summary=summary))
+            round_, ticks = first_reaching(run_dir, args.bar, MODES)
+            share_round, share_ticks = first_reaching(run_dir, args.bar)
+            rows.append(dict(seed=seed, update=update, round=round_, ticks=ticks, summary=summary,
+                             share_only=f"{share_round} ({share_ticks})" if share_round is not None else "-"))
 
     print(f"\nGaussian grid, gaussian_grid_async clock (tiers: 10-60 ticks, 20% stragglers x4), at most "
           f"{args.rounds} rounds; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"\n| seed | update | first round with high_quality_share >= {args.bar} | virtual time then (ticks) "
-          f"| modes then | high_quality_share then | wall time (s) |")
+    print(f"\n| seed | update | first round with 9/9 modes and high_quality_share >= {args.bar} | virtual time "
+          f"then (ticks) | modes at the end | high_quality_share at the end | share alone >= {args.bar}: round "
+          f"(ticks) | wall time (s) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         m = r["summary"]["metrics"]
         print(f"| {r['seed']} | {r['update']} | {r['round'] if r['round'] is not None else 'not reached'} | "
               f"{r['ticks'] if r['ticks'] is not None else '-'} | {m['modes_covered']}/9 | "
-              f"{m['high_quality_share']:.3f} | {r['summary']['wall_time_s']:.0f} |")
+              f"{m['high_quality_share']:.3f} | {r['share_only']} | {r['summary']['wall_time_s']:.0f} |")
     for update in ("sync", "async"):
         ticks = [r["ticks"] for r in rows if r["update"] == update and r["ticks"] is not None]
         reached = f"{len(ticks)}/{len(args.seeds)} seeds reached the bar"

@@ -127,6 +127,7 @@ class TrainerConfig:
     checkpoint_every_rounds: int = MISSING
     progress_bar: bool = MISSING
     nonfinite: str = MISSING
+    member_execution: str = MISSING
 
 
 @dataclass
@@ -167,6 +168,7 @@ CHOICES = {
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
     "trainer.precision": ("32-true", "32", "16-mixed", "bf16-mixed"),
     "trainer.nonfinite": ("skip", "stop"),
+    "trainer.member_execution": ("auto", "vmap", "loop"),
     "logger.wandb_mode": ("offline", "online", "disabled"),
 }
 

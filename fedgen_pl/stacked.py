@@ -3,7 +3,8 @@
 Simulating hundreds of devices in one process is only fast if their networks run as one batched
 computation. ``StackedModule`` holds ``n`` members of the same architecture: every parameter and
 buffer has shape ``[n, *shape]`` and ``forward`` evaluates member ``i`` on input slice ``i`` with
-``torch.func.vmap`` over ``functional_call``. Because the members share no parameters, the gradient of
+``torch.func.vmap`` over ``functional_call`` (or, where measured faster, CPU, a loop of
+``functional_call`` over members: ``execution``). Because the members share no parameters, the gradient of
 ``sum_i loss_i`` with respect to member ``i``'s slice is exactly the gradient of ``loss_i``.
 """
 
@@ -29,8 +30,11 @@ class StackedModule(nn.Module):
     discriminators) or from one module and a count (every member starts as a copy of it).
     """
 
-    def __init__(self, members: Sequence[nn.Module] | nn.Module, n: int | None = None):
+    def __init__(self, members: Sequence[nn.Module] | nn.Module, n: int | None = None, execution: str = "auto"):
         super().__init__()
+        if execution not in ("auto", "vmap", "loop"):
+            raise ValueError(f"StackedModule: execution must be auto, vmap or loop, got {execution!r}")
+        self.member_execution = execution
         if isinstance(members, nn.Module):
             if n is None or n < 1:
                 raise ValueError("StackedModule(module, n) needs n >= 1")
@@ -82,7 +86,18 @@ class StackedModule(nn.Module):
         def member_forward(member_params, member_buffers, *xs):
             return functional_call(self.template, (member_params, member_buffers), xs, options)
 
-        return vmap(member_forward)(params, buffers, *inputs)
+        if self.execution(inputs[0]) == "vmap":
+            return vmap(member_forward)(params, buffers, *inputs)
+        # A loop over members: the same maths, one network call each (faster than vmap's grouped
+        # convolutions on CPU; benchmarks/RESULTS.md).
+        return torch.stack([member_forward({k: v[i] for k, v in params.items()}, {k: v[i] for k, v in buffers.items()},
+                                           *(x[i] for x in inputs)) for i in range(inputs[0].shape[0])])
+
+    def execution(self, x: Tensor) -> str:
+        """``vmap`` or ``loop``: ``self.member_execution``, where ``auto`` = vmap on accelerators, loop on CPU."""
+        if self.member_execution != "auto":
+            return self.member_execution
+        return "loop" if x.device.type == "cpu" else "vmap"
 
     @torch.no_grad()
     def finite_grads(self) -> Tensor:

@@ -47,7 +47,7 @@ class LocalBatch:
     fake_d: Tensor       # ... and G_k(z_d, y_d) at dispatch
     z_g: Tensor          # latents for the generator update ...
     y_g: Tensor
-    fake_g: Tensor       # ... and G_k(z_g, y_g) at dispatch
+    fake_g: Tensor | None  # ... and G_k(z_g, y_g) at dispatch (kept only when ``stores_fake_g``)
 
 
 @dataclass
@@ -72,9 +72,10 @@ class FederatedGAN(FederationModule):
         self.discriminators = Grouping(self.device_groups[self.discriminator_groups])
 
         self.global_generator = self.build_generator()
-        self.community_generators = StackedModule(self.global_generator, K)   # G_k <- G at the start
+        execution = self.cfg.trainer.member_execution
+        self.community_generators = StackedModule(self.global_generator, K, execution)   # G_k <- G at the start
         self.device_discriminators = StackedModule([self.build_discriminator()
-                                                    for _ in range(self.discriminators.num_groups)])
+                                                    for _ in range(self.discriminators.num_groups)], execution=execution)
         # A shared discriminator sees the mean of its devices' losses.
         share = 1.0 / torch.tensor(self.discriminators.sizes, dtype=torch.float32)[self.discriminators.group]
         self.register_buffer("discriminator_share", share, persistent=False)
@@ -151,12 +152,21 @@ class FederatedGAN(FederationModule):
         z_g = torch.randn(z_shape, generator=rng, device=self.device)
         return LocalBatch(real_x, real_y, z_d, y_d, None, z_g, y_g, None)
 
+    @property
+    def stores_fake_g(self) -> bool:
+        """Whether G_k(z_g) as dispatched must be kept: only when G_k may change before the feedback
+        arrives (async). In sync mode a device's work always comes from the current G_k (an edge updates
+        only when all its devices reported or were given up), so the edge's regeneration of G_k(z_g) at
+        feedback time is the very tensor it sent, and is computed once, with gradients."""
+        return self.asynchronous
+
     @torch.no_grad()
     def fill_generated(self, batch: LocalBatch, devices: Tensor | None = None) -> LocalBatch:
-        """G_k(z_d) and G_k(z_g) for the batch (for ``devices`` only, in their order, when given)."""
+        """G_k(z_d) (and G_k(z_g) when stored) for the batch (for ``devices`` only, in their order)."""
         pick = (lambda t: t) if devices is None else (lambda t: t[devices])
         batch.fake_d = self.generate(pick(batch.z_d), pick(batch.y_d), devices)
-        batch.fake_g = self.generate(pick(batch.z_g), pick(batch.y_g), devices)
+        if self.stores_fake_g:
+            batch.fake_g = self.generate(pick(batch.z_g), pick(batch.y_g), devices)
         return batch
 
     def inflight(self) -> LocalBatch:
@@ -173,13 +183,15 @@ class FederatedGAN(FederationModule):
         if sent.all():
             self.fill_generated(batch)
             for name in INFLIGHT:
-                getattr(self, f"inflight_{name}").copy_(getattr(batch, name))
+                if getattr(batch, name) is not None:
+                    getattr(self, f"inflight_{name}").copy_(getattr(batch, name))
         else:
             devices = torch.from_numpy(np.flatnonzero(sent)).to(self.device)
             self.fill_generated(batch, devices)
             for name in INFLIGHT:
                 target, value = getattr(self, f"inflight_{name}"), getattr(batch, name)
-                target.index_copy_(0, devices, value if name.startswith("fake") else value[devices])
+                if value is not None:
+                    target.index_copy_(0, devices, value if name.startswith("fake") else value[devices])
         self.dispatch_version.copy_(torch.where(mask, self.generator_version[self.generators.group],
                                                 self.dispatch_version))
         self.bytes["edge_to_device"] += int(sent.sum()) * self.dispatch_bytes()
@@ -251,7 +263,8 @@ class FederatedGAN(FederationModule):
         d_ok = arrived & d_step[d_group]
 
         # 3. With the updated D_kj: L_kj and the gradient of the batch-mean objective w.r.t. G_k(z_g).
-        fake_g = pick(work.fake_g).detach().requires_grad_(True)
+        regenerated = self.generate(pick(work.z_g), pick(work.y_g), devices)    # the edge's G_k(z_g), with grad
+        fake_g = (pick(work.fake_g) if self.stores_fake_g else regenerated).detach().requires_grad_(True)
         logits = self.discriminate(fake_g, pick(work.y_g), frozen=True, devices=devices)
         device_loss = -F.softplus(logits).mean(1)
         objective = F.softplus(-logits).mean(1) if self.cfg.model.gan_loss == "non_saturating" else device_loss
@@ -265,7 +278,6 @@ class FederatedGAN(FederationModule):
         K, edge = self.num_generators, self.generators.group
         device_loss_all = torch.where(usable, spread(device_loss.detach()), torch.zeros(N, device=self.device))
         weights = self.edge_weights(device_loss_all, staleness, usable)
-        regenerated = self.generate(pick(work.z_g), pick(work.y_g), devices)
         w = pick(weights).view(-1, *[1] * (feedback.dim() - 1)).to(feedback.dtype)
         g_loss = (regenerated * (w * feedback)).sum()
         extra = self.edge_regularizer(updating)

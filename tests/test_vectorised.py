@@ -30,7 +30,9 @@ def _compare_states(system, loop, opt_g, opt_d, atol):
     ("federation.tau_edge=0.0", "model.gan_loss=saturating"),
     ("federation.tau_edge=-2.0", "model.conditional=false"),
     ("federation.devices_per_community=[1, 3, 2]",),     # ragged communities go through the padded path
-], ids=["default", "tau0-saturating", "negative-tau-unconditional", "ragged"])
+    ("trainer.member_execution=vmap",),
+    ("trainer.member_execution=vmap", "federation.devices_per_community=[1, 3, 2]"),
+], ids=["default", "tau0-saturating", "negative-tau-unconditional", "ragged", "vmap", "vmap-ragged"])
 def test_vectorised_steps_equal_per_device_loop(overrides):
     system, datamodule = build_system(*overrides)
     loop = LoopFederation(system)
