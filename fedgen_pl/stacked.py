@@ -55,6 +55,7 @@ class StackedModule(nn.Module):
         # The template only provides the forward code; its own tensors live on 'meta' and are never
         # used, and it is kept out of the module tree so it is not in state_dict or the optimiser.
         self.__dict__["template"] = copy.deepcopy(first).to("meta")
+        self.convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in first.modules())
 
     # -- views ---------------------------------------------------------------------------------
     def stacked_params(self) -> dict[str, Tensor]:
@@ -90,14 +91,19 @@ class StackedModule(nn.Module):
             return vmap(member_forward)(params, buffers, *inputs)
         # A loop over members: the same maths, one network call each (faster than vmap's grouped
         # convolutions on CPU; benchmarks/RESULTS.md).
-        return torch.stack([member_forward({k: v[i] for k, v in params.items()}, {k: v[i] for k, v in buffers.items()},
-                                           *(x[i] for x in inputs)) for i in range(inputs[0].shape[0])])
+        outputs = [member_forward({k: v[i] for k, v in params.items()}, {k: v[i] for k, v in buffers.items()},
+                                  *(x[i] for x in inputs)) for i in range(inputs[0].shape[0])]
+        if isinstance(outputs[0], tuple):      # several outputs (the VAE's reconstruction and KL terms)
+            return tuple(torch.stack(parts) for parts in zip(*outputs))
+        return torch.stack(outputs)
 
     def execution(self, x: Tensor) -> str:
-        """``vmap`` or ``loop``: ``self.member_execution``, where ``auto`` = vmap on accelerators, loop on CPU."""
+        """``vmap`` or ``loop``: ``self.member_execution``; ``auto`` = a loop for convolutional networks on
+        CPU (vmap makes grouped convolutions there, measured slower), vmap everywhere else (for small MLPs
+        the loop's per-call overhead dominates)."""
         if self.member_execution != "auto":
             return self.member_execution
-        return "loop" if x.device.type == "cpu" else "vmap"
+        return "loop" if x.device.type == "cpu" and self.convolutional else "vmap"
 
     @torch.no_grad()
     def finite_grads(self) -> Tensor:
