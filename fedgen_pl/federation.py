@@ -85,7 +85,8 @@ class FederationModule(pl.LightningModule):
         self.clock = VirtualClock(self.generators.sizes, self.cfg.federation["update"],
                                   self.cfg.federation.local_iters, self.cfg.clock, int(self.cfg.seed))
         self.bytes = {"device_to_edge": 0, "edge_to_device": 0, "edge_to_cloud": 0, "cloud_to_edge": 0}
-        self.counters = {"timeouts": 0, "dropouts": 0, "nonfinite_skipped": 0}
+        self.counters = {"timeouts": 0, "dropouts": 0, "nonfinite_skipped": 0,
+                         "nonfinite_generator_skipped": 0}
         self.rng: torch.Generator | None = None
         self._pending_rng_state: tuple[str, Tensor] | None = None
         self.data = None        # the DataModule (set in on_fit_start, or by attach_data)
@@ -141,8 +142,7 @@ class FederationModule(pl.LightningModule):
         self.nonfinite_per_device += devices.long()
         self.counters["nonfinite_skipped"] = int(self.nonfinite_per_device.sum())
         generators = torch.zeros(0, dtype=torch.bool) if generators is None else generators
-        self.counters["nonfinite_generator_skipped"] = (self.counters.get("nonfinite_generator_skipped", 0)
-                                                        + int(generators.sum()))
+        self.counters["nonfinite_generator_skipped"] += int(generators.sum())
         if self.cfg.trainer.nonfinite == "stop":
             where = []
             for n in devices.nonzero().flatten().tolist():

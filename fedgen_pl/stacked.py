@@ -3,8 +3,8 @@
 Simulating hundreds of devices in one process is only fast if their networks run as one batched
 computation. ``StackedModule`` holds ``n`` members of the same architecture: every parameter and
 buffer has shape ``[n, *shape]`` and ``forward`` evaluates member ``i`` on input slice ``i`` with
-``torch.func.vmap`` over ``functional_call`` (or, where measured faster, CPU, a loop of
-``functional_call`` over members: ``execution``). Because the members share no parameters, the gradient of
+``torch.func.vmap`` over ``functional_call`` (or, for convolutional networks on CPU, where it measured
+faster, a loop of ``functional_call`` over the members: ``execution``). Because the members share no parameters, the gradient of
 ``sum_i loss_i`` with respect to member ``i``'s slice is exactly the gradient of ``loss_i``.
 """
 

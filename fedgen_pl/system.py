@@ -217,7 +217,8 @@ class FederatedGAN(FederationModule):
         if event.arrived.any():
             arrived = torch.from_numpy(event.arrived).to(self.device)
             updating = torch.from_numpy(event.updating).to(self.device)
-            stats = self.process_feedback(arrived, updating, bool(event.arrived.all()), opt_g, opt_d)
+            stats = self.process_feedback(arrived, updating, bool(event.arrived.all()), opt_g, opt_d,
+                                          all_updating=bool(event.updating.all()))
             self.bytes["device_to_edge"] += int(event.arrived.sum()) * self.feedback_bytes()
         self.counters["timeouts"] += int(event.timed_out.sum())
         self.counters["dropouts"] = self.clock.dropouts
@@ -225,7 +226,8 @@ class FederatedGAN(FederationModule):
         self.iteration += 1
         return stats
 
-    def process_feedback(self, arrived: Tensor, updating: Tensor, everyone: bool, opt_g, opt_d) -> StepStats:
+    def process_feedback(self, arrived: Tensor, updating: Tensor, everyone: bool, opt_g, opt_d,
+                         all_updating: bool = False) -> StepStats:
         """Devices in ``arrived`` train on their in-flight work and feed back; their edges update
         (METHOD.md §2, §5.1-§5.4). Only the arrived devices are computed (``everyone``: all of them,
         through the grouped layout); the others' parameters and optimiser states stay untouched.
@@ -287,9 +289,11 @@ class FederatedGAN(FederationModule):
         self._backward(g_loss)
         g_step = (updating & (segment_sum(usable.to(mask.dtype), edge, K) > 0)
                   & self.community_generators.finite_grads())
-        if not bool(((usable == arrived).all() & (g_step == updating).all())):
+        clear = bool(((usable == arrived).all() & (g_step == updating).all()))    # the one host sync here
+        if not clear:
             self.report_nonfinite(arrived & ~usable, updating & ~g_step)
-        opt_g.step(active=None if bool(g_step.all()) else g_step)
+        # ``all_updating`` comes from the clock (host): with nothing skipped, g_step == updating, no second sync
+        opt_g.step(active=None if clear and all_updating else g_step)
 
         with torch.no_grad():
             self.generator_version += g_step.long()

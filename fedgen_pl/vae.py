@@ -107,9 +107,10 @@ class FedVAE(FederationModule):
             self._backward(torch.where(arrived & finite_loss, loss, torch.zeros_like(loss)).sum())
             # Non-finite guard (trainer.nonfinite): a device with a NaN/inf loss or gradient does not step.
             step = arrived & finite_loss & self.device_vaes.finite_grads()
-            if not bool((step == arrived).all()):
+            clear = bool((step == arrived).all())       # the one host sync of the step
+            if not clear:
                 self.report_nonfinite(arrived & ~step)
-            opt.step(active=None if bool(step.all()) else step)
+            opt.step(active=None if clear and bool(event.arrived.all()) else step)
             arrived = step
             with torch.no_grad():
                 self.generator_version += arrived.long()

@@ -42,7 +42,6 @@ def test_nan_device_is_skipped_counted_and_never_reaches_the_generator(tmp_path)
         assert not torch.equal(value[others], poison.before[name][others]), name   # the others trained
         if name != next(iter(poison.before)):
             assert torch.equal(value[BROKEN], poison.before[name][BROKEN]), name   # its update skipped
-    assert summary["metrics"]["modes_covered"] >= 0      # evaluation ran on a finite generator
 
 
 def test_nan_device_stops_the_run_with_its_name(tmp_path):
