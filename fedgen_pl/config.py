@@ -70,6 +70,7 @@ class ModelConfig:
     classifier_lr: float = MISSING
     regularizer_batch: int = MISSING
     vae_average: str = MISSING
+    domain_conditioning: str = MISSING
 
 
 @dataclass
@@ -162,6 +163,7 @@ CHOICES = {
     "model.gan_loss": ("non_saturating", "saturating"),
     "model.g_norm": ("group", "none"),
     "model.vae_average": ("all", "decoder"),
+    "model.domain_conditioning": ("concat", "film"),
     "data.label_space": ("union", "shared"),
     "data.partition": ("iid", "shards", "dirichlet"),
     "clock.delay": ("constant", "uniform", "lognormal", "tiers"),

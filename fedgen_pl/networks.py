@@ -123,40 +123,68 @@ class DCGANDiscriminator(nn.Module):
 
 
 class DomainDCGANGenerator(nn.Module):
-    """The label-related scenario's generator G(z, c) (METHOD.md §3, §5.9; RegCGAN): the one-hot domain
-    code c is concatenated to z and to the input of every later layer; no class label is given, so z
-    must carry the class. ``first_layer=True`` returns G1(z, c), the first layer's output, for L_inv."""
+    """The label-related scenario's generator G(z, c) (METHOD.md §3, §5.9; RegCGAN); no class label is
+    given, so z must carry the class. ``first_layer=True`` returns G1(z, c), the first layer's output,
+    for L_inv. The one-hot domain code c reaches every layer in one of two ways (``conditioning``):
+
+    - ``concat`` (RegCGAN, the default): c is concatenated to z and to every later layer's input, so it
+      only adds a per-domain bias to each layer. The first layer is linear, so G1(z, c_k) - G1(z, c_k')
+      is the difference of two weight columns whatever z: L_inv can only equalise those columns.
+    - ``film``: every layer's output is scaled and shifted per domain and channel (conditional
+      normalisation), ``h -> gain[c] * h + shift[c]``, gains starting at 1 and shifts at 0. A domain
+      that is a pixel-wise transform of another (inverse MNIST: gain -1 before tanh) is then reachable
+      with every weight shared, so the same z can keep its class.
+    """
 
     def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], num_domains: int,
-                 channels: int = 32, norm: str = "group"):
+                 channels: int = 32, norm: str = "group", conditioning: str = "concat"):
         super().__init__()
         c_out, height, width = image_shape
         if height % 4 or width % 4:
             raise ValueError(f"DCGAN networks need image sides divisible by 4, got {height}x{width}")
+        if conditioning not in ("concat", "film"):
+            raise ValueError(f"model.domain_conditioning must be concat or film, got {conditioning!r}")
         self.num_labels = num_domains        # the conditioning input is the domain index
+        self.conditioning = conditioning
         self.start = (2 * channels, height // 4, width // 4)
 
         def norm_layer(c: int) -> nn.Module:
             return nn.GroupNorm(min(8, c), c) if norm == "group" else nn.Identity()
 
-        self.project = nn.Linear(latent_dim + num_domains, 2 * channels * (height // 4) * (width // 4))
+        extra = num_domains if conditioning == "concat" else 0
+        self.project = nn.Linear(latent_dim + extra, 2 * channels * (height // 4) * (width // 4))
         self.act1 = nn.Sequential(norm_layer(2 * channels), nn.ReLU())
-        self.up1 = nn.ConvTranspose2d(2 * channels + num_domains, channels, 4, 2, 1)
+        self.up1 = nn.ConvTranspose2d(2 * channels + extra, channels, 4, 2, 1)
         self.act2 = nn.Sequential(norm_layer(channels), nn.ReLU())
-        self.up2 = nn.ConvTranspose2d(channels + num_domains, c_out, 4, 2, 1)
+        self.up2 = nn.ConvTranspose2d(channels + extra, c_out, 4, 2, 1)
+        if conditioning == "film":       # per domain and channel, after each of the three layers
+            self.gains = nn.ParameterList([nn.Parameter(torch.ones(num_domains, c))
+                                           for c in (2 * channels, channels, c_out)])
+            self.shifts = nn.ParameterList([nn.Parameter(torch.zeros(num_domains, c))
+                                            for c in (2 * channels, channels, c_out)])
 
     @staticmethod
     def _with_code(h: Tensor, code: Tensor) -> Tensor:
         return torch.cat([h, code[:, :, None, None].expand(-1, -1, *h.shape[-2:])], dim=1)
 
+    def _film(self, h: Tensor, code: Tensor, layer: int) -> Tensor:
+        gain, shift = code @ self.gains[layer], code @ self.shifts[layer]      # [B, C] from one-hot codes
+        return gain[:, :, None, None] * h + shift[:, :, None, None]
+
     def forward(self, z: Tensor, labels: Tensor, first_layer: bool = False) -> Tensor:
         code = F.one_hot(labels, self.num_labels).to(z.dtype)
-        h = self.project(torch.cat([z, code], dim=-1))
+        if self.conditioning == "concat":
+            h = self.project(torch.cat([z, code], dim=-1))
+            if first_layer:
+                return h
+            h = self.act1(h.view(-1, *self.start))
+            h = self.act2(self.up1(self._with_code(h, code)))
+            return torch.tanh(self.up2(self._with_code(h, code)))
+        h = self._film(self.project(z).view(-1, *self.start), code, 0)
         if first_layer:
-            return h
-        h = self.act1(h.view(-1, *self.start))
-        h = self.act2(self.up1(self._with_code(h, code)))
-        return torch.tanh(self.up2(self._with_code(h, code)))
+            return h.flatten(1)
+        h = self.act2(self._film(self.up1(self.act1(h)), code, 1))
+        return torch.tanh(self._film(self.up2(h), code, 2))
 
 
 class DomainClassifier(nn.Module):

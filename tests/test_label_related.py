@@ -38,6 +38,29 @@ def test_invariance_loss_zero_iff_first_layer_ignores_the_domain():
     assert float((images[0] - images[1]).abs().max()) > 0
 
 
+@torch.no_grad()
+def test_film_conditioning_can_draw_the_inverse_domain_with_every_weight_shared():
+    torch.manual_seed(0)
+    generator = DomainDCGANGenerator(8, (1, 8, 8), num_domains=2, channels=4, conditioning="film")
+    z = torch.randn(5, 8)
+    paired_z, codes = z.repeat(2, 1), torch.arange(2).repeat_interleave(5)
+    images = generator(paired_z, codes).view(2, 5, -1)
+    torch.testing.assert_close(images[0], images[1])             # gains start at 1, shifts at 0
+    assert float(invariance_loss(generator(paired_z, codes, first_layer=True).view(2, 5, -1))) < 1e-5
+    generator.shifts[0][1] += 1.0                                # domain 1's first-layer shift moves G1
+    first = generator(paired_z, codes, first_layer=True).view(2, 5, -1)
+    assert float(invariance_loss(first)) == pytest.approx(32 ** 0.5, rel=1e-5)  # 8 channels x 2x2, each off by 1
+    generator.shifts[0][1] -= 1.0
+    generator.gains[2][1] = -1.0                                 # domain 1: the output's sign flipped
+    images = generator(paired_z, codes).view(2, 5, -1)
+    torch.testing.assert_close(images[1], -images[0])            # the inverse image from the same z
+
+
+def test_unknown_domain_conditioning_fails_loudly():
+    with pytest.raises(ValueError, match="model.domain_conditioning"):
+        DomainDCGANGenerator(8, (1, 8, 8), num_domains=2, conditioning="bilinear")
+
+
 def _lr_overrides(tmp_path):
     """A tiny two-domain scenario (4 digit-like classes and their inverses, 8x8) written to tmp_path."""
     root = tmp_path / "data"
@@ -74,11 +97,12 @@ def test_domain_classifier_loss_falls_on_separable_domains(tmp_path):
     assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5]), losses
 
 
-@pytest.mark.parametrize("update", ["sync", "async"])
-def test_label_related_trains_in_both_modes(tmp_path, update):
+@pytest.mark.parametrize("update,conditioning", [("sync", "concat"), ("async", "concat"), ("sync", "film")])
+def test_label_related_trains_in_both_modes(tmp_path, update, conditioning):
     run_dir = tmp_path / "run"
     overrides = [*_lr_overrides(tmp_path), "federation.global_rounds=2", "federation.local_iters=2",
-                 "metrics.eval_every=1", f"federation.update={update}", "clock.delay=uniform", f"output_dir={run_dir}"]
+                 "metrics.eval_every=1", f"federation.update={update}", "clock.delay=uniform", f"output_dir={run_dir}",
+                 f"model.domain_conditioning={conditioning}"]
     assert main(["train", *overrides]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2
