@@ -90,6 +90,15 @@ def real_sets(datamodule, num_samples: int, seed: int = 0) -> dict[str, tuple[Te
     return sets
 
 
+@torch.no_grad()
+def class_consistency(classifier: nn.Module, paired: Tensor) -> float:
+    """Share of latent vectors whose samples in every domain (``paired``: ``[D, n, C, H, W]``) the
+    classifier assigns to one and the same class. For reference (``benchmarks/class_consistency_bounds.py``):
+    real MNIST test digits paired with their own inverses score 0.99, with unrelated inverse digits 0.10."""
+    predictions = torch.stack([classifier(_as_float(x)).argmax(1) for x in paired])   # [D, n]
+    return float((predictions == predictions[:1]).all(0).double().mean())
+
+
 class GenerationEvaluator:
     """Metrics for every scope; real statistics are computed once, in ``__init__``."""
 
@@ -139,12 +148,8 @@ class GenerationEvaluator:
                 model.paired_samples(self.consistency_samples, generator))
         return results
 
-    @torch.no_grad()
     def class_consistency(self, paired: Tensor) -> float:
-        """Share of latent vectors whose samples in every domain (``paired``: ``[D, n, C, H, W]``) the
-        classifier assigns to one and the same class."""
-        predictions = torch.stack([self.classifier(_as_float(x)).argmax(1) for x in paired])   # [D, n]
-        return float((predictions == predictions[:1]).all(0).double().mean())
+        return class_consistency(self.classifier, paired)
 
     @torch.no_grad()
     def evaluate(self, sample: SampleFn, scopes: list[str] | None = None) -> dict[str, float]:
