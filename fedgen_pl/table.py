@@ -131,7 +131,8 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
                     if row in paper:
                         cell += f" ({paper[row][i]}{'%' if row == 'Acc' else ''})"
                     cells.append(cell)
-                lines.append(f"| {split} | {row} | " + " | ".join(cells) + " |")
+                network = ROWS[row].split("/")[-1]         # every row names the metric (and network) behind it
+                lines.append(f"| {split} | {row} `{network}` | " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("Run directories:")
     for key in sorted(summaries):

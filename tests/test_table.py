@@ -24,8 +24,8 @@ def test_render_mean_std_beside_paper(tmp_path):
         summaries[key] = {"metrics": {"global/is_classifier": 3.0 + seed, "global/fid_classifier": 10.0 + 2 * seed,
                                       "global/acc": 0.5}}
     text = render(summaries, ["table1"], [0, 1], tmp_path, "quick")
-    assert "| iid | IS | 3.500 ± 0.707 (3.386) |" in text
-    assert "| noniid | FID | 11.00 ± 1.41 (19.84) | 11.00 ± 1.41 (74.8) |" in text
+    assert "| iid | IS `is_classifier` | 3.500 ± 0.707 (3.386) |" in text
+    assert "| noniid | FID `fid_classifier` | 11.00 ± 1.41 (19.84) | 11.00 ± 1.41 (74.8) |" in text
     assert "50.00 ± 0.00% (82.21%)" in text
     assert str(run_dir_for(tmp_path, ("table1", "iid", "FR sync", 0))) in text
     assert len(PAPER[("table1", "iid")]["IS"]) == 5
