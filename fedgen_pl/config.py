@@ -163,7 +163,7 @@ CHOICES = {
     "model.gan_loss": ("non_saturating", "saturating"),
     "model.g_norm": ("group", "none"),
     "model.vae_average": ("all", "decoder"),
-    "model.domain_conditioning": ("concat", "film"),
+    "model.domain_conditioning": ("concat", "film", "film_output"),
     "data.label_space": ("union", "shared"),
     "data.partition": ("iid", "shards", "dirichlet"),
     "clock.delay": ("constant", "uniform", "lognormal", "tiers"),

@@ -134,6 +134,9 @@ class DomainDCGANGenerator(nn.Module):
       normalisation), ``h -> gain[c] * h + shift[c]``, gains starting at 1 and shifts at 0. A domain
       that is a pixel-wise transform of another (inverse MNIST: gain -1 before tanh) is then reachable
       with every weight shared, so the same z can keep its class.
+    - ``film_output``: an ablation that departs from METHOD.md §5.9 ("c reaches every layer"): only the
+      output layer is scaled and shifted per domain, so the domains differ by a pixel-wise map of one
+      shared image and the same z keeps its shape by construction; G1 ignores the code (L_inv = 0).
     """
 
     def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], num_domains: int,
@@ -142,8 +145,8 @@ class DomainDCGANGenerator(nn.Module):
         c_out, height, width = image_shape
         if height % 4 or width % 4:
             raise ValueError(f"DCGAN networks need image sides divisible by 4, got {height}x{width}")
-        if conditioning not in ("concat", "film"):
-            raise ValueError(f"model.domain_conditioning must be concat or film, got {conditioning!r}")
+        if conditioning not in ("concat", "film", "film_output"):
+            raise ValueError(f"model.domain_conditioning must be concat, film or film_output, got {conditioning!r}")
         self.num_labels = num_domains        # the conditioning input is the domain index
         self.conditioning = conditioning
         self.start = (2 * channels, height // 4, width // 4)
@@ -157,18 +160,22 @@ class DomainDCGANGenerator(nn.Module):
         self.up1 = nn.ConvTranspose2d(2 * channels + extra, channels, 4, 2, 1)
         self.act2 = nn.Sequential(norm_layer(channels), nn.ReLU())
         self.up2 = nn.ConvTranspose2d(channels + extra, c_out, 4, 2, 1)
-        if conditioning == "film":       # per domain and channel, after each of the three layers
-            self.gains = nn.ParameterList([nn.Parameter(torch.ones(num_domains, c))
-                                           for c in (2 * channels, channels, c_out)])
-            self.shifts = nn.ParameterList([nn.Parameter(torch.zeros(num_domains, c))
-                                            for c in (2 * channels, channels, c_out)])
+        # per domain and channel, after each of the three layers (film) or the last one only (film_output)
+        film_channels = {"concat": {}, "film": {0: 2 * channels, 1: channels, 2: c_out},
+                         "film_output": {2: c_out}}[conditioning]
+        self.gains = nn.ParameterDict({str(i): nn.Parameter(torch.ones(num_domains, c))
+                                       for i, c in film_channels.items()})
+        self.shifts = nn.ParameterDict({str(i): nn.Parameter(torch.zeros(num_domains, c))
+                                        for i, c in film_channels.items()})
 
     @staticmethod
     def _with_code(h: Tensor, code: Tensor) -> Tensor:
         return torch.cat([h, code[:, :, None, None].expand(-1, -1, *h.shape[-2:])], dim=1)
 
     def _film(self, h: Tensor, code: Tensor, layer: int) -> Tensor:
-        gain, shift = code @ self.gains[layer], code @ self.shifts[layer]      # [B, C] from one-hot codes
+        if str(layer) not in self.gains:                                      # film_output: layers 0, 1 shared
+            return h
+        gain, shift = code @ self.gains[str(layer)], code @ self.shifts[str(layer)]  # [B, C] from one-hot codes
         return gain[:, :, None, None] * h + shift[:, :, None, None]
 
     def forward(self, z: Tensor, labels: Tensor, first_layer: bool = False) -> Tensor:
