@@ -71,6 +71,7 @@ class ModelConfig:
     regularizer_batch: int = MISSING
     vae_average: str = MISSING
     domain_conditioning: str = MISSING
+    film_output_gain_init: float = MISSING
 
 
 @dataclass
@@ -362,6 +363,9 @@ def validate(cfg: DictConfig) -> None:
         _require(m[key] >= 0, f"model.{key}", f"must be >= 0 (0 switches the term off), got {m[key]}")
     _require(m.classifier_steps >= 0, "model.classifier_steps", f"must be >= 0, got {m.classifier_steps}")
     _require(m.classifier_lr > 0, "model.classifier_lr", f"must be > 0, got {m.classifier_lr}")
+    _require(m.film_output_gain_init == 1.0 or m.domain_conditioning in ("film", "film_output"),
+             "model.film_output_gain_init", f"only applies to domain_conditioning=film or film_output, "
+             f"got {m.film_output_gain_init} with {m.domain_conditioning}")
     _require(m.regularizer_batch >= 1, "model.regularizer_batch", f"must be >= 1, got {m.regularizer_batch}")
     from fedgen_pl.models import LABEL_RELATED
 

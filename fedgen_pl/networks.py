@@ -137,10 +137,13 @@ class DomainDCGANGenerator(nn.Module):
     - ``film_output``: an ablation that departs from METHOD.md §5.9 ("c reaches every layer"): only the
       output layer is scaled and shifted per domain, so the domains differ by a pixel-wise map of one
       shared image and the same z keeps its shape by construction; G1 ignores the code (L_inv = 0).
+
+    ``output_gain_init`` sets the output layer's initial gains (film, film_output).
     """
 
     def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], num_domains: int,
-                 channels: int = 32, norm: str = "group", conditioning: str = "concat"):
+                 channels: int = 32, norm: str = "group", conditioning: str = "concat",
+                 output_gain_init: float = 1.0):
         super().__init__()
         c_out, height, width = image_shape
         if height % 4 or width % 4:
@@ -163,7 +166,10 @@ class DomainDCGANGenerator(nn.Module):
         # per domain and channel, after each of the three layers (film) or the last one only (film_output)
         film_channels = {"concat": {}, "film": {0: 2 * channels, 1: channels, 2: c_out},
                          "film_output": {2: c_out}}[conditioning]
-        self.gains = nn.ParameterDict({str(i): nn.Parameter(torch.ones(num_domains, c))
+        # output_gain_init = 0: a gain that starts at 1 must cross 0 (a grey image) to flip a domain's
+        # sign, which training was not seen to do; from 0 each domain's discriminator picks the sign
+        self.gains = nn.ParameterDict({str(i): nn.Parameter(torch.full((num_domains, c),
+                                                                       output_gain_init if i == 2 else 1.0))
                                        for i, c in film_channels.items()})
         self.shifts = nn.ParameterDict({str(i): nn.Parameter(torch.zeros(num_domains, c))
                                         for i, c in film_channels.items()})

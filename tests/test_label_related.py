@@ -72,6 +72,19 @@ def test_film_output_conditioning_shares_every_layer_but_the_output():
     torch.testing.assert_close(images[1], torch.tanh(0.5 - torch.atanh(images[0])), atol=1e-4, rtol=1e-4)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("conditioning", ["film", "film_output"])
+def test_zero_output_gain_starts_every_domain_at_the_shift_alone(conditioning):
+    generator = DomainDCGANGenerator(8, (1, 8, 8), num_domains=2, channels=4, conditioning=conditioning,
+                                     output_gain_init=0.0)
+    assert float(generator.gains["2"].abs().max()) == 0.0
+    assert all(float((gain - 1).abs().max()) == 0.0 for name, gain in generator.gains.items() if name != "2")
+    generator.shifts["2"][1] = 0.5
+    images = generator(torch.randn(3, 8).repeat(2, 1), torch.arange(2).repeat_interleave(3)).view(2, 3, -1)
+    torch.testing.assert_close(images[0], torch.zeros_like(images[0]))        # tanh(0 * h + 0)
+    torch.testing.assert_close(images[1], torch.full_like(images[1], float(torch.tanh(torch.tensor(0.5)))))
+
+
 def test_unknown_domain_conditioning_fails_loudly():
     with pytest.raises(ValueError, match="model.domain_conditioning"):
         DomainDCGANGenerator(8, (1, 8, 8), num_domains=2, conditioning="bilinear")
