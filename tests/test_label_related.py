@@ -111,7 +111,8 @@ def _lr_cfg(tmp_path, *overrides):
 
 
 def test_domain_classifier_loss_falls_on_separable_domains(tmp_path):
-    cfg = _lr_cfg(tmp_path, "model.classifier_steps=40", "model.classifier_lr=0.01")
+    cfg = _lr_cfg(tmp_path, "model.classifier_steps=40", "model.classifier_lr=0.01",
+                  "model.domain_conditioning=concat", "model.film_output_gain_init=1")
     dm = FederatedDataModule(cfg)
     dm.setup()
     torch.manual_seed(0)
@@ -126,12 +127,14 @@ def test_domain_classifier_loss_falls_on_separable_domains(tmp_path):
     assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5]), losses
 
 
-@pytest.mark.parametrize("update,conditioning", [("sync", "concat"), ("async", "concat"), ("sync", "film"), ("sync", "film_output")])
-def test_label_related_trains_in_both_modes(tmp_path, update, conditioning):
+@pytest.mark.parametrize("update,conditioning,gain_init", [
+    ("sync", "film", 0), ("async", "film", 0),                  # the experiments' setting
+    ("sync", "concat", 1), ("async", "concat", 1), ("sync", "film_output", 0)])
+def test_label_related_trains_in_both_modes(tmp_path, update, conditioning, gain_init):
     run_dir = tmp_path / "run"
     overrides = [*_lr_overrides(tmp_path), "federation.global_rounds=2", "federation.local_iters=2",
                  "metrics.eval_every=1", f"federation.update={update}", "clock.delay=uniform", f"output_dir={run_dir}",
-                 f"model.domain_conditioning={conditioning}"]
+                 f"model.domain_conditioning={conditioning}", f"model.film_output_gain_init={gain_init}"]
     assert main(["train", *overrides]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2
