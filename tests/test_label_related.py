@@ -47,7 +47,7 @@ def test_film_conditioning_can_draw_the_inverse_domain_with_every_weight_shared(
     images = generator(paired_z, codes).view(2, 5, -1)
     torch.testing.assert_close(images[0], images[1])             # gains start at 1, shifts at 0
     assert float(invariance_loss(generator(paired_z, codes, first_layer=True).view(2, 5, -1))) < 1e-5
-    generator.shifts["0"][1] += 1.0                                # domain 1's first-layer shift moves G1
+    generator.shifts["0"][1] += 1.0                              # domain 1's first-layer shift moves G1
     first = generator(paired_z, codes, first_layer=True).view(2, 5, -1)
     assert float(invariance_loss(first)) == pytest.approx(32 ** 0.5, rel=1e-5)  # 8 channels x 2x2, each off by 1
     generator.shifts["0"][1] -= 1.0
