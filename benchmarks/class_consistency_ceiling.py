@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from datamodules import FederatedDataModule
 from fedgen_pl.evaluate import load_model
-from fedgen_pl.metrics.classifier import load_or_train
+from fedgen_pl.metrics.classifier import _normalise, load_or_train
 from fedgen_pl.metrics.generation import class_consistency
 
 
@@ -28,6 +28,8 @@ def main(run_dir: str) -> None:
     model, path = load_model(run_dir, torch.device("cpu"))
     if not hasattr(model, "paired_samples"):
         raise SystemExit(f"{path}: not a label-related (domain-conditional) run")
+    if model.num_communities != 2:
+        raise SystemExit(f"{path}: the ceiling pairs two domains (MNIST / inverse MNIST), this run has {model.num_communities}")
     cfg = OmegaConf.create(model.hparams.config)
     datamodule = FederatedDataModule(cfg)
     datamodule.setup("fit")
@@ -38,7 +40,7 @@ def main(run_dir: str) -> None:
     num = cfg.metrics.num_samples
     paired = model.paired_samples(num, torch.Generator().manual_seed(2))
     mnist, inverse = paired[0], paired[1]
-    real = datamodule.community_test[0][0][:num].float().div(127.5).sub(1.0)
+    real = _normalise(datamodule.community_test[0][0][:num])
     top = {name: classifier(x).softmax(1).max(1).values.mean().item()
            for name, x in (("MNIST-domain samples", mnist), ("inverse-domain samples", inverse),
                            ("real MNIST test digits", real))}
@@ -50,8 +52,9 @@ def main(run_dir: str) -> None:
     for name, value in top.items():
         print(f"mean top softmax probability, {name}: {value:.3f}")
     a, b = classifier(mnist).argmax(1), classifier(inverse).argmax(1)
-    pairs = torch.bincount(a[a != b] * 10 + b[a != b], minlength=100)
-    worst = [(int(pairs[i]), int(i) // 10, int(i) % 10) for i in pairs.argsort(descending=True)[:5]]
+    L = model.spec.num_labels
+    pairs = torch.bincount(a[a != b] * L + b[a != b], minlength=L * L)
+    worst = [(int(pairs[i]), int(i) // L, int(i) % L) for i in pairs.argsort(descending=True)[:5]]
     print("most frequent disagreements (count, MNIST-domain class -> inverse-domain class):", worst)
 
 
