@@ -32,6 +32,22 @@ class _Ticker(IterableDataset):
         return itertools.count()
 
 
+def fake_label_probs(label_histogram: Tensor, community_of: list[int]) -> dict[str, Tensor]:
+    """Per device ``[N, L]``, the label distributions of ``federation.fake_labels`` other than
+    ``device``: ``community`` is uniform over the labels any device of its community holds, ``pooled``
+    uniform over the labels any device holds."""
+    community = torch.tensor(community_of)
+    present = label_histogram > 0
+    num_communities = int(community.max()) + 1
+    in_community = torch.zeros(num_communities, present.shape[1], dtype=torch.bool)
+    for k in range(num_communities):
+        in_community[k] = present[community == k].any(0)
+    per_device = in_community[community].float()
+    pooled = present.any(0, keepdim=True).float().expand_as(per_device)
+    return {"community": per_device / per_device.sum(1, keepdim=True),
+            "pooled": (pooled / pooled.sum(1, keepdim=True)).contiguous()}
+
+
 class FederatedDataModule(pl.LightningDataModule):
     def __init__(self, cfg):
         super().__init__()
@@ -90,6 +106,7 @@ class FederatedDataModule(pl.LightningDataModule):
         self.device_sizes = torch.tensor(sizes)
         self.device_offsets = torch.cumsum(self.device_sizes, 0) - self.device_sizes
         self.label_histogram = torch.stack([torch.bincount(y, minlength=num_labels) for y in ys]).float()
+        self.fake_label_probs = fake_label_probs(self.label_histogram, community_of)
 
         # Each community's test data: its dataset's test split, restricted to its classes.
         self.community_test = []
@@ -177,6 +194,8 @@ class FederatedDataModule(pl.LightningDataModule):
         """Move the training tensors to ``device`` (the GPU when training on one)."""
         for name in ("train_x", "train_y", "device_sizes", "device_offsets", "label_histogram"):
             setattr(self, name, getattr(self, name).to(device))
+        for name in self.fake_label_probs:
+            self.fake_label_probs[name] = self.fake_label_probs[name].to(device)
         return self
 
     # -- sampling (inside the training step) --------------------------------------------------
@@ -187,9 +206,14 @@ class FederatedDataModule(pl.LightningDataModule):
         index = self.device_offsets[:, None] + (u * self.device_sizes[:, None]).long()
         return self.normalise(self.train_x[index]), self.train_y[index]
 
-    def sample_fake_labels(self, batch_size: int, generator: torch.Generator) -> Tensor:
-        """Labels for each device's generated samples, drawn from that device's own label histogram."""
-        return torch.multinomial(self.label_histogram, batch_size, replacement=True, generator=generator)
+    def sample_fake_labels(self, batch_size: int, generator: torch.Generator, scope: str = "device") -> Tensor:
+        """Labels ``[N, B]`` for each device's generated samples (``federation.fake_labels``):
+        ``device`` draws from that device's own label histogram (the edge knows it); ``community``
+        uniformly from the labels present in the device's community; ``pooled`` uniformly from every
+        label of the federation (the centralized baseline's ``community``)."""
+        if scope == "device":
+            return torch.multinomial(self.label_histogram, batch_size, replacement=True, generator=generator)
+        return torch.multinomial(self.fake_label_probs[scope], batch_size, replacement=True, generator=generator)
 
     @staticmethod
     def normalise(x: Tensor) -> Tensor:

@@ -56,7 +56,7 @@ def _sample(args) -> int:
 def _table(args) -> int:
     from fedgen_pl.table import main as table
 
-    print(table(args.schedule, args.seeds, args.tables, args.out))
+    print(table(args.schedule, args.seeds, args.tables, args.out, args.overrides, args.splits, args.methods))
     return 0
 
 
@@ -127,7 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--schedule", choices=("quick", "full"), default="quick")
     sub.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     sub.add_argument("--tables", nargs="+", choices=("table1", "table2", "grid"), default=["table1", "table2", "grid"])
+    sub.add_argument("--splits", nargs="+", choices=("iid", "noniid"), default=["iid", "noniid"],
+                     help="Table 1 and 2: which data splits (default both)")
+    sub.add_argument("--methods", nargs="+", default=None, metavar="COLUMN",
+                     help="only these columns, by name (e.g. 'FR sync' 'M-D GAN'; default all)")
     sub.add_argument("--out", default=None, help="runs and table.md go here (default runs/table-<schedule>-<time>)")
+    sub.add_argument("overrides", nargs="*", help="key=value overrides applied to every run, e.g. "
+                                                  "federation.fake_labels=community")
     sub.set_defaults(fn=_table)
     sub = commands.add_parser("report", help="write an offline HTML report of runs",
                               description="one self-contained HTML file: metric curves against rounds and "

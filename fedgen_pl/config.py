@@ -46,6 +46,7 @@ class FederationConfig:
     cloud_lr: Any = MISSING
     aggregation: str = MISSING
     fedavg_via_edges: bool = MISSING
+    fake_labels: str = MISSING
 
 
 @dataclass
@@ -54,6 +55,8 @@ class ModelConfig:
     arch: str = MISSING
     gan_loss: str = MISSING
     conditional: bool = MISSING
+    conditional_discriminator: bool = MISSING
+    unheld_label_fakes: str = MISSING
     latent_dim: int = MISSING
     hidden_dim: int = MISSING
     g_channels: int = MISSING
@@ -160,6 +163,8 @@ class Config:
 CHOICES = {
     "schedule": ("quick", "full"),
     "federation.update": ("sync", "async"),
+    "federation.fake_labels": ("device", "community"),
+    "model.unheld_label_fakes": ("judge", "skip"),
     "model.arch": ("auto", "mlp", "dcgan"),
     "model.gan_loss": ("non_saturating", "saturating"),
     "model.g_norm": ("group", "none"),
@@ -372,6 +377,17 @@ def validate(cfg: DictConfig) -> None:
     if m.name in LABEL_RELATED:
         _require(cfg.data.label_space == "shared", "data.label_space",
                  f"the label-related model ({m.name}) needs label_space=shared (the same classes in every domain)")
+    # Keys about the class labels of generated samples mean nothing where fakes carry no class label.
+    class_keys = {"federation.fake_labels": (fed.fake_labels, "device"),
+                  "model.conditional_discriminator": (m.conditional_discriminator, True),
+                  "model.unheld_label_fakes": (m.unheld_label_fakes, "judge")}
+    for key, (value, default) in class_keys.items():
+        if value == default:
+            continue
+        _require(m.name not in LABEL_RELATED and m.name != "fed_vae", key,
+                 f"'{value}' has no meaning for model.name={m.name} (its samples carry no class label to "
+                 f"draw); leave it at {str(default).lower()}")
+        _require(m.conditional, key, f"'{value}' needs class-conditional networks (model.conditional=true)")
     for key in ("latent_dim", "hidden_dim", "g_channels", "d_channels"):
         _require(m[key] >= 1, f"model.{key}", f"must be >= 1, got {m[key]}")
     for key in ("g_lr", "d_lr"):

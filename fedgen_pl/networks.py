@@ -234,7 +234,7 @@ def build_generator(model_cfg, spec) -> nn.Module:
 
 
 def build_discriminator(model_cfg, spec) -> nn.Module:
-    num_labels = spec.num_labels if model_cfg.conditional else 0
+    num_labels = spec.num_labels if model_cfg.conditional and model_cfg.conditional_discriminator else 0
     arch = _arch(model_cfg, spec)
     if arch == "mlp" and len(spec.data_shape) == 1:
         return MLPDiscriminator(spec.data_shape[0], num_labels, model_cfg.hidden_dim)

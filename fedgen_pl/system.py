@@ -59,6 +59,14 @@ class StepStats:
     staleness: Tensor    # [N] G_k updates since the device's work was dispatched
 
 
+def masked_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    """Per row ``[n, B] -> [n]``: the mean, or with 0/1 ``weights`` the mean over the kept samples (0
+    for a row that keeps none)."""
+    if weights is None:
+        return values.mean(1)
+    return (values * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
 class FederatedGAN(FederationModule):
     # Which network serves which device: one generator per community (its edge) and one
     # discriminator per device. Baselines (fedgen_pl/baselines.py) change these.
@@ -99,9 +107,33 @@ class FederatedGAN(FederationModule):
 
     def conditioning(self, real_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The labels D sees with the real batch and G and D use for the two generated batches: here the
-        class labels, fakes drawn from each device's own label histogram (METHOD.md §5.6)."""
+        class labels, fakes drawn as ``federation.fake_labels`` says (METHOD.md §5.6)."""
         rng, B = self.generator_rng(), real_y.shape[1]
-        return real_y, self.data.sample_fake_labels(B, rng), self.data.sample_fake_labels(B, rng)
+        scope = self.fake_label_scope
+        return real_y, self.data.sample_fake_labels(B, rng, scope), self.data.sample_fake_labels(B, rng, scope)
+
+    @property
+    def fake_label_scope(self) -> str:
+        """``device`` (each device's own histogram) or, for ``fake_labels=community``, the labels of the
+        device's community (``pooled``: of every device, where one discriminator sees all data)."""
+        if self.cfg.federation.fake_labels == "device":
+            return "device"
+        return "pooled" if self.discriminator_groups == "single" else "community"
+
+    def attach_data(self, datamodule) -> None:
+        super().attach_data(datamodule)
+        # Labels each discriminator holds data for (a shared one: those of all its devices), per device.
+        histogram, group = self.data.label_histogram, self.discriminators.group.to(self.device)
+        held = histogram.new_zeros(self.discriminators.num_groups, histogram.shape[1]).index_add(0, group, histogram)
+        self.held_labels = (held > 0)[group]
+
+    def judged(self, labels: Tensor, devices: Tensor | None) -> Tensor | None:
+        """Which generated samples each device's discriminator judges (``model.unheld_label_fakes``):
+        ``None`` = all; with ``skip``, a float mask ``[n, B]`` that leaves out labels it holds no data for."""
+        if self.cfg.model.unheld_label_fakes == "judge":
+            return None
+        held = self.held_labels if devices is None else self.held_labels[devices]
+        return held.gather(1, labels).to(torch.float32)
 
     def edge_weights(self, device_loss: Tensor, staleness: Tensor, arrived: Tensor) -> Tensor:
         """w_kj: Eq. 4 (sync) or Eq. 5 (async) within each generator's devices."""
@@ -249,7 +281,8 @@ class FederatedGAN(FederationModule):
         # 1-2. Devices update D_kj on their real data and G_k(z_d); one batched call over both.
         logits = self.discriminate(torch.cat([pick(work.real_x), pick(work.fake_d)], 1),
                                    torch.cat([pick(work.real_y), pick(work.y_d)], 1), devices=devices)
-        d_loss = F.softplus(-logits[:, :B]).mean(1) + F.softplus(logits[:, B:]).mean(1)
+        d_loss = F.softplus(-logits[:, :B]).mean(1) + masked_mean(F.softplus(logits[:, B:]),
+                                                                  self.judged(pick(work.y_d), devices))
         opt_d.zero_grad(set_to_none=True)
         mask = arrived.to(work.real_x.dtype)
         d_weight = pick(self.discriminator_share) * (mask if devices is None else 1.0)
@@ -268,8 +301,10 @@ class FederatedGAN(FederationModule):
         regenerated = self.generate(pick(work.z_g), pick(work.y_g), devices)    # the edge's G_k(z_g), with grad
         fake_g = (pick(work.fake_g) if self.stores_fake_g else regenerated).detach().requires_grad_(True)
         logits = self.discriminate(fake_g, pick(work.y_g), frozen=True, devices=devices)
-        device_loss = -F.softplus(logits).mean(1)
-        objective = F.softplus(-logits).mean(1) if self.cfg.model.gan_loss == "non_saturating" else device_loss
+        judged = self.judged(pick(work.y_g), devices)
+        device_loss = -masked_mean(F.softplus(logits), judged)
+        objective = masked_mean(F.softplus(-logits), judged) if self.cfg.model.gan_loss == "non_saturating" \
+            else device_loss
         (feedback,) = torch.autograd.grad(objective.sum(), fake_g)   # per device: d l_kj / d G_k(z_g)
         row_ok = torch.isfinite(device_loss.detach()) & torch.isfinite(feedback).flatten(1).all(1)
         usable = d_ok & spread(row_ok.to(mask.dtype)).bool()          # M_k after the non-finite guard

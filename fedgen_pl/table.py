@@ -2,8 +2,10 @@
 
 Table 1 (MNIST + FashionMNIST) and Table 2 (MNIST / inverse MNIST), each i.i.d. and non-i.i.d., and the
 Gaussian-grid comparison. Every cell is ours as mean ± std over seeds with the paper's number beside it;
-every metric names its network. Runs whose ``summary.json`` exists are reused, so an interrupted table
-continues where it stopped.
+every metric names its network. ``key=value`` overrides apply to every run of the table (for example
+``federation.fake_labels=community``). Runs whose ``summary.json`` exists are reused, so an interrupted
+table continues where it stopped; a run trained with other settings than the table asks for is refused.
+Every table records its overrides, schedule, seeds, commit and hardware (``table.md``, ``table.json``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import statistics
 from datetime import datetime
 from pathlib import Path
 
-from fedgen_pl.config import load_config
+from omegaconf import OmegaConf
+
+from fedgen_pl.config import ConfigError, load_config
+from fedgen_pl.provenance import provenance
 
 ASYNC = ["federation.update=async", "clock.delay=tiers"]     # the paper's FR/LR async: heterogeneous devices
 
@@ -47,26 +52,57 @@ ROWS = {"IS": "global/is_classifier", "FID": "global/fid_classifier", "Acc": "gl
         "FID (Inception)": "global/fid_inception", "class consistency": "global/class_consistency"}
 
 
-def runs_for(table: str, schedule: str, seeds: list[int]) -> list[tuple[tuple, list[str]]]:
-    """((table, split, column, seed), overrides) for every run the table needs."""
+SPLITS = ("iid", "noniid")
+# Keys that do not change a run's results: a finished run is reused whatever they were.
+NEUTRAL_KEYS = ("output_dir", "resume", "trainer", "logger", "metrics", "plugins")
+
+
+def methods_of(table: str) -> list[tuple[str, list[str]]]:
+    return {"table1": TABLE1_METHODS, "table2": TABLE2_METHODS, "grid": GRID_METHODS}[table]
+
+
+def runs_for(table: str, schedule: str, seeds: list[int], overrides: list[str] = (),
+             splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None) -> list[tuple[tuple, list[str]]]:
+    """((table, split, column, seed), overrides) for every run the table needs; ``overrides`` come last
+    (they win), ``methods`` keeps only those columns."""
     runs = []
+    chosen = [(c, o) for c, o in methods_of(table) if methods is None or c in methods]
     if table in ("table1", "table2"):
-        methods = TABLE1_METHODS if table == "table1" else TABLE2_METHODS
         prefix = "mnist_fmnist" if table == "table1" else "mnist_inverse"
-        for split in ("iid", "noniid"):
-            for column, overrides in methods:
+        for split in splits:
+            for column, method in chosen:
                 for seed in seeds:
                     runs.append(((table, split, column, seed),
-                                 [f"experiment={prefix}_{split}", f"schedule={schedule}", f"seed={seed}", *overrides]))
+                                 [f"experiment={prefix}_{split}", f"schedule={schedule}", f"seed={seed}", *method,
+                                  *overrides]))
     else:
-        for column, overrides in GRID_METHODS:
-            extra = ["experiment=gaussian_grid_async"] if "federation.update=async" in overrides else \
+        for column, method in chosen:
+            extra = ["experiment=gaussian_grid_async"] if "federation.update=async" in method else \
                 ["experiment=gaussian_grid"]
             for seed in seeds:
                 runs.append(((table, "grid", column, seed),
                              [*extra, f"schedule={schedule}", f"seed={seed}",
-                              *[o for o in overrides if not o.startswith("clock.")]]))
+                              *[o for o in method if not o.startswith("clock.")], *overrides]))
     return runs
+
+
+def _results_config(cfg) -> dict:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return {k: v for k, v in plain.items() if k not in NEUTRAL_KEYS}
+
+
+def _check_reusable(run_dir: Path, cfg) -> None:
+    """A finished run counts for this table only if it was trained with the settings the table asks for."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = _results_config(OmegaConf.load(saved_path))
+    wanted = _results_config(cfg)
+    flat_saved = {k: v for k, v in _flatten(saved)}
+    for key, value in _flatten(wanted):
+        if flat_saved.get(key) != value:
+            raise ConfigError(f"{run_dir}: this finished run has {key}={flat_saved.get(key)!r} but the table asks "
+                              f"for {value!r}; give the table another --out, or remove the run")
 
 
 def run_dir_for(root: Path, key: tuple) -> Path:
@@ -74,18 +110,37 @@ def run_dir_for(root: Path, key: tuple) -> Path:
     return root / table / split / column.replace(" ", "_").replace(".", "") / f"seed{seed}"
 
 
-def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str]) -> dict[tuple, dict]:
+def _flatten(node, prefix: str = ""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _flatten(value, f"{prefix}{key}.")
+    else:
+        yield prefix.rstrip("."), node
+
+
+def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str], overrides: list[str] = (),
+                splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None) -> dict[tuple, dict]:
+    """Train every run the tables need (in order) and return their summaries; finished runs are reused.
+    Every configuration is loaded and checked before the first run starts."""
     from fedgen_pl.train import train
 
-    summaries = {}
+    planned = []
     for table in tables:
-        for key, overrides in runs_for(table, schedule, seeds):
+        for key, run_overrides in runs_for(table, schedule, seeds, overrides, splits, methods):
             run_dir = run_dir_for(root, key)
-            summary_path = run_dir / "summary.json"
-            if not summary_path.is_file():
-                cfg = load_config([*overrides, "trainer.progress_bar=false", f"output_dir={run_dir}"])
-                train(cfg)
-            summaries[key] = json.loads(summary_path.read_text())
+            cfg = load_config([*run_overrides, "trainer.progress_bar=false", f"output_dir={run_dir}"])
+            started = (run_dir / "checkpoints" / "last.ckpt").is_file()
+            if (run_dir / "summary.json").is_file() or started:
+                _check_reusable(run_dir, cfg)
+            if started and not (run_dir / "summary.json").is_file():     # cut off: continue it
+                cfg = load_config([f"resume={run_dir}", "trainer.progress_bar=false"])
+            planned.append((key, run_dir, cfg))
+    summaries = {}
+    for key, run_dir, cfg in planned:
+        summary_path = run_dir / "summary.json"
+        if not summary_path.is_file():
+            train(cfg)
+        summaries[key] = json.loads(summary_path.read_text())
     return summaries
 
 
@@ -98,32 +153,36 @@ def _cell(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], root: Path, schedule: str) -> str:
-    lines = [f"Schedule `{schedule}`, seeds {seeds}; runs under `{root}`. Cells: ours as mean ± std over seeds "
-             f"(paper in brackets). Networks: IS = `is_classifier`, FID = `fid_classifier` (the scenario "
-             f"classifier's features), Acc = `acc` (the same classifier); the paper does not name its networks.", ""]
+def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], root: Path, schedule: str,
+           overrides: list[str] = (), splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None,
+           origin: dict | None = None) -> str:
+    origin = origin or provenance()
+    lines = [f"Schedule `{schedule}`, seeds {seeds}, overrides `{' '.join(overrides) or '(none)'}`; runs under "
+             f"`{root}`. Commit `{origin['commit']}`, {origin['date']}, {origin['hardware']}.", "",
+             "Cells: ours as mean ± std over seeds (paper in brackets). Networks: IS = `is_classifier`, FID = "
+             "`fid_classifier` (the scenario classifier's features), Acc = `acc` (the same classifier); the paper "
+             "does not name its networks.", ""]
     for table in tables:
+        chosen = [(i, c) for i, (c, _) in enumerate(methods_of(table)) if methods is None or c in methods]
         if table == "grid":
-            lines += [f"**Gaussian grid** (modes covered of 9; high_quality_share)", "",
-                      "| metric | " + " | ".join(c for c, _ in GRID_METHODS) + " |",
-                      "|---|" + "---|" * len(GRID_METHODS)]
+            lines += ["**Gaussian grid** (modes covered of 9; high_quality_share)", "",
+                      "| metric | " + " | ".join(c for _, c in chosen) + " |", "|---|" + "---|" * len(chosen)]
             for metric, digits in (("modes_covered", 2), ("high_quality_share", 3)):
                 cells = [_cell([summaries[("grid", "grid", c, s)]["metrics"][metric] for s in seeds], digits=digits)
-                         for c, _ in GRID_METHODS]
+                         for _, c in chosen]
                 lines.append(f"| {metric} | " + " | ".join(cells) + " |")
             lines.append("")
             continue
-        methods = TABLE1_METHODS if table == "table1" else TABLE2_METHODS
         title = "Table 1, MNIST + FashionMNIST" if table == "table1" else "Table 2, MNIST / inverse MNIST"
-        lines += [f"**{title}**", "", "| split | metric | " + " | ".join(c for c, _ in methods) + " |",
-                  "|---|---|" + "---|" * len(methods)]
-        for split in ("iid", "noniid"):
+        lines += [f"**{title}**", "", "| split | metric | " + " | ".join(c for _, c in chosen) + " |",
+                  "|---|---|" + "---|" * len(chosen)]
+        for split in splits:
             paper = PAPER[(table, split)]
             names = list(paper) + [r for r in ("FID (Inception)", "class consistency") if any(
-                ROWS[r] in summaries[(table, split, c, s)]["metrics"] for c, _ in methods for s in seeds)]
+                ROWS[r] in summaries[(table, split, c, s)]["metrics"] for _, c in chosen for s in seeds)]
             for row in names:
                 cells = []
-                for i, (column, _) in enumerate(methods):
+                for i, column in chosen:
                     values = [summaries[(table, split, column, s)]["metrics"].get(ROWS[row]) for s in seeds]
                     values = [v for v in values if v is not None]
                     scale, digits = (100.0, 2) if row == "Acc" else (1.0, 3 if row != "FID" else 2)
@@ -140,11 +199,61 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
     return "\n".join(lines)
 
 
-def main(schedule: str, seeds: list[int], tables: list[str], out: str | None) -> Path:
+def side_by_side(images: list[tuple[str, Path]], path: Path, title: str) -> Path | None:
+    """One figure with each run's plot as a panel, left to right (the paper's Fig. 3 and Fig. 4 layout)."""
+    images = [(name, p) for name, p in images if p.is_file()]
+    if not images:
+        return None
+    from fedgen_pl.plots import plt
+
+    fig, axes = plt.subplots(1, len(images), figsize=(4 * len(images), 4.6), squeeze=False)
+    for ax, (name, image) in zip(axes[0], images):
+        ax.imshow(plt.imread(image))
+        ax.set_title(name, fontsize=11)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def figures(root: Path, tables: list[str], seeds: list[int], splits, methods) -> list[Path]:
+    """``grid_samples.png``: each method's scatter of the global generator's samples; ``<table>_<split>_
+    samples.png``: each method's sample grid; all for the first seed."""
+    seed, written = seeds[0], []
+    for table in tables:
+        columns = [c for c, _ in methods_of(table) if methods is None or c in methods]
+        for split in (("grid",) if table == "grid" else splits):
+            plot = "global_samples.png" if table == "grid" else "samples_global.png"
+            images = [(c, run_dir_for(root, (table, split, c, seed)) / "plots" / plot) for c in columns]
+            name = "grid_samples.png" if table == "grid" else f"{table}_{split}_samples.png"
+            path = side_by_side(images, root / name, f"{table} {split if table != 'grid' else ''}, seed {seed}: "
+                                                     f"the global generator at the end of training")
+            if path is not None:
+                written.append(path)
+    return written
+
+
+def main(schedule: str, seeds: list[int], tables: list[str], out: str | None, overrides: list[str] = (),
+         splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None) -> Path:
     root = Path(out) if out else Path("runs") / f"table-{schedule}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    summaries = ensure_runs(root, schedule, seeds, tables)
-    text = render(summaries, tables, seeds, root, schedule)
+    overrides = list(overrides)
+    known = [c for t in tables for c, _ in methods_of(t)]
+    unknown = [m for m in methods or [] if m not in known]
+    if unknown:
+        raise ConfigError(f"--methods: unknown column(s) {unknown}; the tables {tables} have {sorted(set(known))}")
+    summaries = ensure_runs(root, schedule, seeds, tables, overrides, tuple(splits), methods)
+    origin = provenance()
+    text = render(summaries, tables, seeds, root, schedule, overrides, tuple(splits), methods, origin)
     root.mkdir(parents=True, exist_ok=True)
+    pictures = figures(root, tables, seeds, splits, methods)
+    if pictures:
+        text += "\n\nFigures: " + ", ".join(f"`{p}`" for p in pictures)
     (root / "table.md").write_text(text + "\n")
+    (root / "table.json").write_text(json.dumps({
+        **origin, "schedule": schedule, "seeds": seeds, "tables": tables, "overrides": overrides,
+        "splits": list(splits), "methods": methods,
+        "runs": [{"table": k[0], "split": k[1], "method": k[2], "seed": k[3], "run_dir": str(run_dir_for(root, k)),
+                  "metrics": v.get("metrics", {})} for k, v in sorted(summaries.items())]}, indent=1))
     print(text)
     return root / "table.md"

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from fedgen_pl.table import PAPER, render, run_dir_for, runs_for, ensure_runs
 
 
@@ -42,3 +44,51 @@ def test_existing_runs_are_reused(tmp_path):
         (d / "summary.json").write_text(json.dumps({"metrics": {"modes_covered": 1, "high_quality_share": 0.5}}))
     summaries = ensure_runs(tmp_path, "quick", [0], ["grid"])     # would train if anything were missing
     assert summaries[key]["metrics"]["modes_covered"] == 9
+
+
+def test_overrides_reach_every_run_and_win():
+    runs = runs_for("table1", "quick", [0], ["federation.fake_labels=community", "federation.update=sync"],
+                    splits=("noniid",), methods=["FR sync", "FR async"])
+    assert {key[1] for key, _ in runs} == {"noniid"} and {key[2] for key, _ in runs} == {"FR sync", "FR async"}
+    for _, overrides in runs:
+        assert overrides[-2:] == ["federation.fake_labels=community", "federation.update=sync"]
+
+
+def test_table_records_overrides_commit_and_hardware(tmp_path):
+    from fedgen_pl.table import main
+
+    for key, _ in runs_for("grid", "quick", [0]):
+        d = run_dir_for(tmp_path, key)
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"metrics": {"modes_covered": 9, "high_quality_share": 1.0}}))
+    main("quick", [0], ["grid"], str(tmp_path), ["federation.tau_edge=0"])
+    record = json.loads((tmp_path / "table.json").read_text())
+    assert record["overrides"] == ["federation.tau_edge=0"] and record["schedule"] == "quick"
+    assert record["commit"] and record["hardware"] and "cores" in record["hardware"]
+    text = (tmp_path / "table.md").read_text()
+    assert "`federation.tau_edge=0`" in text and record["commit"] in text
+
+
+def test_a_run_with_other_settings_is_refused(tmp_path):
+    from omegaconf import OmegaConf
+
+    from fedgen_pl.config import ConfigError, load_config
+
+    key, overrides = runs_for("grid", "quick", [0], methods=["FR sync"])[0]
+    run_dir = run_dir_for(tmp_path, key)
+    run_dir.mkdir(parents=True)
+    OmegaConf.save(load_config([*overrides, "federation.tau_edge=0"]), run_dir / "config.yaml")
+    (run_dir / "summary.json").write_text(json.dumps({"metrics": {"modes_covered": 9, "high_quality_share": 1.0}}))
+    with pytest.raises(ConfigError, match="federation.tau_edge"):
+        ensure_runs(tmp_path, "quick", [0], ["grid"], methods=["FR sync"])
+    # the same settings are reused; neutral keys (trainer, metrics, output_dir) may differ
+    OmegaConf.save(load_config([*overrides, "metrics.eval_every=7", "trainer.progress_bar=true"]),
+                   run_dir / "config.yaml")
+    assert ensure_runs(tmp_path, "quick", [0], ["grid"], methods=["FR sync"])[key]["metrics"]["modes_covered"] == 9
+
+
+def test_unknown_method_is_a_config_error(tmp_path, capsys):
+    from fedgen_pl.cli import main
+
+    assert main(["table", "--tables", "grid", "--methods", "FR turbo", "--out", str(tmp_path)]) == 2
+    assert "FR turbo" in capsys.readouterr().err

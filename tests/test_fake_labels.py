@@ -1,0 +1,149 @@
+"""The labels of generated samples (`federation.fake_labels`) and what a device's discriminator does with
+labels it holds no data for (`model.conditional_discriminator`, `model.unheld_label_fakes`)."""
+
+import hashlib
+
+import pytest
+import torch
+
+from conftest import SMALL_GRID, build_system
+from fedgen_pl.cli import main
+from fedgen_pl.system import FederatedGAN
+
+# Two communities; every device holds exactly one label, so a device's histogram and its community's
+# label set differ.
+SKEWED = ["data.partition=shards", "data.classes_per_device=1",
+          "federation.communities=[{data: gaussian_grid, classes: [0, 1, 2]}, {data: gaussian_grid, classes: [3, 4]}]",
+          "federation.devices_per_community=3"]
+
+
+def _draw(system, scope, n=6000):
+    generator = torch.Generator().manual_seed(0)
+    return system.data.sample_fake_labels(n, generator, scope)
+
+
+def test_community_labels_are_uniform_over_the_community_whatever_the_device_holds():
+    system, data = build_system(*SKEWED, "federation.fake_labels=community")
+    community_labels = [[0, 1, 2], [3, 4]]
+    labels = _draw(system, system.fake_label_scope)
+    for n in range(system.num_devices):
+        k = system.spec.community_of_device[n]
+        held = torch.nonzero(data.label_histogram[n]).flatten().tolist()
+        assert len(held) == 1                                     # the device holds one label ...
+        counts = torch.bincount(labels[n], minlength=5).float()
+        assert counts[[c for c in range(5) if c not in community_labels[k]]].sum() == 0
+        share = counts[community_labels[k]] / counts.sum()       # ... its fakes cover the community's, evenly
+        expected = 1 / len(community_labels[k])
+        # 6000 draws: the standard error of a share is below 0.0065; 4 standard errors
+        assert torch.all((share - expected).abs() < 0.026), (n, share)
+
+
+def test_device_labels_follow_the_device_histogram():
+    system, data = build_system(*SKEWED)
+    assert system.fake_label_scope == "device"
+    labels = _draw(system, "device")
+    for n in range(system.num_devices):
+        assert set(labels[n].tolist()) == set(torch.nonzero(data.label_histogram[n]).flatten().tolist())
+
+
+def test_centralized_community_labels_are_pooled():
+    system, _ = build_system(*SKEWED, "model.name=centralized_gan", "federation.fake_labels=community")
+    assert system.fake_label_scope == "pooled"
+    labels = _draw(system, "pooled")
+    for n in range(system.num_devices):
+        assert set(labels[n].tolist()) == {0, 1, 2, 3, 4}
+
+
+# sha256 of the whole state (parameters, optimiser-free buffers, in-flight work) after 3 rounds of the run
+# below, recorded with the code before `federation.fake_labels` existed (commit 67ac244) on the 2-core
+# x86_64 development machine, 1 thread. `device` must keep that run bit for bit.
+RECORDED_DEVICE_RUN = "355a6dea723bc2de0d13767fcd1bdd9bdb7d6f4912d1a71c4a5a78e573b0ce14"
+
+
+def test_device_protocol_reproduces_the_recorded_run_bit_for_bit(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", *SMALL_GRID, *SKEWED, "federation.global_rounds=3", "federation.local_iters=2",
+                     "metrics.eval_every=1", "trainer.progress_bar=false", "trainer.log_every_n_iters=1",
+                     f"output_dir={tmp_path / 'run'}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    model = FederatedGAN.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    assert digest.hexdigest() == RECORDED_DEVICE_RUN
+
+
+def test_community_protocol_changes_the_run(tmp_path):
+    """The key is not inert: the same run under `community` trains on other fakes."""
+    system_d, _ = build_system(*SKEWED)
+    system_c, _ = build_system(*SKEWED, "federation.fake_labels=community")
+    system_d.dispatch(system_d.clock.idle_devices())
+    system_c.dispatch(system_c.clock.idle_devices())
+    assert not torch.equal(system_d.inflight_y_d, system_c.inflight_y_d)
+
+
+def _one_step(system):
+    opt_g, opt_d = system.configure_optimizers()
+    system.step_event(opt_g, opt_d)
+    return {n: p.detach().clone() for n, p in system.named_parameters()}
+
+
+def test_skip_leaves_unheld_fakes_out_of_the_discriminator_and_the_feedback():
+    """With `unheld_label_fakes=skip`, changing the generated samples of labels a device holds no data for
+    changes nothing: not its discriminator's step, not its feedback, not the generator's step."""
+    overrides = (*SKEWED, "federation.fake_labels=community", "model.unheld_label_fakes=skip")
+    results = []
+    for perturb in (False, True):
+        system, _ = build_system(*overrides)
+        system.dispatch(system.clock.idle_devices())
+        unheld = ~system.held_labels.gather(1, system.inflight_y_d)
+        assert unheld.any() and (~unheld).any()
+        if perturb:     # the in-flight fakes for D, and G_k(z_g) through the stored latents of unheld labels
+            system.inflight_fake_d[unheld] += 3.0
+            unheld_g = ~system.held_labels.gather(1, system.inflight_y_g)
+            system.inflight_z_g[unheld_g] += 5.0
+        results.append(_one_step(system))
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_judge_uses_unheld_fakes():
+    """The control for the test above: with `judge` the same perturbation changes the discriminators."""
+    overrides = (*SKEWED, "federation.fake_labels=community")
+    results = []
+    for perturb in (False, True):
+        system, _ = build_system(*overrides)
+        system.dispatch(system.clock.idle_devices())
+        if perturb:
+            system.inflight_fake_d[~system.held_labels.gather(1, system.inflight_y_d)] += 3.0
+        results.append(_one_step(system))
+    changed = [n for n in results[0] if n.startswith("device_") and not torch.equal(results[0][n], results[1][n])]
+    assert changed
+
+
+def test_unconditional_discriminator_ignores_labels():
+    system, _ = build_system(*SKEWED, "model.conditional_discriminator=false")
+    x = torch.randn(system.num_devices, 4, 2)
+    a = system.discriminate(x, torch.zeros(system.num_devices, 4, dtype=torch.long))
+    b = system.discriminate(x, torch.full((system.num_devices, 4), 3, dtype=torch.long))
+    assert torch.equal(a, b)
+    assert system.global_generator.num_labels == 5            # the generator stays conditional
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["federation.fake_labels=everyone"], "federation.fake_labels"),
+    (["model.unheld_label_fakes=drop"], "model.unheld_label_fakes"),
+    (["experiment=mnist_inverse_noniid", "federation.fake_labels=community"], "federation.fake_labels"),
+    (["experiment=mnist_inverse_noniid", "model.conditional_discriminator=false"], "model.conditional_discriminator"),
+    (["model.name=fed_vae", "model.unheld_label_fakes=skip"], "model.unheld_label_fakes"),
+    (["model.conditional=false", "federation.fake_labels=community"], "federation.fake_labels"),
+])
+def test_bad_values_exit_2_naming_the_key(overrides, key, tmp_path, capsys):
+    assert main(["config", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert key in err and err.startswith("fedgen:") and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
