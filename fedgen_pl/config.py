@@ -119,6 +119,7 @@ class MetricsConfig:
     kid_subset_size: int = MISSING
     kid_subsets: int = MISSING
     inception: Any = MISSING
+    inception_scopes: str = MISSING
     classifier_epochs: int = MISSING
     classifier_train_samples: Optional[int] = None
     cache_dir: str = MISSING
@@ -171,6 +172,7 @@ CHOICES = {
     "model.vae_average": ("all", "decoder"),
     "model.domain_conditioning": ("concat", "film", "film_output"),
     "data.label_space": ("union", "shared"),
+    "metrics.inception_scopes": ("global", "all"),
     "data.partition": ("iid", "shards", "dirichlet"),
     "clock.delay": ("constant", "uniform", "lognormal", "tiers"),
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),

@@ -101,7 +101,8 @@ def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
     started = time.time()
     evaluator = GenerationEvaluator(datamodule, classifier, inception, cfg.metrics.num_samples,
                                     cfg.metrics.kid_subset_size, class_conditional(cfg), device,
-                                    kid_subsets=cfg.metrics.kid_subsets)
+                                    kid_subsets=cfg.metrics.kid_subsets, inception_scopes=cfg.metrics.inception_scopes,
+                                    inception_cache=Path(cfg.metrics.cache_dir).expanduser() / "inception")
     log.info("metrics: real statistics of %d scopes x %d samples in %.1f s (classifier test accuracy %.4f)",
              len(evaluator.real), cfg.metrics.num_samples, time.time() - started, record["test_accuracy"])
     evaluator.classifier_record = record

@@ -106,3 +106,39 @@ def test_inception_wrapper_runs_on_a_handful_of_images():
     assert not any(p.requires_grad for p in network.parameters())
     network.train()
     assert not network.training          # stays in eval mode whatever Lightning asks
+
+
+class _CountingFeatures(torch.nn.Module):
+    """A stand-in for Inception (a fixed random projection) that counts the images it sees."""
+
+    num_features = 16
+
+    def __init__(self):
+        super().__init__()
+        self.projection = torch.nn.Linear(28 * 28, 16)
+        torch.nn.init.normal_(self.projection.weight, generator=torch.Generator().manual_seed(0))
+        self.images = 0
+
+    def forward(self, x):
+        self.images += len(x)
+        return self.projection(x.float().flatten(1)).double()
+
+
+@needs_data
+def test_real_inception_statistics_are_cached_on_disk(scenario, tmp_path):
+    dm, classifier, _ = scenario
+    first, second = _CountingFeatures(), _CountingFeatures()
+    second.load_state_dict(first.state_dict())
+    kwargs = dict(num_samples=200, kid_subset_size=100, conditional=True, inception_cache=tmp_path)
+    a = GenerationEvaluator(dm, classifier, first, **kwargs)
+    assert first.images == 200 and len(list(tmp_path.glob("*.pt"))) == 1     # global scope only, then saved
+    b = GenerationEvaluator(dm, classifier, second, **kwargs)
+    assert second.images == 0                                                 # read back, nothing recomputed
+
+    def sample(labels, generator, domains):
+        return torch.rand(len(labels), 1, 28, 28, generator=generator) * 2 - 1
+
+    ra, rb = a.evaluate(sample, ["global"]), b.evaluate(sample, ["global"])
+    assert ra["global/fid_inception"] == rb["global/fid_inception"] and second.images == 200
+    GenerationEvaluator(dm, classifier, _CountingFeatures(), **{**kwargs, "num_samples": 150})
+    assert len(list(tmp_path.glob("*.pt"))) == 2            # another real set, another entry

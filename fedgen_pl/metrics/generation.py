@@ -17,9 +17,11 @@ and a fixed latent seed, so evaluations differ only by the generator.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -99,12 +101,51 @@ def class_consistency(classifier: nn.Module, paired: Tensor) -> float:
     return float((predictions == predictions[:1]).all(0).double().mean())
 
 
+REAL_INCEPTION_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+
+
+def _real_inception_path(images: Tensor, cache: Path | None) -> Path | None:
+    """The cache file of the real Inception statistics of exactly these images (keyed by their bytes and
+    the Inception weights file)."""
+    from fedgen_pl.metrics.inception import inception_weights_file
+
+    if cache is None:
+        return None
+    digest = hashlib.sha256(images.cpu().contiguous().numpy().tobytes())
+    weights = inception_weights_file()
+    digest.update(str(weights.stat().st_size if weights else "torchmetrics").encode())
+    return cache / f"{digest.hexdigest()[:20]}.pt"
+
+
+def load_real_inception(fid: FrechetInceptionDistance, images: Tensor, cache: Path | None) -> bool:
+    """Fill ``fid``'s real statistics from the cache; False when they are not cached."""
+    path = _real_inception_path(images, cache)
+    if path is None or not path.is_file():
+        return False
+    state = torch.load(path, map_location=fid.device, weights_only=True)
+    for name in REAL_INCEPTION_STATES:
+        setattr(fid, name, state[name].to(fid.device))
+    log.info("metrics: real Inception statistics from the cache (%s)", path)
+    return True
+
+
+def save_real_inception(fid: FrechetInceptionDistance, images: Tensor, cache: Path | None) -> None:
+    path = _real_inception_path(images, cache)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({name: getattr(fid, name).cpu() for name in REAL_INCEPTION_STATES}, tmp)
+    tmp.replace(path)
+
+
 class GenerationEvaluator:
     """Metrics for every scope; real statistics are computed once, in ``__init__``."""
 
     def __init__(self, datamodule, classifier: Classifier, inception: nn.Module | None, num_samples: int,
                  kid_subset_size: int, conditional: bool, device: torch.device | str = "cpu",
-                 batch_size: int = 500, seed: int = 0, kid_subsets: int = 20):
+                 batch_size: int = 500, seed: int = 0, kid_subsets: int = 20,
+                 inception_scopes: str = "global", inception_cache: Path | None = None):
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.conditional = conditional
@@ -126,16 +167,20 @@ class GenerationEvaluator:
                 "is_classifier": InceptionScore(feature=logits, splits=10),
                 "acc": MulticlassAccuracy(num_classes=self.num_labels, average="micro"),
             }
-            if self.inception is not None:
+            inception_here = self.inception is not None and (inception_scopes == "all" or scope == "global")
+            if inception_here:
                 metrics["fid_inception"] = FrechetInceptionDistance(feature=self.inception, reset_real_features=False)
             metrics = {name: m.to(self.device) for name, m in metrics.items()}
+            cached = inception_here and load_real_inception(metrics["fid_inception"], x, inception_cache)
             for start in range(0, len(x), batch_size):
                 batch = _as_float(x[start:start + batch_size].to(self.device))
                 h = self.classifier.features(batch)
                 metrics["fid_classifier"].update(h, real=True)
                 metrics["kid_classifier"].update(h, real=True)
-                if "fid_inception" in metrics:
+                if inception_here and not cached:
                     metrics["fid_inception"].update(batch, real=True)
+            if inception_here and not cached:
+                save_real_inception(metrics["fid_inception"], x, inception_cache)
             self.metrics[scope] = metrics
 
     def evaluate_model(self, model) -> dict[str, float]:
