@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fedgen_pl.errors import CorruptDataError, DataNotFoundError
+
 log = logging.getLogger("fedgen")
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -49,25 +51,32 @@ IDX_FILES = {
 
 @dataclass
 class SourceData:
-    train_x: Tensor          # [n, *shape]; uint8 images [n, C, H, W] or float vectors
-    train_y: Tensor          # [n] int64 class index in 0..len(class_names)-1
+    """One dataset, as a loader returns it (built-in or ``@register_dataset``).
+
+    - ``train_x``, ``test_x``: images as uint8 arrays (numpy or torch) shaped ``[n, H, W]``,
+      ``[n, H, W, C]`` or ``[n, C, H, W]`` (converted to ``data.channels`` x ``data.image_size``^2, like
+      npz files), or float vectors ``[n, d]`` (e.g. the Gaussian grid), used as they are.
+    - ``train_y``, ``test_y``: integer class indices ``[n]`` in ``0..len(class_names)-1`` (numpy or torch;
+      floats and negative values are refused, never truncated).
+    - ``class_names``: one name per class.
+    - ``base``: sources drawn from the same images (mnist and inverse_mnist) share a base, so their
+      communities get disjoint shares; defaults to the dataset's name.
+    - ``origin``: where the data came from, for the log.
+    """
+
+    train_x: Tensor
+    train_y: Tensor
     test_x: Tensor
     test_y: Tensor
     class_names: list[str]
-    base: str = ""           # sources derived from the same images (mnist, inverse_mnist) share a base
-    origin: str = ""         # where the data came from, for the log
+    base: str = ""
+    origin: str = ""
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
 
-class DataNotFoundError(FileNotFoundError):
-    """No source had the dataset; the message lists every place tried and how to fix it."""
-
-
-class CorruptDataError(ValueError):
-    """A data file exists but cannot be read; the message names the file."""
 
 
 SourceLoader = Callable[[object], SourceData]
@@ -97,7 +106,7 @@ def user_dataset_dir(cfg, name: str) -> Path | None:
 def load_source(cfg, name: str) -> SourceData:
     """The dataset ``name``: a registered source, or a directory ``<data.root>/<name>``."""
     if name in SOURCES:
-        return SOURCES[name](cfg)
+        return checked_source(cfg, SOURCES[name](cfg), name)
     directory = user_dataset_dir(cfg, name)
     if directory is None:
         raise DataNotFoundError(f"dataset '{name}' is neither registered ({', '.join(sorted(SOURCES))}) nor a "
@@ -145,6 +154,14 @@ def _find(directory: Path, stem: str) -> Path | None:
 
 def _read_npz(path: Path) -> tuple[Tensor, Tensor]:
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as err:
+        raise CorruptDataError(f"{path}: cannot read ({err}); replace the file") from None
+    if magic != b"PK\x03\x04":
+        raise CorruptDataError("not an npz archive (a zip of .npy arrays); write it with numpy.savez(path, x=..., "
+                               "y=...)", where=str(path))
+    try:
         with np.load(path, allow_pickle=False) as archive:
             if "x" not in archive or "y" not in archive:
                 raise CorruptDataError(f"{path}: needs arrays 'x' and 'y', found {sorted(archive.files)}")
@@ -157,7 +174,48 @@ def _read_npz(path: Path) -> tuple[Tensor, Tensor]:
         raise CorruptDataError(f"{path}: 'x' must be uint8 images, got {x.dtype}")
     if len(x) != len(y):
         raise CorruptDataError(f"{path}: 'x' has {len(x)} images but 'y' has {len(y)} labels")
-    return torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64))
+    return torch.from_numpy(x.copy()), _labels(y, f"{path}, array 'y'")
+
+
+def _labels(y, where: str) -> Tensor:
+    """Integer class indices as int64; floats and negative values are input errors (never truncated)."""
+    y = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y)
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
+        raise CorruptDataError(f"labels must be integers, got {y.dtype} (e.g. {y.flatten()[:3].tolist()}); save "
+                               f"them as integer class indices", where=where)
+    y = y.long().flatten() if y.dim() > 1 and y.shape[1:].numel() == 1 else y.long()
+    if y.dim() != 1:
+        raise CorruptDataError(f"labels must be one index per sample ([n]), got shape {tuple(y.shape)}", where=where)
+    if len(y) and int(y.min()) < 0:
+        raise CorruptDataError(f"labels must be >= 0, found {int(y.min())}", where=where)
+    return y
+
+
+def checked_source(cfg, source, name: str) -> SourceData:
+    """What a loader returned, checked and converted: numpy or torch arrays, images to ``data.channels``
+    x ``data.image_size``^2 uint8 (the same conversion as npz files), labels to int64."""
+    if not isinstance(source, SourceData):
+        raise CorruptDataError(f"the loader returned {type(source).__name__}, not a SourceData (README, 'Adding "
+                               f"a dataset')", where=f"dataset '{name}'")
+    arrays = {}
+    for split in ("train", "test"):
+        x = source.__dict__[f"{split}_x"]
+        x = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else torch.as_tensor(x)
+        where = f"dataset '{name}', {split}_x"
+        if x.dim() >= 3 and x.dtype != torch.uint8:
+            raise CorruptDataError(f"images must be uint8 (0-255), got {x.dtype}", where=where)
+        if x.dim() not in (2, 3, 4):
+            raise CorruptDataError(f"must be [n, d] vectors or [n, H, W], [n, H, W, C], [n, C, H, W] images, got "
+                                   f"shape {tuple(x.shape)}", where=where)
+        y = _labels(source.__dict__[f"{split}_y"], f"dataset '{name}', {split}_y")
+        if len(x) != len(y):
+            raise CorruptDataError(f"{len(x)} samples but {len(y)} labels", where=f"dataset '{name}', {split}")
+        if len(y) and int(y.max()) >= len(source.class_names):
+            raise CorruptDataError(f"label {int(y.max())} but only {len(source.class_names)} class names",
+                                   where=f"dataset '{name}', {split}_y")
+        arrays[f"{split}_x"], arrays[f"{split}_y"] = x, y
+    checked = replace(source, **arrays, base=source.base or name)
+    return _fit_images(cfg, checked, name) if checked.train_x.dim() >= 3 else checked
 
 
 def _class_names(directory: Path, labels: Tensor) -> list[str]:
@@ -250,8 +308,8 @@ def _resolve(cfg, name: str, attempts: list[tuple[str, Callable[[], SourceData |
             log.info("%s: loaded from %s", name, source.origin)
             return _fit_images(cfg, replace(source, base=source.base or name), name)
         log.info("%s: not at %s", name, description)
-        tried.append(f"  - {description}\n      fix: {fix}")
-    raise DataNotFoundError(f"dataset '{name}' was not found. Tried, in order:\n" + "\n".join(tried))
+        tried.append(f"({len(tried) + 1}) {description} [fix: {fix}]")
+    raise DataNotFoundError(f"no source has it; tried, in order: {' '.join(tried)}", where=f"dataset '{name}'")
 
 
 def _root_attempt(cfg, folder: str, name: str):

@@ -17,7 +17,8 @@ import sys
 
 from omegaconf import OmegaConf
 
-from fedgen_pl.config import ConfigError, load_config
+from fedgen_pl.config import load_config
+from fedgen_pl.errors import InputError
 from fedgen_pl.federation import NonFiniteError
 
 
@@ -145,10 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
-    except ConfigError as err:
-        print(f"fedgen: configuration error: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
+    except InputError as err:
         print(f"fedgen: {err}", file=sys.stderr)
         return 2
     except NonFiniteError as err:

@@ -17,12 +17,12 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fedgen_pl.errors import ConfigError  # re-exported: ``from fedgen_pl.config import ConfigError``
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 
 
-class ConfigError(ValueError):
-    """A configuration problem, with the offending key and what is allowed."""
 
 
 # -- schema (types only; values live in configs/default.yaml) -------------------------------------
@@ -75,6 +75,7 @@ class ModelConfig:
     vae_average: str = MISSING
     domain_conditioning: str = MISSING
     film_output_gain_init: float = MISSING
+    film_output_shift: bool = MISSING
 
 
 @dataclass
@@ -204,12 +205,12 @@ def experiment_path(name: str) -> Path:
 def _parse_overrides(overrides: list[str]) -> DictConfig:
     for item in overrides:
         if "=" not in item or item.startswith("="):
-            raise ConfigError(f"override '{item}' is not of the form key=value "
-                              f"(e.g. seed=3 or federation.local_iters=20)")
+            raise ConfigError("not of the form key=value (e.g. seed=3 or federation.local_iters=20)",
+                              where=f"override '{item}'")
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot parse command-line overrides {overrides}: {err}") from None
+        raise ConfigError(f"cannot parse them: {str(err).splitlines()[0]}", where=f"overrides {overrides}") from None
 
 
 def _all_keys(node, prefix: str = "") -> list[str]:
@@ -233,7 +234,24 @@ def _merge(base: DictConfig, layer, source: str) -> DictConfig:
             close = difflib.get_close_matches(key, _all_keys(base), n=1)
             if close:
                 message += f" Did you mean '{close[0]}'?"
-        raise ConfigError(f"{source}: key '{key}': {message}") from None
+        raise ConfigError(f"{message} (in {source})", where=key or source) from None
+
+
+def load_yaml(path: Path) -> DictConfig:
+    """A YAML file as a config; a syntax error (a tab, an unclosed bracket) is a one-line ConfigError."""
+    import yaml
+
+    try:
+        node = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException) as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1} column {mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"not valid YAML: {problem}; fix the file (indent with spaces, not tabs)",
+                          where=where) from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError("must hold a mapping of keys (key: value), not a list or a value", where=str(path))
+    return node
 
 
 def load_config(overrides: list[str] | None = None) -> DictConfig:
@@ -244,10 +262,10 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
 
         return resume_config(list(overrides or []))
     cfg = OmegaConf.structured(Config)
-    cfg = _merge(cfg, OmegaConf.load(CONFIG_DIR / "default.yaml"), "configs/default.yaml")
+    cfg = _merge(cfg, load_yaml(CONFIG_DIR / "default.yaml"), "configs/default.yaml")
     experiment = str(cli.get("experiment", cfg.experiment))
     path = experiment_path(experiment)
-    cfg = _merge(cfg, OmegaConf.load(path), str(path))
+    cfg = _merge(cfg, load_yaml(path), str(path))
     schedule = str(cli.get("schedule", cfg.schedule))
     if schedule not in CHOICES["schedule"]:
         raise ConfigError(f"schedule: '{schedule}' is not allowed; choose one of {CHOICES['schedule']}")
@@ -314,6 +332,8 @@ def cloud_lr(cfg: DictConfig) -> float:
 
 
 def validate(cfg: DictConfig) -> None:
+    _require(isinstance(cfg.seed, int) and 0 <= cfg.seed < 2**32, "seed",
+             f"must be an integer in 0..{2**32 - 1} (it seeds numpy and torch), got {cfg.seed}")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         _require(value in allowed, key, f"'{value}' is not allowed; choose one of {', '.join(allowed)}")
@@ -373,6 +393,8 @@ def validate(cfg: DictConfig) -> None:
     _require(m.film_output_gain_init == 1.0 or m.domain_conditioning in ("film", "film_output"),
              "model.film_output_gain_init", f"only applies to domain_conditioning=film or film_output, "
              f"got {m.film_output_gain_init} with {m.domain_conditioning}")
+    _require(m.film_output_shift or m.domain_conditioning in ("film", "film_output"), "model.film_output_shift",
+             f"only applies to domain_conditioning=film or film_output, got {m.domain_conditioning}")
     _require(m.regularizer_batch >= 1, "model.regularizer_batch", f"must be >= 1, got {m.regularizer_batch}")
     from fedgen_pl.models import LABEL_RELATED
 

@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from fedgen_pl.config import ConfigError, validate
+from fedgen_pl.errors import InputError
 from fedgen_pl.models import model_class
 
 
@@ -18,7 +19,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         path = path / "checkpoints" / "last.ckpt"
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path} (pass a .ckpt file or a run directory)")
+        raise InputError("no checkpoint there; pass a .ckpt file or a run directory holding checkpoints/last.ckpt",
+                         where=str(path))
     return path
 
 

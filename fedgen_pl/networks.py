@@ -138,12 +138,14 @@ class DomainDCGANGenerator(nn.Module):
       output layer is scaled and shifted per domain, so the domains differ by a pixel-wise map of one
       shared image and the same z keeps its shape by construction; G1 ignores the code (L_inv = 0).
 
-    ``output_gain_init`` sets the output layer's initial gains (film, film_output).
+    ``output_gain_init`` sets the output layer's initial gains (film, film_output); ``output_shift=False``
+    drops the output layer's per-domain shift, so a domain's background can only come from the shared
+    drawing scaled by its gain (not from a per-domain constant).
     """
 
     def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], num_domains: int,
                  channels: int = 32, norm: str = "group", conditioning: str = "concat",
-                 output_gain_init: float = 1.0):
+                 output_gain_init: float = 1.0, output_shift: bool = True):
         super().__init__()
         c_out, height, width = image_shape
         if height % 4 or width % 4:
@@ -172,7 +174,7 @@ class DomainDCGANGenerator(nn.Module):
                                                                        output_gain_init if i == 2 else 1.0))
                                        for i, c in film_channels.items()})
         self.shifts = nn.ParameterDict({str(i): nn.Parameter(torch.zeros(num_domains, c))
-                                        for i, c in film_channels.items()})
+                                        for i, c in film_channels.items() if i != 2 or output_shift})
 
     @staticmethod
     def _with_code(h: Tensor, code: Tensor) -> Tensor:
@@ -181,8 +183,10 @@ class DomainDCGANGenerator(nn.Module):
     def _film(self, h: Tensor, code: Tensor, layer: int) -> Tensor:
         if str(layer) not in self.gains:                                      # film_output: layers 0, 1 shared
             return h
-        gain, shift = code @ self.gains[str(layer)], code @ self.shifts[str(layer)]  # [B, C] from one-hot codes
-        return gain[:, :, None, None] * h + shift[:, :, None, None]
+        gain = code @ self.gains[str(layer)]                                   # [B, C] from one-hot codes
+        if str(layer) not in self.shifts:
+            return gain[:, :, None, None] * h
+        return gain[:, :, None, None] * h + (code @ self.shifts[str(layer)])[:, :, None, None]
 
     def forward(self, z: Tensor, labels: Tensor, first_layer: bool = False) -> Tensor:
         code = F.one_hot(labels, self.num_labels).to(z.dtype)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from fedgen_pl.errors import InputError
+
 from fedgen_pl.plots import plt
 
 # Keys that say where or how a run was launched, not what it computed.
@@ -32,7 +34,8 @@ class Run:
         self.path = Path(path)
         for name in ("metrics.csv", "config.yaml"):
             if not (self.path / name).is_file():
-                raise FileNotFoundError(f"fedgen report: {self.path} is not a run directory (no {name})")
+                raise InputError(f"not a run directory (no {name}); pass a directory `fedgen train` wrote",
+                                 where=str(self.path))
         self.name = self.path.name
         self.config = OmegaConf.to_container(OmegaConf.load(self.path / "config.yaml"), resolve=True)
         self.config.pop("schedules", None)

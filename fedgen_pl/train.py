@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from datetime import datetime
@@ -18,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks import FederationProgressBar, GaussianGridMetrics, GenerationMetrics, GlobalAggregation, RoundCheckpoint
 from datamodules import FederatedDataModule
+from fedgen_pl.config import ConfigError
+from fedgen_pl.errors import RunDirError
 from fedgen_pl.metrics.classifier import load_or_train
 from fedgen_pl.metrics.generation import GenerationEvaluator
 from fedgen_pl.metrics.inception import load_inception
@@ -26,19 +29,38 @@ from fedgen_pl.models import model_class
 log = logging.getLogger("fedgen")
 
 
-def make_run_dir(cfg: DictConfig) -> Path:
+RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "checkpoints")
+
+
+def plan_run_dir(cfg: DictConfig) -> Path:
+    """The run directory (not created yet). A directory that already holds a run is refused unless the
+    run is being resumed: nothing of an earlier run is ever overwritten."""
     if cfg.output_dir:
         run_dir = Path(cfg.output_dir)
-    else:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        name = Path(cfg.experiment).stem
-        run_dir = Path("runs") / f"{name}-{stamp}"
-        suffix = 1
-        while run_dir.exists():  # two runs started in the same second
-            run_dir = Path("runs") / f"{name}-{stamp}-{suffix}"
-            suffix += 1
-    run_dir.mkdir(parents=True, exist_ok=True)
+        held = [name for name in RUN_FILES if (run_dir / name).exists()]
+        if held and not cfg.resume:
+            raise RunDirError(f"holds a run already ({', '.join(held)}); continue it with resume={run_dir}, "
+                              f"or choose another output_dir", where=f"output_dir={run_dir}")
+        return run_dir
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = Path(cfg.experiment).stem
+    run_dir = Path("runs") / f"{name}-{stamp}"
+    suffix = 1
+    while run_dir.exists():  # two runs started in the same second
+        run_dir = Path("runs") / f"{name}-{stamp}-{suffix}"
+        suffix += 1
     return run_dir
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """A GPU asked for must exist (before anything is written; Lightning would fail later with a traceback)."""
+    wanted = cfg.trainer.accelerator
+    if wanted in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"'{wanted}' but torch sees no CUDA GPU on this machine (torch {torch.__version__}); "
+                          f"use trainer.accelerator=auto or cpu", where="trainer.accelerator")
+    if wanted == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("'mps' but this machine has no Apple GPU; use trainer.accelerator=auto or cpu",
+                          where="trainer.accelerator")
 
 
 WANDB_ID_FILE = "wandb_run_id.txt"
@@ -116,8 +138,6 @@ def check_partition(partition: list[list[list[int]]], saved, checkpoint: str) ->
     rebuilt = [[list(map(int, device)) for device in community] for community in partition]
     stored = [[device.tolist() for device in community] for community in saved]
     if rebuilt != stored:
-        from fedgen_pl.config import ConfigError
-
         raise ConfigError(f"resume: the partition rebuilt from the data differs from the one in {checkpoint} "
                           f"(did the dataset files or data.* settings change?); start a new run")
 
@@ -135,9 +155,10 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> Path:
     """Train one run; returns its directory. ``extra_callbacks`` run after the built-in ones.
     With ``cfg.resume`` (a checkpoint, set by ``fedgen_pl.resume.resume_config``) the run continues."""
     started = time.time()
+    # Everything that can fail on bad input runs before the run directory is written.
+    check_accelerator(cfg)
+    run_dir = plan_run_dir(cfg)
     pl.seed_everything(int(cfg.seed), verbose=False)
-    run_dir = make_run_dir(cfg)
-    OmegaConf.save(cfg, run_dir / "config.yaml")
     resume_state = None
     if cfg.resume:
         resume_state = torch.load(cfg.resume, map_location="cpu", weights_only=True)["federation_state"]
@@ -146,9 +167,33 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> Path:
     datamodule.setup("fit")
     if resume_state is not None:
         check_partition(datamodule.partition, resume_state.get("partition"), cfg.resume)
-    datamodule.write_partition(run_dir)
     model = model_class(cfg.model.name)(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
 
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        OmegaConf.save(cfg, run_dir / "config.yaml")
+        datamodule.write_partition(run_dir)
+        trainer, aggregation, evaluation, loggers = build_trainer(cfg, datamodule, run_dir, resume_state,
+                                                                  extra_callbacks)
+    except BaseException:
+        if created:      # a start that fails leaves no half-made run behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.resume or None, weights_only=True)
+    except BaseException:
+        finish_wandb(loggers, exit_code=1)
+        raise
+    return summarise(cfg, model, run_dir, started, aggregation, evaluation, trainer, loggers)
+
+
+def build_trainer(cfg: DictConfig, datamodule, run_dir: Path, resume_state: dict | None, extra_callbacks):
+    """The callbacks, loggers and Trainer of a run."""
     aggregation = GlobalAggregation()
     if all(c.data == "gaussian_grid" for c in cfg.federation.communities):
         evaluation = GaussianGridMetrics(cfg.metrics.eval_every, cfg.metrics.grid_samples_per_label,
@@ -177,15 +222,12 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> Path:
         num_sanity_val_steps=0,
         default_root_dir=str(run_dir),
     )
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.resume or None, weights_only=True)
-    except BaseException:
-        finish_wandb(loggers, exit_code=1)
-        raise
+    return trainer, aggregation, evaluation, loggers
 
+
+def summarise(cfg: DictConfig, model, run_dir: Path, started: float, aggregation, evaluation, trainer,
+              loggers) -> Path:
+    """``summary.json``; closes the loggers."""
     summary = {
         "experiment": cfg.experiment,
         "seed": int(cfg.seed),

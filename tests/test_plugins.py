@@ -51,4 +51,4 @@ def test_broken_plugin_is_reported(tmp_path, capsys):
     plugin = tmp_path / "broken.py"
     plugin.write_text("raise RuntimeError('boom')\n")
     assert main(["train", *SMALL_GRID, f"plugins=[{plugin}]"]) == 2
-    assert f"plugins[0]: importing '{plugin}' failed: RuntimeError: boom" in capsys.readouterr().err
+    assert f"(plugins[0]): importing '{plugin}' failed: RuntimeError: boom" in capsys.readouterr().err

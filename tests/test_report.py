@@ -56,4 +56,4 @@ def test_seed_groups_and_mean_std(two_runs, tmp_path):
 
 def test_report_names_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
-    assert "is not a run directory (no metrics.csv)" in capsys.readouterr().err
+    assert "): not a run directory (no metrics.csv)" in capsys.readouterr().err
