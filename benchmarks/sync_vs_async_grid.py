@@ -38,7 +38,8 @@ class StopAtBar(pl.Callback):
         for callback in trainer.callbacks:
             if isinstance(callback, GaussianGridMetrics):
                 latest = callback.latest
-                if latest.get("high_quality_share", 0.0) >= self.bar and latest.get("modes_covered", 0) == MODES:
+                if (latest.get("global/high_quality_share", 0.0) >= self.bar
+                        and latest.get("global/modes_covered", 0) == MODES):
                     trainer.should_stop = True
 
 
@@ -86,8 +87,8 @@ def main() -> None:
     for r in rows:
         m = r["summary"]["metrics"]
         print(f"| {r['seed']} | {r['update']} | {r['round'] if r['round'] is not None else 'not reached'} | "
-              f"{r['ticks'] if r['ticks'] is not None else '-'} | {m['modes_covered']}/9 | "
-              f"{m['high_quality_share']:.3f} | {r['share_only']} | {r['summary']['wall_time_s']:.0f} |")
+              f"{r['ticks'] if r['ticks'] is not None else '-'} | {m['global/modes_covered']}/9 | "
+              f"{m['global/high_quality_share']:.3f} | {r['share_only']} | {r['summary']['wall_time_s']:.0f} |")
     for update in ("sync", "async"):
         ticks = [r["ticks"] for r in rows if r["update"] == update and r["ticks"] is not None]
         reached = f"{len(ticks)}/{len(args.seeds)} seeds reached the bar"

@@ -50,8 +50,9 @@ class GaussianGridMetrics(pl.Callback):
         if done % self.every_n_rounds == 0 or pl_module.training_finished:
             self._evaluated_round = done
             metrics, samples, labels = self.evaluate(pl_module)
-            self.latest = metrics
-            pl_module.log_metrics({f"global/{k}": v for k, v in metrics.items()})
+            # the names of metrics.csv and `fedgen eval`, in summary.json and the printed summary alike
+            self.latest = {f"global/{k}": v for k, v in metrics.items()}
+            pl_module.log_metrics(self.latest)
             if pl_module.training_finished and self.plot_dir is not None:
                 from fedgen_pl.plots import scatter_grid
 
@@ -64,5 +65,5 @@ class GaussianGridMetrics(pl.Callback):
     @property
     def headline(self) -> tuple[str, float] | None:
         """The progress bar's metric: the global generator's high-quality share."""
-        value = self.latest.get("high_quality_share")
+        value = self.latest.get("global/high_quality_share")
         return None if value is None else ("hq", value)

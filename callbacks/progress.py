@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pytorch_lightning.callbacks import TQDMProgressBar
+import sys
+
+from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 
 
 class FederationProgressBar(TQDMProgressBar):
@@ -18,3 +20,29 @@ class FederationProgressBar(TQDMProgressBar):
                 name, value = headline
                 items[name] = f"{value:.4g}"
         return items
+
+
+class PlainProgress(Callback):
+    """One plain line per evaluation (round, virtual time, the global headline metrics), for logs and
+    pipes: used when the progress bar is off or stderr is not a terminal."""
+
+    HEADLINES = ("fid_classifier", "is_classifier", "acc", "class_consistency", "fid_inception", "modes_covered",
+                 "high_quality_share")
+
+    def __init__(self, stream=None):
+        self.stream = stream
+        self._printed_round = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        done = pl_module.round
+        if done == self._printed_round or pl_module.local_iter != 0 or done == 0:
+            return
+        for callback in trainer.callbacks:
+            if getattr(callback, "_evaluated_round", None) == done:
+                latest = {k.split("/", 1)[-1]: v for k, v in callback.latest.items()
+                          if k.startswith("global/") or "/" not in k}
+                shown = "  ".join(f"global/{k} {latest[k]:.4g}" for k in self.HEADLINES if k in latest)
+                print(f"round {done}/{pl_module.cfg.federation.global_rounds}  virtual_time {pl_module.clock.tick}  "
+                      f"{shown}", file=self.stream or sys.stdout, flush=True)
+                self._printed_round = done
+                return

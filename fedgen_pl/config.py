@@ -76,6 +76,7 @@ class ModelConfig:
     domain_conditioning: str = MISSING
     film_output_gain_init: float = MISSING
     film_output_shift: bool = MISSING
+    film_output_gain_scale: float = MISSING
 
 
 @dataclass
@@ -117,7 +118,7 @@ class MetricsConfig:
     eval_every: int = MISSING
     grid_samples_per_label: int = MISSING
     num_samples: int = MISSING
-    kid_subset_size: int = MISSING
+    kid_subset_size: Any = MISSING
     kid_subsets: int = MISSING
     inception: Any = MISSING
     inception_scopes: str = MISSING
@@ -273,6 +274,8 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
         cfg = _merge(cfg, cfg.schedules[schedule], f"{path} schedules.{schedule}")
     cfg = _merge(cfg, cli, "command line")
     cfg.experiment = experiment
+    # a plugin file is recorded by absolute path, so eval, sample and resume find it from any directory
+    cfg.plugins = [str(Path(p).expanduser().resolve()) if str(p).endswith(".py") else p for p in cfg.plugins]
     import_plugins(cfg.plugins)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -326,6 +329,11 @@ def devices_per_community(cfg: DictConfig) -> list[int]:
     return [int(value)] * k
 
 
+def kid_subset_size(cfg: DictConfig) -> int:
+    value = cfg.metrics.kid_subset_size
+    return min(1000, int(cfg.metrics.num_samples)) if value == "auto" else int(value)
+
+
 def cloud_lr(cfg: DictConfig) -> float:
     value = cfg.federation.cloud_lr
     return float(len(cfg.federation.communities)) if value == "auto" else float(value)
@@ -371,11 +379,18 @@ def validate(cfg: DictConfig) -> None:
              f"unknown rule '{fed.aggregation}'; registered: {', '.join(sorted(AGGREGATION_RULES))}")
     from datamodules.sources import SOURCES, user_dataset_dir
 
+    if cfg.data.root:
+        root = Path(str(cfg.data.root)).expanduser()
+        _require(root.is_dir(), "data.root", f"directory '{root}' does not exist; point data.root at the directory "
+                                             f"that holds your datasets (README, 'Your own dataset')")
     for i, community in enumerate(fed.communities):
+        place = (f"no directory {Path(str(cfg.data.root)).expanduser() / community.data}/" if cfg.data.root
+                 else "data.root is not set, so no directory <data.root>/" + community.data + "/ was looked for")
         _require(community.data in SOURCES or user_dataset_dir(cfg, community.data) is not None,
                  f"federation.communities[{i}].data",
-                 f"unknown dataset '{community.data}'; available: {', '.join(sorted(SOURCES))}, or any "
-                 f"directory <data.root>/{community.data}/ in the user layout (README, 'Your own dataset')")
+                 f"unknown dataset '{community.data}': tried the registered datasets ({', '.join(sorted(SOURCES))}) "
+                 f"and {place}; use one of them, or put idx or npz files in <data.root>/{community.data}/ "
+                 f"(README, 'Your own dataset')")
         if community.classes is not None:
             _require(len(community.classes) >= 1, f"federation.communities[{i}].classes",
                      "must list at least one class (or be omitted for all classes)")
@@ -395,6 +410,10 @@ def validate(cfg: DictConfig) -> None:
              f"got {m.film_output_gain_init} with {m.domain_conditioning}")
     _require(m.film_output_shift or m.domain_conditioning in ("film", "film_output"), "model.film_output_shift",
              f"only applies to domain_conditioning=film or film_output, got {m.domain_conditioning}")
+    _require(m.film_output_gain_scale > 0 and (m.film_output_gain_scale == 1.0 or m.domain_conditioning in (
+        "film", "film_output")), "model.film_output_gain_scale",
+             f"must be > 0 and only applies to domain_conditioning=film or film_output, got "
+             f"{m.film_output_gain_scale} with {m.domain_conditioning}")
     _require(m.regularizer_batch >= 1, "model.regularizer_batch", f"must be >= 1, got {m.regularizer_batch}")
     from fedgen_pl.models import LABEL_RELATED
 
@@ -446,8 +465,10 @@ def validate(cfg: DictConfig) -> None:
     mc = cfg.metrics
     _require(mc.inception in ("auto", True, False), "metrics.inception", f"must be auto, true or false, got {mc.inception!r}")
     _require(mc.num_samples >= 10, "metrics.num_samples", f"must be >= 10, got {mc.num_samples}")
-    _require(1 <= mc.kid_subset_size <= mc.num_samples, "metrics.kid_subset_size",
-             f"must be in 1..metrics.num_samples ({mc.num_samples}), got {mc.kid_subset_size}")
+    _require(mc.kid_subset_size == "auto" or (isinstance(mc.kid_subset_size, int) and not isinstance(
+        mc.kid_subset_size, bool) and 1 <= mc.kid_subset_size <= mc.num_samples), "metrics.kid_subset_size",
+             f"must be auto (= min(1000, metrics.num_samples)) or an int in 1..metrics.num_samples "
+             f"({mc.num_samples}), got {mc.kid_subset_size!r}")
     _require(mc.kid_subsets >= 1, "metrics.kid_subsets", f"must be >= 1, got {mc.kid_subsets}")
     _require(mc.classifier_epochs >= 1, "metrics.classifier_epochs", f"must be >= 1, got {mc.classifier_epochs}")
     _require(mc.classifier_train_samples is None or mc.classifier_train_samples >= 100,

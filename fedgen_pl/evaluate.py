@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from fedgen_pl.config import ConfigError, validate
+from fedgen_pl.config import ConfigError, import_plugins, validate
 from fedgen_pl.errors import InputError
 from fedgen_pl.models import model_class
 
@@ -28,6 +28,7 @@ def load_model(path: str | Path, device: torch.device | None = None):
     path = resolve_checkpoint(path)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+    import_plugins(hparams["config"].get("plugins") or [])     # the run's datasets and rules, as it was trained
     model = model_class(hparams["config"]["model"]["name"]).load_from_checkpoint(path, map_location=device,
                                                                                weights_only=True)
     return model.to(device).eval(), path

@@ -42,7 +42,8 @@ class LabelRelatedGAN(FederatedGAN):
     def build_generator(self):
         m = self.cfg.model
         return DomainDCGANGenerator(m.latent_dim, self.spec.data_shape, self.spec.num_communities, m.g_channels,
-                                    m.g_norm, m.domain_conditioning, m.film_output_gain_init, m.film_output_shift)
+                                    m.g_norm, m.domain_conditioning, m.film_output_gain_init, m.film_output_shift,
+                                    m.film_output_gain_scale)
 
     def build_discriminator(self):
         m = self.cfg.model

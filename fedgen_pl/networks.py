@@ -145,7 +145,7 @@ class DomainDCGANGenerator(nn.Module):
 
     def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], num_domains: int,
                  channels: int = 32, norm: str = "group", conditioning: str = "concat",
-                 output_gain_init: float = 1.0, output_shift: bool = True):
+                 output_gain_init: float = 1.0, output_shift: bool = True, output_gain_scale: float = 1.0):
         super().__init__()
         c_out, height, width = image_shape
         if height % 4 or width % 4:
@@ -154,6 +154,9 @@ class DomainDCGANGenerator(nn.Module):
             raise ValueError(f"model.domain_conditioning must be concat, film or film_output, got {conditioning!r}")
         self.num_labels = num_domains        # the conditioning input is the domain index
         self.conditioning = conditioning
+        # The output gain is output_gain_scale x its parameter: under Adam (steps of about lr whatever the
+        # gradient's size) it moves output_gain_scale times faster than the other weights.
+        self.output_gain_scale = output_gain_scale
         self.start = (2 * channels, height // 4, width // 4)
 
         def norm_layer(c: int) -> nn.Module:
@@ -171,7 +174,8 @@ class DomainDCGANGenerator(nn.Module):
         # output_gain_init = 0: a gain that starts at 1 must cross 0 (a grey image) to flip a domain's
         # sign, which training was not seen to do; from 0 each domain's discriminator picks the sign
         self.gains = nn.ParameterDict({str(i): nn.Parameter(torch.full((num_domains, c),
-                                                                       output_gain_init if i == 2 else 1.0))
+                                                                       output_gain_init / output_gain_scale
+                                                                       if i == 2 else 1.0))
                                        for i, c in film_channels.items()})
         self.shifts = nn.ParameterDict({str(i): nn.Parameter(torch.zeros(num_domains, c))
                                         for i, c in film_channels.items() if i != 2 or output_shift})
@@ -184,6 +188,8 @@ class DomainDCGANGenerator(nn.Module):
         if str(layer) not in self.gains:                                      # film_output: layers 0, 1 shared
             return h
         gain = code @ self.gains[str(layer)]                                   # [B, C] from one-hot codes
+        if layer == 2:
+            gain = gain * self.output_gain_scale
         if str(layer) not in self.shifts:
             return gain[:, :, None, None] * h
         return gain[:, :, None, None] * h + (code @ self.shifts[str(layer)])[:, :, None, None]

@@ -168,7 +168,8 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
             lines += ["**Gaussian grid** (modes covered of 9; high_quality_share)", "",
                       "| metric | " + " | ".join(c for _, c in chosen) + " |", "|---|" + "---|" * len(chosen)]
             for metric, digits in (("modes_covered", 2), ("high_quality_share", 3)):
-                cells = [_cell([summaries[("grid", "grid", c, s)]["metrics"][metric] for s in seeds], digits=digits)
+                cells = [_cell([_grid_value(summaries[("grid", "grid", c, s)]["metrics"], metric) for s in seeds],
+                               digits=digits)
                          for _, c in chosen]
                 lines.append(f"| {metric} | " + " | ".join(cells) + " |")
             lines.append("")
@@ -197,6 +198,10 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
     for key in sorted(summaries):
         lines.append(f"- {key[0]} {key[1]} {key[2]} seed {key[3]}: `{run_dir_for(root, key)}`")
     return "\n".join(lines)
+
+
+def _grid_value(metrics: dict, name: str) -> float:
+    return metrics.get(f"global/{name}", metrics.get(name))       # runs before 2026-11-30 saved bare names
 
 
 def side_by_side(images: list[tuple[str, Path]], path: Path, title: str) -> Path | None:

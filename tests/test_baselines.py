@@ -65,7 +65,7 @@ def test_feature_related_baselines_train(name, tmp_path):
     assert main(["train", *SMALL_GRID, f"model.name={name}", "federation.global_rounds=2", "federation.local_iters=2",
                  "trainer.progress_bar=false", "metrics.eval_every=1", f"output_dir={run_dir}"]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["rounds"] == 2 and 0 <= summary["metrics"]["high_quality_share"] <= 1
+    assert summary["rounds"] == 2 and 0 <= summary["metrics"]["global/high_quality_share"] <= 1
 
 
 def test_centralized_gan_shares_one_discriminator_and_moves_no_bytes():

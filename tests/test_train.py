@@ -23,7 +23,8 @@ def test_train_writes_run_outputs(tmp_path, capsys):
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 3 and summary["iterations"] == 6
-    assert set(summary["metrics"]) == {"modes_covered", "high_quality_share", "on_label_share"}
+    assert set(summary["metrics"]) == {"global/modes_covered", "global/high_quality_share",
+                                       "global/on_label_share"}
 
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     weight_rows = [r for r in rows if r.get("cloud/weight_0")]

@@ -46,11 +46,22 @@ class Classifier(nn.Module):
         return self.head(self.body(x))
 
 
-def cache_key(label_classes: list, sources_origin: dict[str, str], image_shape, train_samples: int | None) -> str:
+def cache_key(label_classes: list, data_fingerprints: dict[str, str], image_shape, train_samples: int | None,
+              epochs: int) -> str:
+    """Everything that changes the classifier: its label space, the data of every dataset (a digest of the
+    bytes, so the source it came from and its conversion count), the image shape, the training samples,
+    the epochs and the code version."""
     payload = json.dumps({"labels": [list(p) for p in label_classes], "image_shape": list(image_shape),
-                          "datasets": sorted(sources_origin), "train_samples": train_samples,
+                          "datasets": data_fingerprints, "train_samples": train_samples, "epochs": epochs,
                           "version": CODE_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def data_fingerprint(source) -> str:
+    digest = hashlib.sha256()
+    for tensor in (source.train_x, source.train_y, source.test_x, source.test_y):
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _normalise(x: Tensor) -> Tensor:
@@ -99,8 +110,8 @@ def load_or_train(datamodule, cache_dir: Path, train_samples: int | None = None,
 
     Returns the model (eval mode, frozen) and its record: test accuracy overall and per dataset."""
     spec = datamodule.spec
-    origins = {name: source.origin for name, source in datamodule.sources.items()}
-    key = cache_key(spec.label_classes, origins, spec.data_shape, train_samples)
+    fingerprints = {name: data_fingerprint(source) for name, source in datamodule.sources.items()}
+    key = cache_key(spec.label_classes, fingerprints, spec.data_shape, train_samples, epochs)
     path = Path(cache_dir).expanduser() / "classifiers" / f"{key}.pt"
     if path.is_file():
         try:

@@ -76,9 +76,9 @@ def real_sets(datamodule, num_samples: int, seed: int = 0) -> dict[str, tuple[Te
     spec = datamodule.spec
 
     def draw(x: Tensor, y: Tensor, n: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
-        index = (torch.randperm(len(x), generator=generator)[:n] if n <= len(x)
-                 else torch.randint(len(x), (n,), generator=generator))
-        return x[index], y[index], torch.full((n,), k, dtype=torch.long)
+        # never with replacement: a scope whose test split is smaller than n uses the whole split once
+        index = torch.randperm(len(x), generator=generator)[:n]
+        return x[index], y[index], torch.full((len(index),), k, dtype=torch.long)
 
     sets = {f"community_{k}": draw(x, y, num_samples, k) for k, (x, y) in enumerate(datamodule.community_test)}
     counts = torch.zeros(spec.num_communities)
@@ -156,6 +156,12 @@ class GenerationEvaluator:
         features, logits = Precomputed(classifier.feature_dim), Precomputed(self.num_labels)
         self.inception = inception.to(self.device) if inception is not None else None
         self.real = real_sets(datamodule, num_samples, seed)
+        # how many real (and as many generated) samples each scope uses; fewer than asked when its test split is smaller
+        self.samples_per_scope = {scope: len(x) for scope, (x, _, _) in self.real.items()}
+        for scope, n in self.samples_per_scope.items():
+            if n < num_samples:
+                log.warning("metrics: %s has only %d test samples; it uses all of them once instead of "
+                            "metrics.num_samples=%d (recorded in summary.json)", scope, n, num_samples)
         self.metrics: dict[str, dict[str, object]] = {}
         warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
         for i, (scope, (x, _, _)) in enumerate(self.real.items()):
@@ -163,7 +169,7 @@ class GenerationEvaluator:
             metrics = {
                 "fid_classifier": FrechetInceptionDistance(feature=features, reset_real_features=False),
                 "kid_classifier": KernelInceptionDistance(feature=features, reset_real_features=False,
-                                                          subset_size=min(kid_subset_size, num_samples), subsets=kid_subsets),
+                                                          subset_size=min(kid_subset_size, len(x)), subsets=kid_subsets),
                 "is_classifier": InceptionScore(feature=logits, splits=10),
                 "acc": MulticlassAccuracy(num_classes=self.num_labels, average="micro"),
             }
