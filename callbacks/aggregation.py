@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from fedgen_pl.aggregation import get_aggregation
+from fedgen_pl.aggregation import aggregate, get_aggregation
 
 
 class GlobalAggregation(pl.Callback):
@@ -22,7 +22,9 @@ class GlobalAggregation(pl.Callback):
             return
         stats = pl_module.round_stats()
         rule = get_aggregation(pl_module.aggregation_name)
-        new_state, weights = rule(pl_module.global_state(), pl_module.community_state(), stats)
+        new_state, weights = aggregate(rule, pl_module.global_state(), pl_module.community_state(), stats)
+        left_out = 0 if stats.participating is None else int((~stats.participating).sum())
+        pl_module.counters["cloud_left_out"] = pl_module.counters.get("cloud_left_out", 0) + left_out
         pl_module.finish_round(new_state)
         record = {"round": pl_module.round,
                   "community_loss": stats.community_loss.tolist(),

@@ -96,6 +96,7 @@ class RoundStats:
     sample_counts: Tensor
     tau_cloud: float
     cloud_lr: float
+    participating: Tensor | None = None     # bool [K]: members that updated this round (None: all)
 
 
 AggregationRule = Callable[[dict, dict, RoundStats], "tuple[dict[str, Tensor], Tensor]"]
@@ -119,6 +120,23 @@ def get_aggregation(name: str) -> AggregationRule:
     if name not in AGGREGATION_RULES:
         raise KeyError(f"federation.aggregation: unknown rule '{name}'; registered: {sorted(AGGREGATION_RULES)}")
     return AGGREGATION_RULES[name]
+
+
+def aggregate(rule: AggregationRule, global_state: dict, community_state: dict,
+              stats: RoundStats) -> tuple[dict[str, Tensor], Tensor]:
+    """Apply ``rule`` to the members that took part in the round only: the others get weight 0 and the
+    rule's weights renormalise over the rest (whatever the rule); with none taking part G is unchanged."""
+    part = stats.participating
+    if part is None or bool(part.all()):
+        return rule(global_state, community_state, stats)
+    weights = torch.zeros_like(stats.community_loss)
+    if not bool(part.any()):
+        return {name: t.clone() for name, t in global_state.items()}, weights
+    index = part.nonzero().flatten()
+    sub_stats = RoundStats(stats.community_loss[index], stats.sample_counts[index], stats.tau_cloud, stats.cloud_lr,
+                           None)
+    new_state, sub_weights = rule(global_state, {n: t[index] for n, t in community_state.items()}, sub_stats)
+    return new_state, weights.index_copy(0, index, sub_weights.to(weights.dtype))
 
 
 @register_aggregation("loss_softmax")

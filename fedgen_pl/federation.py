@@ -86,7 +86,7 @@ class FederationModule(pl.LightningModule):
                                   self.cfg.federation.local_iters, self.cfg.clock, int(self.cfg.seed))
         self.bytes = {"device_to_edge": 0, "edge_to_device": 0, "edge_to_cloud": 0, "cloud_to_edge": 0}
         self.counters = {"timeouts": 0, "dropouts": 0, "nonfinite_skipped": 0,
-                         "nonfinite_generator_skipped": 0}
+                         "nonfinite_generator_skipped": 0, "cloud_left_out": 0}
         self.rng: torch.Generator | None = None
         self._pending_rng_state: tuple[str, Tensor] | None = None
         self.data = None        # the DataModule (set in on_fit_start, or by attach_data)
@@ -199,12 +199,14 @@ class FederationModule(pl.LightningModule):
         return self.cfg.federation.aggregation
 
     def round_stats(self) -> RoundStats:
-        """L*_k = mean over the round's updates of G_k of sum_j w_kj L_kj (METHOD.md §5.2)."""
+        """L*_k = mean over the round's updates of G_k of sum_j w_kj L_kj (METHOD.md §5.2); a member that
+        made no update this round (every step skipped as non-finite) does not participate."""
         return RoundStats(
             community_loss=self.round_loss_sum / self.round_updates.clamp(min=1),
             sample_counts=self.generator_sample_counts,
             tau_cloud=self.cfg.federation.tau_cloud,
             cloud_lr=self.cloud_lr,
+            participating=self.round_updates > 0,
         )
 
     def global_state(self) -> dict[str, Tensor]:

@@ -333,7 +333,8 @@ class FederatedGAN(FederationModule):
         with torch.no_grad():
             self.generator_version += g_step.long()
             self.previous_staleness.copy_(torch.where(usable, staleness.float(), self.previous_staleness))
-            self.round_loss_sum += community_losses(weights, device_loss_all, edge, K)
+            # L*_k counts only the steps G_k took (a step skipped as non-finite adds nothing)
+            self.round_loss_sum += torch.where(g_step, community_losses(weights, device_loss_all, edge, K), 0.0)
             self.round_updates += g_step.float()
         d_loss_all = torch.where(usable, spread(d_loss.detach()), torch.zeros(N, device=self.device))
         return StepStats(usable, d_loss_all, device_loss_all, weights, staleness)
