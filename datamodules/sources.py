@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fedgen_pl.errors import CorruptDataError, DataNotFoundError
+from fedgen_pl.errors import ConfigError, CorruptDataError, DataNotFoundError
 
 log = logging.getLogger("fedgen")
 
@@ -101,6 +101,18 @@ def user_dataset_dir(cfg, name: str) -> Path | None:
         return None
     path = Path(cfg.data.root).expanduser() / name
     return path if path.is_dir() else None
+
+
+def check_dataset(cfg, name: str, key: str) -> None:
+    """``name`` is a registered dataset or a directory ``<data.root>/<name>``; else a ConfigError naming ``key``
+    and every place looked at."""
+    if name in SOURCES or user_dataset_dir(cfg, name) is not None:
+        return
+    place = (f"no directory {Path(str(cfg.data.root)).expanduser() / name}/" if cfg.data.root
+             else f"data.root is not set, so no directory <data.root>/{name}/ was looked for")
+    raise ConfigError(f"unknown dataset '{name}': tried the registered datasets ({', '.join(sorted(SOURCES))}) and "
+                      f"{place}; use one of them, or put idx or npz files in <data.root>/{name}/ (README, 'Your "
+                      f"own dataset')", where=key)
 
 
 def load_source(cfg, name: str) -> SourceData:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fedgen_pl.errors import ConfigError
+
 # -- edge tier ----------------------------------------------------------------------------------
 
 
@@ -118,7 +120,8 @@ def register_aggregation(name: str):
 
 def get_aggregation(name: str) -> AggregationRule:
     if name not in AGGREGATION_RULES:
-        raise KeyError(f"federation.aggregation: unknown rule '{name}'; registered: {sorted(AGGREGATION_RULES)}")
+        raise ConfigError(f"unknown rule '{name}'; registered: {', '.join(sorted(AGGREGATION_RULES))} (add yours with "
+                          f"@register_aggregation in a plugins= file)", where="federation.aggregation")
     return AGGREGATION_RULES[name]
 
 

@@ -23,7 +23,9 @@ from fedgen_pl.federation import NonFiniteError
 
 
 def _train(args) -> int:
-    cfg = load_config(args.overrides)
+    from fedgen_pl.resume import load_train_config
+
+    cfg = load_train_config(args.overrides)
     from fedgen_pl.train import train  # heavy imports only once the config is valid
 
     run_dir = train(cfg)
@@ -70,7 +72,11 @@ def _report(args) -> int:
 
 
 def _config(args) -> int:
-    print(OmegaConf.to_yaml(load_config(args.overrides)), end="")
+    from fedgen_pl.train import resolve_names
+
+    cfg = load_config(args.overrides)
+    resolve_names(cfg)
+    print(OmegaConf.to_yaml(cfg), end="")
     return 0
 
 

@@ -256,12 +256,13 @@ def load_yaml(path: Path) -> DictConfig:
 
 
 def load_config(overrides: list[str] | None = None) -> DictConfig:
-    """Build and validate the configuration for ``overrides`` (a list of ``key=value`` strings)."""
+    """Build and validate the configuration for ``overrides`` (a list of ``key=value`` strings). Names that
+    registries resolve (model, aggregation rule, datasets) are checked when resolved
+    (``fedgen_pl.train.resolve_names``); a run to resume is loaded by ``fedgen_pl.resume.resume_config``."""
     cli = _parse_overrides(list(overrides or []))
     if cli.get("resume") is not None:
-        from fedgen_pl.resume import resume_config
-
-        return resume_config(list(overrides or []))
+        raise ConfigError("a run to resume is loaded from its checkpoint: use fedgen_pl.resume.resume_config "
+                          "(fedgen train resume=RUN does)", where="resume")
     cfg = OmegaConf.structured(Config)
     cfg = _merge(cfg, load_yaml(CONFIG_DIR / "default.yaml"), "configs/default.yaml")
     experiment = str(cli.get("experiment", cfg.experiment))
@@ -373,24 +374,11 @@ def validate(cfg: DictConfig) -> None:
     else:
         _require(isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0,
                  "federation.cloud_lr", f"must be 'auto' or a number > 0, got {lr!r}")
-    from fedgen_pl.aggregation import AGGREGATION_RULES
-
-    _require(fed.aggregation in AGGREGATION_RULES, "federation.aggregation",
-             f"unknown rule '{fed.aggregation}'; registered: {', '.join(sorted(AGGREGATION_RULES))}")
-    from datamodules.sources import SOURCES, user_dataset_dir
-
     if cfg.data.root:
         root = Path(str(cfg.data.root)).expanduser()
         _require(root.is_dir(), "data.root", f"directory '{root}' does not exist; point data.root at the directory "
                                              f"that holds your datasets (README, 'Your own dataset')")
     for i, community in enumerate(fed.communities):
-        place = (f"no directory {Path(str(cfg.data.root)).expanduser() / community.data}/" if cfg.data.root
-                 else "data.root is not set, so no directory <data.root>/" + community.data + "/ was looked for")
-        _require(community.data in SOURCES or user_dataset_dir(cfg, community.data) is not None,
-                 f"federation.communities[{i}].data",
-                 f"unknown dataset '{community.data}': tried the registered datasets ({', '.join(sorted(SOURCES))}) "
-                 f"and {place}; use one of them, or put idx or npz files in <data.root>/{community.data}/ "
-                 f"(README, 'Your own dataset')")
         if community.classes is not None:
             _require(len(community.classes) >= 1, f"federation.communities[{i}].classes",
                      "must list at least one class (or be omitted for all classes)")
@@ -398,9 +386,6 @@ def validate(cfg: DictConfig) -> None:
                      f"federation.communities[{i}].classes", f"has duplicates: {list(community.classes)}")
 
     m = cfg.model
-    from fedgen_pl.models import MODELS
-
-    _require(m.name in MODELS, "model.name", f"unknown model '{m.name}'; available: {', '.join(MODELS)}")
     for key in ("lambda_inv", "lambda_spe"):
         _require(m[key] >= 0, f"model.{key}", f"must be >= 0 (0 switches the term off), got {m[key]}")
     _require(m.classifier_steps >= 0, "model.classifier_steps", f"must be >= 0, got {m.classifier_steps}")
@@ -415,22 +400,6 @@ def validate(cfg: DictConfig) -> None:
              f"must be > 0 and only applies to domain_conditioning=film or film_output, got "
              f"{m.film_output_gain_scale} with {m.domain_conditioning}")
     _require(m.regularizer_batch >= 1, "model.regularizer_batch", f"must be >= 1, got {m.regularizer_batch}")
-    from fedgen_pl.models import LABEL_RELATED
-
-    if m.name in LABEL_RELATED:
-        _require(cfg.data.label_space == "shared", "data.label_space",
-                 f"the label-related model ({m.name}) needs label_space=shared (the same classes in every domain)")
-    # Keys about the class labels of generated samples mean nothing where fakes carry no class label.
-    class_keys = {"federation.fake_labels": (fed.fake_labels, "device"),
-                  "model.conditional_discriminator": (m.conditional_discriminator, True),
-                  "model.unheld_label_fakes": (m.unheld_label_fakes, "judge")}
-    for key, (value, default) in class_keys.items():
-        if value == default:
-            continue
-        _require(m.name not in LABEL_RELATED and m.name != "fed_vae", key,
-                 f"'{value}' has no meaning for model.name={m.name} (its samples carry no class label to "
-                 f"draw); leave it at {str(default).lower()}")
-        _require(m.conditional, key, f"'{value}' needs class-conditional networks (model.conditional=true)")
     for key in ("latent_dim", "hidden_dim", "g_channels", "d_channels"):
         _require(m[key] >= 1, f"model.{key}", f"must be >= 1, got {m[key]}")
     for key in ("g_lr", "d_lr"):

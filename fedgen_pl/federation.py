@@ -20,6 +20,7 @@ from torch import Tensor
 from fedgen_pl.aggregation import RoundStats
 from fedgen_pl.clock import VirtualClock
 from fedgen_pl.config import cloud_lr
+from fedgen_pl.errors import ConfigError
 from fedgen_pl.spec import FederationSpec
 
 
@@ -90,6 +91,20 @@ class FederationModule(pl.LightningModule):
         self.rng: torch.Generator | None = None
         self._pending_rng_state: tuple[str, Tensor] | None = None
         self.data = None        # the DataModule (set in on_fit_start, or by attach_data)
+
+    # Keys about the class labels of generated samples, with their defaults: meaningful only for models
+    # whose fakes carry class labels (FederatedGAN's feature-related family).
+    CLASS_LABEL_KEYS = {"federation.fake_labels": "device", "model.conditional_discriminator": True,
+                        "model.unheld_label_fakes": "judge"}
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refuse settings this model family cannot honour (called before anything is built)."""
+        for key, default in cls.CLASS_LABEL_KEYS.items():
+            value = OmegaConf.select(cfg, key)
+            if value != default:
+                raise ConfigError(f"'{value}' has no meaning for model.name={cfg.model.name} (its samples carry no "
+                                  f"class label to draw); leave it at {str(default).lower()}", where=key)
 
     def step_event(self, *optimizers):
         raise NotImplementedError

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from fedgen_pl.errors import ConfigError
+from fedgen_pl.federation import FederationModule
 from fedgen_pl.networks import DCGANDiscriminator, DomainClassifier, DomainDCGANGenerator
 from fedgen_pl.system import FederatedGAN
 
@@ -34,6 +36,13 @@ def invariance_loss(first_layer: Tensor) -> Tensor:
 
 
 class LabelRelatedGAN(FederatedGAN):
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        FederationModule.check_config.__func__(cls, cfg)          # no class labels: the class-label keys stay default
+        if cfg.data.label_space != "shared":
+            raise ConfigError(f"the label-related model ({cfg.model.name}) needs label_space=shared (the same "
+                              f"classes in every domain)", where="data.label_space")
+
     def __init__(self, config: dict, spec: dict):
         super().__init__(config, spec)
         self.domain_classifier = DomainClassifier(self.spec.data_shape, self.num_communities)

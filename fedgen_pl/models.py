@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fedgen_pl.errors import ConfigError
 from fedgen_pl.baselines import CentralizedGAN, FedCGAN, FedGAN, MDGAN, RegCGAN
 from fedgen_pl.label_related import LabelRelatedGAN
 from fedgen_pl.system import FederatedGAN
@@ -22,5 +23,5 @@ LABEL_RELATED = ("fedgen_lr", "reg_cgan", "fed_cgan")
 
 def model_class(name: str):
     if name not in MODELS:
-        raise KeyError(f"model.name: unknown model '{name}'; available: {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model '{name}'; available: {', '.join(MODELS)}", where="model.name")
     return MODELS[name]

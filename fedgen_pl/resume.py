@@ -79,6 +79,15 @@ def _allowed(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
 
 
+def load_train_config(overrides: list[str]) -> DictConfig:
+    """``fedgen train``'s configuration: the checkpoint's for ``resume=...``, else the layered one."""
+    from fedgen_pl.config import load_config
+
+    if _parse_overrides(overrides).get("resume") is not None:
+        return resume_config(overrides)
+    return load_config(overrides)
+
+
 def resume_config(overrides: list[str]) -> DictConfig:
     """The configuration of the run to resume (from its checkpoint), with the command line's changes
     to ``RESUMABLE_KEYS``; ``resume`` is set to the checkpoint used and ``output_dir`` to its run."""

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from fedgen_pl.aggregation import (
     async_edge_weights, community_losses, segment_sum, sync_edge_weights,
 )
+from fedgen_pl.errors import ConfigError
 from fedgen_pl.federation import FederationModule, Grouping
 from fedgen_pl.networks import build_discriminator, build_generator
 from fedgen_pl.optim import StackedAdam
@@ -73,6 +75,13 @@ class FederatedGAN(FederationModule):
     generator_groups = "community"       # community | single | device
     discriminator_groups = "device"      # device | single
     subset_compute = True                # an event computes only the devices that reported (False: all, masked)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        for key, default in cls.CLASS_LABEL_KEYS.items():
+            value = OmegaConf.select(cfg, key)
+            if value != default and not cfg.model.conditional:
+                raise ConfigError(f"'{value}' needs class-conditional networks (model.conditional=true)", where=key)
 
     def __init__(self, config: dict, spec: dict):
         super().__init__(config, spec)

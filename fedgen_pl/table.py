@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from fedgen_pl.config import ConfigError, load_config
 from fedgen_pl.provenance import provenance
+from fedgen_pl.resume import resume_config
 
 ASYNC = ["federation.update=async", "clock.delay=tiers"]     # the paper's FR/LR async: heterogeneous devices
 
@@ -88,6 +89,8 @@ def runs_for(table: str, schedule: str, seeds: list[int], overrides: list[str] =
 
 def _results_config(cfg) -> dict:
     plain = OmegaConf.to_container(cfg, resolve=True)
+    if plain["federation"].get("cloud_lr") == "auto":          # configs written before auto was resolved at load
+        plain["federation"]["cloud_lr"] = float(len(plain["federation"]["communities"]))
     return {k: v for k, v in plain.items() if k not in NEUTRAL_KEYS}
 
 
@@ -122,18 +125,19 @@ def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str], 
                 splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None) -> dict[tuple, dict]:
     """Train every run the tables need (in order) and return their summaries; finished runs are reused.
     Every configuration is loaded and checked before the first run starts."""
-    from fedgen_pl.train import train
+    from fedgen_pl.train import resolve_names, train
 
     planned = []
     for table in tables:
         for key, run_overrides in runs_for(table, schedule, seeds, overrides, splits, methods):
             run_dir = run_dir_for(root, key)
             cfg = load_config([*run_overrides, "trainer.progress_bar=false", f"output_dir={run_dir}"])
+            resolve_names(cfg)
             started = (run_dir / "checkpoints" / "last.ckpt").is_file()
             if (run_dir / "summary.json").is_file() or started:
                 _check_reusable(run_dir, cfg)
             if started and not (run_dir / "summary.json").is_file():     # cut off: continue it
-                cfg = load_config([f"resume={run_dir}", "trainer.progress_bar=false"])
+                cfg = resume_config([f"resume={run_dir}", "trainer.progress_bar=false"])
             planned.append((key, run_dir, cfg))
     summaries = {}
     for key, run_dir, cfg in planned:

@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks import (FederationProgressBar, GaussianGridMetrics, GenerationMetrics, GlobalAggregation, PlainProgress,
                        RoundCheckpoint)
 from datamodules import FederatedDataModule
+from datamodules.sources import check_dataset
+from fedgen_pl.aggregation import get_aggregation
 from fedgen_pl.config import ConfigError, kid_subset_size
 from fedgen_pl.errors import RunDirError
 from fedgen_pl.metrics.classifier import load_or_train
@@ -68,6 +70,17 @@ def plan_run_dir(cfg: DictConfig) -> Path:
         run_dir = Path("runs") / f"{name}-{stamp}-{suffix}"
         suffix += 1
     return run_dir
+
+
+def resolve_names(cfg: DictConfig):
+    """Resolve every registered name of ``cfg`` (each registry raises a ConfigError naming its key) and let
+    the model family check the settings it depends on. Returns the model class."""
+    cls = model_class(cfg.model.name)
+    get_aggregation(cfg.federation.aggregation)
+    for i, community in enumerate(cfg.federation.communities):
+        check_dataset(cfg, community.data, f"federation.communities[{i}].data")
+    cls.check_config(cfg)
+    return cls
 
 
 def check_accelerator(cfg: DictConfig) -> None:
@@ -174,6 +187,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> Path:
     With ``cfg.resume`` (a checkpoint, set by ``fedgen_pl.resume.resume_config``) the run continues."""
     started = time.time()
     # Everything that can fail on bad input runs before the run directory is written.
+    model_cls = resolve_names(cfg)
     check_accelerator(cfg)
     run_dir = plan_run_dir(cfg)
     pl.seed_everything(int(cfg.seed), verbose=False)
@@ -185,7 +199,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> Path:
     datamodule.setup("fit")
     if resume_state is not None:
         check_partition(datamodule.partition, resume_state.get("partition"), cfg.resume)
-    model = model_class(cfg.model.name)(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
+    model = model_cls(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
 
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,9 @@ def test_fedavg_weights_by_samples():
 
 
 def test_unknown_rule_is_named():
-    with pytest.raises(KeyError, match="unknown rule 'nope'.*loss_softmax"):
+    from fedgen_pl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\(federation.aggregation\): unknown rule 'nope'.*loss_softmax"):
         get_aggregation("nope")
 
 

@@ -76,8 +76,10 @@ def test_schedule_block_applies_and_command_line_wins():
     (["model.film_output_gain_init=0"], r"\(model.film_output_gain_init\): only applies to domain_conditioning=film"),
 ])
 def test_bad_input_names_the_key(overrides, message):
+    from fedgen_pl.train import resolve_names
+
     with pytest.raises(ConfigError, match=message):
-        load_config(overrides)
+        resolve_names(load_config(overrides))      # values when loaded, registered names when resolved
 
 
 def test_cli_reports_config_errors_before_training(capsys, tmp_path):

@@ -12,7 +12,7 @@ import torch
 from conftest import SMALL_GRID
 from fedgen_pl.cli import main
 from fedgen_pl.config import ConfigError, load_config
-from fedgen_pl.resume import load_checkpoint
+from fedgen_pl.resume import load_checkpoint, resume_config
 
 FAST = [*SMALL_GRID, "federation.global_rounds=4", "federation.local_iters=2", "metrics.eval_every=1",
         "trainer.checkpoint_every_rounds=1", "trainer.progress_bar=false", "trainer.log_every_n_iters=1"]
@@ -106,10 +106,10 @@ def test_resume_latest_picks_the_newest_run_of_the_experiment(tmp_path, monkeypa
     shutil.copytree(older, newer)
     for path in (newer / "checkpoints").iterdir():
         os.utime(path, (path.stat().st_atime + 100, path.stat().st_mtime + 100))
-    cfg = load_config(["resume=latest", "experiment=gaussian_grid", "federation.global_rounds=2"])
+    cfg = resume_config(["resume=latest", "experiment=gaussian_grid", "federation.global_rounds=2"])
     assert cfg.output_dir == str(os.path.relpath(newer, tmp_path))
     with pytest.raises(ConfigError, match="no run of experiment 'mnist_fmnist_iid'"):
-        load_config(["resume=latest", "experiment=mnist_fmnist_iid"])
+        resume_config(["resume=latest", "experiment=mnist_fmnist_iid"])
 
 
 def test_resume_continues_the_wandb_run(tmp_path):

@@ -129,8 +129,10 @@ def test_missing_dataset_lists_every_place_tried(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_in_config(tmp_path):
+    from fedgen_pl.train import resolve_names
+
     with pytest.raises(ConfigError, match=r"communities\[0\].data\): unknown dataset 'kuzushiji'.*<data.root>/kuzushiji/"):
-        _cfg(tmp_path, "federation.communities=[{data: kuzushiji}]")
+        resolve_names(_cfg(tmp_path, "federation.communities=[{data: kuzushiji}]"))
 
 
 def test_datamodule_on_user_datasets(tmp_path):
