@@ -136,6 +136,7 @@ class TrainerConfig:
     progress_bar: bool = MISSING
     nonfinite: str = MISSING
     member_execution: str = MISSING
+    compile: str = MISSING
 
 
 @dataclass
@@ -181,6 +182,7 @@ CHOICES = {
     "trainer.precision": ("32-true", "32", "16-mixed", "bf16-mixed"),
     "trainer.nonfinite": ("skip", "stop"),
     "trainer.member_execution": ("auto", "vmap", "loop"),
+    "trainer.compile": ("none", "default", "reduce-overhead"),
     "logger.wandb_mode": ("offline", "online", "disabled"),
 }
 

@@ -30,11 +30,18 @@ class StackedModule(nn.Module):
     discriminators) or from one module and a count (every member starts as a copy of it).
     """
 
-    def __init__(self, members: Sequence[nn.Module] | nn.Module, n: int | None = None, execution: str = "auto"):
+    def __init__(self, members: Sequence[nn.Module] | nn.Module, n: int | None = None, execution: str = "auto",
+                 compile_mode: str = "none"):
         super().__init__()
         if execution not in ("auto", "vmap", "loop"):
             raise ValueError(f"StackedModule: execution must be auto, vmap or loop, got {execution!r}")
+        if compile_mode not in ("none", "default", "reduce-overhead"):
+            raise ValueError(f"StackedModule: compile_mode must be none, default or reduce-overhead, got {compile_mode!r}")
         self.member_execution = execution
+        # torch.compile of the member computation (vmapped, or one member's call in the loop);
+        # reduce-overhead adds CUDA graphs. Built lazily, kept out of the module tree.
+        self.compile_mode = compile_mode
+        self.__dict__["_compiled"] = {}
         if isinstance(members, nn.Module):
             if n is None or n < 1:
                 raise ValueError("StackedModule(module, n) needs n >= 1")
@@ -84,18 +91,31 @@ class StackedModule(nn.Module):
             params = {name: p[members] for name, p in params.items()}
             buffers = {name: b[members] for name, b in buffers.items()}
 
-        def member_forward(member_params, member_buffers, *xs):
-            return functional_call(self.template, (member_params, member_buffers), xs, options)
-
         if self.execution(inputs[0]) == "vmap":
-            return vmap(member_forward)(params, buffers, *inputs)
+            return self._runner("vmap")(params, buffers, *inputs, **options)
         # A loop over members: the same maths, one network call each (faster than vmap's grouped
         # convolutions on CPU; benchmarks/RESULTS.md).
-        outputs = [member_forward({k: v[i] for k, v in params.items()}, {k: v[i] for k, v in buffers.items()},
-                                  *(x[i] for x in inputs)) for i in range(inputs[0].shape[0])]
+        call = self._runner("member")
+        outputs = [call({k: v[i] for k, v in params.items()}, {k: v[i] for k, v in buffers.items()},
+                        *(x[i] for x in inputs), **options) for i in range(inputs[0].shape[0])]
         if isinstance(outputs[0], tuple):      # several outputs (the VAE's reconstruction and KL terms)
             return tuple(torch.stack(parts) for parts in zip(*outputs))
         return torch.stack(outputs)
+
+    def _member_call(self, member_params, member_buffers, *xs, **options):
+        return functional_call(self.template, (member_params, member_buffers), xs, options)
+
+    def _vmapped_call(self, params, buffers, *xs, **options):
+        return vmap(lambda p, b, *x: self._member_call(p, b, *x, **options))(params, buffers, *xs)
+
+    def _runner(self, kind: str):
+        """The member computation (``vmap`` over members, or one ``member``), compiled when asked."""
+        plain = self._vmapped_call if kind == "vmap" else self._member_call
+        if self.compile_mode == "none":
+            return plain
+        if kind not in self._compiled:
+            self._compiled[kind] = torch.compile(plain, mode=None if self.compile_mode == "default" else self.compile_mode)
+        return self._compiled[kind]
 
     def execution(self, x: Tensor) -> str:
         """``vmap`` or ``loop``: ``self.member_execution``; ``auto`` = a loop for convolutional networks on

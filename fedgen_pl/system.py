@@ -90,9 +90,12 @@ class FederatedGAN(FederationModule):
 
         self.global_generator = self.build_generator()
         execution = self.cfg.trainer.member_execution
-        self.community_generators = StackedModule(self.global_generator, K, execution)   # G_k <- G at the start
+        compile_mode = self.cfg.trainer.compile
+        self.community_generators = StackedModule(self.global_generator, K, execution,   # G_k <- G at the start
+                                                  compile_mode=compile_mode)
         self.device_discriminators = StackedModule([self.build_discriminator()
-                                                    for _ in range(self.discriminators.num_groups)], execution=execution)
+                                                    for _ in range(self.discriminators.num_groups)], execution=execution,
+                                                   compile_mode=compile_mode)
         # A shared discriminator sees the mean of its devices' losses.
         share = 1.0 / torch.tensor(self.discriminators.sizes, dtype=torch.float32)[self.discriminators.group]
         self.register_buffer("discriminator_share", share, persistent=False)

@@ -67,7 +67,8 @@ class FedVAE(FederationModule):
             raise ValueError("fed_vae needs image data")
         num_labels = self.spec.num_labels if m.conditional else 0
         self.global_vae = VAE(self.spec.data_shape, m.latent_dim, num_labels, m.g_channels, m.g_norm)
-        self.device_vaes = StackedModule(self.global_vae, self.num_devices, execution=self.cfg.trainer.member_execution)
+        self.device_vaes = StackedModule(self.global_vae, self.num_devices, execution=self.cfg.trainer.member_execution,
+                                        compile_mode=self.cfg.trainer.compile)
 
     @property
     def aggregation_name(self) -> str:
