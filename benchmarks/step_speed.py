@@ -38,11 +38,14 @@ from fedgen_pl.models import model_class
 from fedgen_pl.reference import LoopFederation
 
 
+BASE_OVERRIDES: list[str] = []      # set by gpu_suite.py: where the data is on the GPU machine
+
+
 def config(layout: str, batch: int, device: str, extra: list[str] = ()):
     communities, devices = (int(v) for v in layout.split("x"))
     names = ["mnist" if k % 3 == 0 else "fashion_mnist" for k in range(communities)]
     listing = "[" + ", ".join(f"{{data: {n}}}" for n in names) + "]"
-    return load_config(["experiment=mnist_fmnist_noniid", f"federation.communities={listing}",
+    return load_config(["experiment=mnist_fmnist_noniid", f"federation.communities={listing}", *BASE_OVERRIDES,
                         f"federation.devices_per_community={devices}", f"data.batch_size={batch}",
                         "data.partition=iid", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
                         "seed=0", "federation.global_rounds=1000000", *extra])
@@ -138,7 +141,7 @@ def peak_memory(device: str) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS (process peak)"
 
 
-def end_to_end(layout: str, batch: int, device: str, rounds: int) -> tuple[float, int]:
+def end_to_end(layout: str, batch: int, device: str, rounds: int, extra: list[str] = ()) -> tuple[float, int]:
     """Seconds per local iteration of `fedgen train` (no evaluation), and the iterations run."""
     from fedgen_pl.train import train
 
@@ -147,7 +150,7 @@ def end_to_end(layout: str, batch: int, device: str, rounds: int) -> tuple[float
                                          "trainer.progress_bar=false", f"output_dir={out}",
                                          "metrics.classifier_train_samples=1000", "metrics.classifier_epochs=1",
                                          f"metrics.cache_dir={out / 'cache'}", "metrics.num_samples=100",
-                                         "metrics.kid_subset_size=50"])
+                                         "metrics.kid_subset_size=50", *extra])
     run_dir = train(cfg)
     summary = json.loads((run_dir / "summary.json").read_text())
     training = summary["wall_time_s"] - summary["metrics_setup_seconds"] - summary["eval_seconds"]

@@ -259,6 +259,10 @@ def _curve_keys(runs: list[Run]) -> list[str]:
 
 def build_report(run_dirs: list[Path], out: Path) -> Path:
     runs = [Run(p) for p in run_dirs]
+    while len({r.name for r in runs}) < len(runs):      # same directory names (seed0, seed1 under each method)
+        depth = max(len(Path(r.name).parts) for r in runs) + 1
+        for run in runs:
+            run.name = "/".join(run.path.parts[-depth:])
     run_groups = groups(runs)
     parts = [f"<h1>fedgen-pl report</h1><p>{len(runs)} runs, {len(run_groups)} groups; written "
              f"{datetime.now():%Y-%m-%d %H:%M}. Runs: "
