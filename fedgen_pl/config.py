@@ -240,6 +240,18 @@ def _merge(base: DictConfig, layer, source: str) -> DictConfig:
         raise ConfigError(f"{message} (in {source})", where=key or source) from None
 
 
+def experiment_layers(path: Path, seen: tuple[str, ...] = ()) -> DictConfig:
+    """An experiment file, on top of the experiment it ``extends`` (if any; chains allowed, cycles refused)."""
+    node = load_yaml(path)
+    base = node.pop("extends", None)
+    if base is None:
+        return node
+    base_path = experiment_path(str(base))
+    if str(base_path.resolve()) in seen + (str(Path(path).resolve()),):
+        raise ConfigError(f"extends '{base}' makes a cycle of experiments", where=str(path))
+    return OmegaConf.merge(experiment_layers(base_path, seen + (str(Path(path).resolve()),)), node)
+
+
 def load_yaml(path: Path) -> DictConfig:
     """A YAML file as a config; a syntax error (a tab, an unclosed bracket) is a one-line ConfigError."""
     import yaml
@@ -269,7 +281,7 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
     cfg = _merge(cfg, load_yaml(CONFIG_DIR / "default.yaml"), "configs/default.yaml")
     experiment = str(cli.get("experiment", cfg.experiment))
     path = experiment_path(experiment)
-    cfg = _merge(cfg, load_yaml(path), str(path))
+    cfg = _merge(cfg, experiment_layers(path), str(path))
     schedule = str(cli.get("schedule", cfg.schedule))
     if schedule not in CHOICES["schedule"]:
         raise ConfigError(f"schedule: '{schedule}' is not allowed; choose one of {CHOICES['schedule']}")

@@ -1,4 +1,4 @@
-"""A plain per-device Python loop of the same local iteration as ``FederatedGAN.local_iteration``.
+"""A plain per-device Python loop of the same local iteration as ``FederatedGAN.step_event`` (sync).
 
 It exists to check the vectorised implementation (tests: equal losses, parameters and optimiser
 states) and to measure what vectorisation buys (benchmarks). One ``nn.Module`` and one

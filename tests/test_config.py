@@ -94,3 +94,25 @@ def test_experiment_can_be_a_path(tmp_path):
     path.write_text("federation:\n  communities: [{data: gaussian_grid, classes: [3]}]\n  local_iters: 2\n")
     cfg = load_config([f"experiment={path}"])
     assert cfg.federation.local_iters == 2 and len(cfg.federation.communities) == 1
+
+
+def test_an_experiment_extends_another(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: gaussian_grid\nfederation:\n  local_iters: 2\n")
+    cfg = load_config([f"experiment={child}"])
+    base = load_config(["experiment=gaussian_grid"])
+    assert cfg.federation.local_iters == 2 and cfg.federation.communities == base.federation.communities
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(ConfigError, match="makes a cycle"):
+        load_config([f"experiment={loop}"])
+
+
+def test_shipped_experiments_resolve_as_before_extends():
+    """The async and non-i.i.d. experiments are their base plus the keys they name."""
+    noniid, iid = load_config(["experiment=mnist_fmnist_noniid"]), load_config(["experiment=mnist_fmnist_iid"])
+    assert noniid.data.partition == "shards" and iid.data.partition == "iid"
+    assert noniid.federation == iid.federation and noniid.model == iid.model
+    grid_async = load_config(["experiment=gaussian_grid_async"])
+    assert grid_async.federation.update == "async" and grid_async.clock.delay == "tiers"
+    assert len(grid_async.federation.communities) == 9
