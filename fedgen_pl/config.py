@@ -297,6 +297,7 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
         raise ConfigError(f"keys without a value: {', '.join(missing)} (set them in the experiment or on the "
                           f"command line)")
     validate(cfg)
+    cfg.federation.cloud_lr = cloud_lr(cfg)      # `auto` resolved once, here: K
     return cfg
 
 

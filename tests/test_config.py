@@ -114,5 +114,5 @@ def test_shipped_experiments_resolve_as_before_extends():
     assert noniid.data.partition == "shards" and iid.data.partition == "iid"
     assert noniid.federation == iid.federation and noniid.model == iid.model
     grid_async = load_config(["experiment=gaussian_grid_async"])
-    assert grid_async.federation.update == "async" and grid_async.clock.delay == "tiers"
+    assert grid_async.federation["update"] == "async" and grid_async.clock.delay == "tiers"
     assert len(grid_async.federation.communities) == 9
