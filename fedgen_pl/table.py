@@ -236,8 +236,9 @@ def figures(root: Path, tables: list[str], seeds: list[int], splits, methods) ->
             plot = "global_samples.png" if table == "grid" else "samples_global.png"
             images = [(c, run_dir_for(root, (table, split, c, seed)) / "plots" / plot) for c in columns]
             name = "grid_samples.png" if table == "grid" else f"{table}_{split}_samples.png"
-            path = side_by_side(images, root / name, f"{table} {split if table != 'grid' else ''}, seed {seed}: "
-                                                     f"the global generator at the end of training")
+            where = "Gaussian grid" if table == "grid" else f"{table} {split}"
+            path = side_by_side(images, root / name, f"{where}, seed {seed}: the global generator at the end of "
+                                                     f"training")
             if path is not None:
                 written.append(path)
     return written
