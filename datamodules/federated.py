@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from datamodules.partition import PartitionError, community_shares, partition_devices
 from datamodules.sources import SourceData, load_source
 from fedgen_pl.config import ConfigError, devices_per_community
+from fedgen_pl.images import normalise_images
 from fedgen_pl.spec import FederationSpec
 
 
@@ -215,12 +216,7 @@ class FederatedDataModule(pl.LightningDataModule):
             return torch.multinomial(self.label_histogram, batch_size, replacement=True, generator=generator)
         return torch.multinomial(self.fake_label_probs[scope], batch_size, replacement=True, generator=generator)
 
-    @staticmethod
-    def normalise(x: Tensor) -> Tensor:
-        """uint8 images to [-1, 1] floats; float data passes through."""
-        if x.dtype == torch.uint8:
-            return x.float().div_(127.5).sub_(1.0)
-        return x
+    normalise = staticmethod(normalise_images)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Ticker(), batch_size=None)

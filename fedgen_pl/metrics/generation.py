@@ -30,6 +30,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from fedgen_pl.images import normalise_images
 from fedgen_pl.metrics.classifier import Classifier
 
 log = logging.getLogger("fedgen")
@@ -66,8 +67,7 @@ class Precomputed(nn.Module):
         return features.double()
 
 
-def _as_float(images: Tensor) -> Tensor:
-    return images.float().div(127.5).sub(1.0) if images.dtype == torch.uint8 else images.float()
+_as_float = normalise_images        # the project's one image conversion (fedgen_pl/images.py)
 
 
 def real_sets(datamodule, num_samples: int, seed: int = 0) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
