@@ -240,6 +240,14 @@ def _merge(base: DictConfig, layer, source: str) -> DictConfig:
         raise ConfigError(f"{message} (in {source})", where=key or source) from None
 
 
+def with_defaults(saved) -> DictConfig:
+    """A saved run's configuration (a checkpoint's, a config.yaml) with today's defaults under it: keys added
+    since the run was made take their default, which keeps the run's behaviour."""
+    cfg = _merge(OmegaConf.structured(Config), load_yaml(CONFIG_DIR / "default.yaml"), "configs/default.yaml")
+    saved = OmegaConf.create(saved) if not isinstance(saved, DictConfig) else saved
+    return _merge(cfg, saved, "the run's saved configuration")
+
+
 def experiment_layers(path: Path, seen: tuple[str, ...] = ()) -> DictConfig:
     """An experiment file, on top of the experiment it ``extends`` (if any; chains allowed, cycles refused)."""
     node = load_yaml(path)

@@ -40,7 +40,7 @@ def evaluate_checkpoint(path, overrides: list[str] | None = None) -> tuple[dict,
     from fedgen_pl.metrics.evaluator import build_evaluator
 
     model, path = load_model(path)
-    cfg = OmegaConf.create(model.hparams.config)
+    cfg = model.cfg.copy()           # the run's configuration, today's defaults under it
     for item in overrides or []:
         key = item.split("=", 1)[0]
         if not key.startswith("metrics."):

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from fedgen_pl.aggregation import RoundStats
 from fedgen_pl.clock import VirtualClock
-from fedgen_pl.config import cloud_lr
+from fedgen_pl.config import cloud_lr, with_defaults
 from fedgen_pl.errors import ConfigError
 from fedgen_pl.spec import FederationSpec
 
@@ -63,7 +63,7 @@ class FederationModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.cfg: DictConfig = OmegaConf.create(config)
+        self.cfg: DictConfig = with_defaults(config)        # a checkpoint from an older version lacks newer keys
         self.spec = FederationSpec.from_dict(spec)
         N = self.spec.num_devices
         self.num_communities, self.num_devices = self.spec.num_communities, N

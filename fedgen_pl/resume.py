@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fedgen_pl.config import Config, ConfigError, _merge, _parse_overrides, import_plugins, validate
+from fedgen_pl.config import ConfigError, _merge, _parse_overrides, import_plugins, validate, with_defaults
 
 log = logging.getLogger("fedgen")
 
@@ -102,7 +102,7 @@ def resume_config(overrides: list[str]) -> DictConfig:
             raise ConfigError(f"resume: '{target}' does not exist; pass a run directory, a .ckpt file or latest")
     path, checkpoint = load_checkpoint(run)
     saved = OmegaConf.create(checkpoint["hyper_parameters"]["config"])
-    cfg = _merge(OmegaConf.structured(Config), saved, f"{path} (its configuration)")
+    cfg = with_defaults(saved)               # keys added since the run was made take their defaults
     for item in overrides:
         key = item.split("=", 1)[0]
         if _allowed(key):

@@ -128,3 +128,18 @@ def test_checkpoints_and_classifier_cache_load_with_weights_only(tmp_path):
     assert main(["train", *FAST, "federation.global_rounds=1", f"output_dir={run}"]) == 0
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["federation_state"]["partition"][0][0].dtype == torch.long
+
+
+def test_a_checkpoint_from_an_older_version_loads_with_todays_defaults(tmp_path):
+    """Keys added later (here federation.fake_labels and trainer.compile) take their defaults on eval and resume."""
+    import torch
+
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "federation.global_rounds=1", f"output_dir={run}"]) == 0
+    path = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    del checkpoint["hyper_parameters"]["config"]["federation"]["fake_labels"]
+    del checkpoint["hyper_parameters"]["config"]["trainer"]["compile"]
+    torch.save(checkpoint, path)
+    assert main(["eval", str(run)]) == 0
+    assert main(["train", f"resume={run}", "federation.global_rounds=2"]) == 0
