@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from datamodules import FederatedDataModule
-from fedgen_pl.aggregation import get_aggregation
 from fedgen_pl.config import load_config
 from fedgen_pl.models import model_class
 from fedgen_pl.reference import LoopFederation
@@ -83,13 +82,11 @@ def federated_step(system):
     """One clock event (sync: a local iteration of every community, dispatch of the next included); at a
     round's end also the cloud aggregation, as the GlobalAggregation callback does it."""
     opt_g, opt_d = system.configure_optimizers()
-    rule = get_aggregation(system.aggregation_name)
 
     def step():
         system.step_event(opt_g, opt_d)
         if system.round_complete:
-            with torch.no_grad():
-                system.finish_round(rule(system.global_state(), system.community_state(), system.round_stats())[0])
+            system.cloud.run_round(system)
 
     return step
 

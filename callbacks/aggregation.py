@@ -1,15 +1,11 @@
-"""The cloud tier: global aggregation at the end of every round, as a Lightning callback.
-
-The maths is the registered rule in ``fedgen_pl.aggregation`` (pure functions over state dicts);
-this callback only decides when to call it, applies the result and logs the weights.
-"""
+"""The end of a round, as a Lightning callback: the cloud's round (``fedgen_pl.cloud.Cloud.run_round``),
+its log, then one round-end signal that the evaluation, checkpoint and progress callbacks subscribe to
+(``on_round_end(trainer, pl_module)``, called in the order of the trainer's callback list)."""
 
 from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-
-from fedgen_pl.aggregation import aggregate, get_aggregation
 
 
 class GlobalAggregation(pl.Callback):
@@ -20,17 +16,8 @@ class GlobalAggregation(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not pl_module.round_complete:
             return
-        stats = pl_module.round_stats()
-        rule = get_aggregation(pl_module.aggregation_name)
-        new_state, weights = aggregate(rule, pl_module.global_state(), pl_module.community_state(), stats)
-        left_out = 0 if stats.participating is None else int((~stats.participating).sum())
-        pl_module.counters["cloud_left_out"] = pl_module.counters.get("cloud_left_out", 0) + left_out
-        pl_module.finish_round(new_state)
-        record = {"round": pl_module.round,
-                  "community_loss": stats.community_loss.tolist(),
-                  "cloud_weights": weights.tolist()}
+        record = pl_module.cloud.run_round(pl_module)
         self.history.append(record)
-        record["virtual_time"] = pl_module.clock.tick
         metrics = {f"cloud/weight_{k}": w for k, w in enumerate(record["cloud_weights"])}
         metrics.update({f"cloud/community_loss_{k}": v for k, v in enumerate(record["community_loss"])})
         metrics.update({f"bytes/{name}": value for name, value in pl_module.bytes.items()})
@@ -40,6 +27,9 @@ class GlobalAggregation(pl.Callback):
             logger.save()
         if pl_module.training_finished:
             trainer.should_stop = True
+        for callback in getattr(trainer, "callbacks", []):     # the round-end signal
+            if callback is not self and hasattr(callback, "on_round_end"):
+                callback.on_round_end(trainer, pl_module)
 
     def state_dict(self) -> dict:
         return {"history": self.history}

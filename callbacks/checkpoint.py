@@ -34,9 +34,9 @@ class RoundCheckpoint(pl.Callback):
             os.replace(path, self.previous_path)
         os.replace(tmp, path)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_round_end(self, trainer, pl_module) -> None:
         done = pl_module.round
-        if done == self._saved_round or pl_module.local_iter != 0:
+        if done == self._saved_round:
             return
         if done % self.every_n_rounds == 0 or pl_module.training_finished:
             for logger in trainer.loggers:     # the logs reach disk with (before) the checkpoint

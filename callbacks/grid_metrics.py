@@ -43,9 +43,9 @@ class GaussianGridMetrics(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self._evaluated_round, self.latest = state_dict["evaluated_round"], dict(state_dict["latest"])
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_round_end(self, trainer, pl_module) -> None:
         done = pl_module.round
-        if done == self._evaluated_round or pl_module.local_iter != 0 or done == 0:
+        if done == self._evaluated_round:
             return
         if done % self.every_n_rounds == 0 or pl_module.training_finished:
             self._evaluated_round = done

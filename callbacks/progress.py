@@ -33,9 +33,9 @@ class PlainProgress(Callback):
         self.stream = stream
         self._printed_round = -1
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_round_end(self, trainer, pl_module) -> None:
         done = pl_module.round
-        if done == self._printed_round or pl_module.local_iter != 0 or done == 0:
+        if done == self._printed_round:
             return
         for callback in trainer.callbacks:
             if getattr(callback, "_evaluated_round", None) == done:

@@ -152,6 +152,38 @@ def loss_softmax(global_state, community_state, stats: RoundStats):
 @register_aggregation("fedavg")
 def fedavg(global_state, community_state, stats: RoundStats):
     """FedAvg: communities weighted by their sample counts, G += lr * sum n_k/n (G_k - G)."""
-    counts = stats.sample_counts.to(torch.float64)
-    weights = (counts / counts.sum()).to(stats.community_loss.dtype)
+    weights = fedavg_weights(stats.sample_counts).to(stats.community_loss.dtype)
     return weighted_step(global_state, community_state, weights, stats.cloud_lr), weights
+
+
+# -- FedAvg -------------------------------------------------------------------------------------
+
+
+def fedavg_weights(counts: Tensor) -> Tensor:
+    """n_i / n (computed in float64)."""
+    counts = counts.to(torch.float64)
+    return (counts / counts.sum()).to(torch.float32)
+
+
+def fedavg_average(member_state: dict[str, Tensor], counts: Tensor, edge_of_member: Tensor | None = None,
+                   num_edges: int = 0) -> dict[str, Tensor]:
+    """The count-weighted average of stacked members ``[n, ...]``. With ``edge_of_member``, through the
+    edge tier: each edge averages its members by sample counts, the cloud averages the edges by their
+    totals (method §9; equal to the flat average up to float rounding). Integer tensors come from member 0."""
+    if edge_of_member is None:
+        weights = fedavg_weights(counts)
+        return {name: (t * weights.view((-1,) + (1,) * (t.dim() - 1))).sum(0)
+                if torch.is_floating_point(t) else t[0].clone() for name, t in member_state.items()}
+    totals = segment_sum(counts.to(torch.float64), edge_of_member, num_edges)
+    within = (counts.to(torch.float64) / totals[edge_of_member]).to(torch.float32)
+    across = fedavg_weights(totals)
+    out = {}
+    for name, stacked in member_state.items():
+        if not torch.is_floating_point(stacked):
+            out[name] = stacked[0].clone()
+            continue
+        shape = (-1,) + (1,) * (stacked.dim() - 1)
+        edges = torch.zeros(num_edges, *stacked.shape[1:], dtype=stacked.dtype, device=stacked.device)
+        edges.index_add_(0, edge_of_member, stacked * within.view(shape))
+        out[name] = (edges * across.view(shape)).sum(0)
+    return out

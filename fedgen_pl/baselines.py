@@ -21,36 +21,12 @@ import logging
 import torch
 from torch import Tensor
 
-from fedgen_pl.aggregation import segment_sum, sync_edge_weights
+from fedgen_pl.aggregation import fedavg_average, sync_edge_weights
+from fedgen_pl.cloud import Cloud
 from fedgen_pl.label_related import LabelRelatedGAN
 from fedgen_pl.system import FederatedGAN
 
 log = logging.getLogger("fedgen")
-
-
-def fedavg_weights(counts: Tensor) -> Tensor:
-    counts = counts.to(torch.float64)
-    return (counts / counts.sum()).to(torch.float32)
-
-
-def hierarchical_fedavg(member_state: dict[str, Tensor], counts: Tensor, edge_of_member: Tensor,
-                        num_edges: int) -> dict[str, Tensor]:
-    """FedAvg through the edge tier: each edge averages its members weighted by sample counts, the
-    cloud averages the edges weighted by their totals (METHOD.md §7). Integer tensors are taken from
-    member 0. Equal to the flat count-weighted average up to float rounding."""
-    totals = segment_sum(counts.to(torch.float64), edge_of_member, num_edges)
-    within = (counts.to(torch.float64) / totals[edge_of_member]).to(torch.float32)
-    across = fedavg_weights(totals)
-    out = {}
-    for name, stacked in member_state.items():
-        if not torch.is_floating_point(stacked):
-            out[name] = stacked[0].clone()
-            continue
-        shape = (-1,) + (1,) * (stacked.dim() - 1)
-        edges = torch.zeros(num_edges, *stacked.shape[1:], dtype=stacked.dtype, device=stacked.device)
-        edges.index_add_(0, edge_of_member, stacked * within.view(shape))
-        out[name] = (edges * across.view(shape)).sum(0)
-    return out
 
 
 class _Baseline:
@@ -58,13 +34,9 @@ class _Baseline:
 
     replaced_keys = "federation.tau_edge, federation.tau_cloud, federation.cloud_lr, federation.aggregation"
 
-    @property
-    def aggregation_name(self) -> str:
-        return "fedavg"      # with one generator: G <- G_1; with one per device: FedAvg by counts
-
-    @property
-    def cloud_lr(self) -> float:
-        return 1.0
+    def build_cloud(self) -> Cloud:
+        # with one generator: G <- G_1; with one per device: FedAvg by counts (cloud_lr 1, tau unused)
+        return Cloud("fedavg", 0.0, 1.0, self.round_end_hooks())
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
@@ -94,17 +66,16 @@ class _FedAvgDevices:
     def feedback_bytes(self) -> int:
         return 0
 
+    def round_end_hooks(self) -> list:
+        return [*super().round_end_hooks(), type(self).average_discriminators]
+
     @torch.no_grad()
-    def finish_round(self, new_global_state: dict[str, Tensor]) -> None:
-        super().finish_round(new_global_state)
-        members = self.device_discriminators.stacked_state()
+    def average_discriminators(self) -> None:
+        """The cloud's second FedAvg of the round: the device discriminators, by sample counts."""
         counts = torch.tensor(self.spec.device_sample_counts, device=self.device)
-        if self.cfg.federation.fedavg_via_edges:
-            averaged = hierarchical_fedavg(members, counts, self.community_of_device, self.num_communities)
-        else:
-            weights = fedavg_weights(counts)
-            averaged = {name: (t * weights.view((-1,) + (1,) * (t.dim() - 1))).sum(0)
-                        if torch.is_floating_point(t) else t[0].clone() for name, t in members.items()}
+        via_edges = self.cfg.federation.fedavg_via_edges
+        averaged = fedavg_average(self.device_discriminators.stacked_state(), counts,
+                                  self.community_of_device if via_edges else None, self.num_communities)
         self.device_discriminators.broadcast(averaged)
 
     def count_round_bytes(self) -> None:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from fedgen_pl.aggregation import RoundStats
 from fedgen_pl.clock import VirtualClock
+from fedgen_pl.cloud import Cloud
 from fedgen_pl.config import cloud_lr, with_defaults
 from fedgen_pl.errors import ConfigError
 from fedgen_pl.spec import FederationSpec
@@ -91,6 +92,7 @@ class FederationModule(pl.LightningModule):
         self.rng: torch.Generator | None = None
         self._pending_rng_state: tuple[str, Tensor] | None = None
         self.data = None        # the DataModule (set in on_fit_start, or by attach_data)
+        self.cloud = self.build_cloud()
 
     # Keys about the class labels of generated samples, with their defaults: meaningful only for models
     # whose fakes carry class labels (FederatedGAN's feature-related family).
@@ -111,10 +113,6 @@ class FederationModule(pl.LightningModule):
 
     def step_metrics(self, stats) -> dict:
         raise NotImplementedError
-
-    @property
-    def cloud_lr(self) -> float:
-        return cloud_lr(self.cfg)
 
     @property
     def asynchronous(self) -> bool:
@@ -209,20 +207,18 @@ class FederationModule(pl.LightningModule):
     def training_finished(self) -> bool:
         return self.round >= self.cfg.federation.global_rounds
 
-    @property
-    def aggregation_name(self) -> str:
-        return self.cfg.federation.aggregation
+    def build_cloud(self) -> Cloud:
+        """The cloud tier of this model (a Flower-style strategy object, fedgen_pl/cloud.py): the configured
+        rule, tau_cloud and cloud_lr, and this family's round-end hooks."""
+        f = self.cfg.federation
+        return Cloud(f.aggregation, f.tau_cloud, cloud_lr(self.cfg), self.round_end_hooks())
+
+    def round_end_hooks(self) -> list:
+        """What else the cloud does once the new global model is in place (none here)."""
+        return []
 
     def round_stats(self) -> RoundStats:
-        """L*_k = mean over the round's updates of G_k of sum_j w_kj L_kj (METHOD.md §5.2); a member that
-        made no update this round (every step skipped as non-finite) does not participate."""
-        return RoundStats(
-            community_loss=self.round_loss_sum / self.round_updates.clamp(min=1),
-            sample_counts=self.generator_sample_counts,
-            tau_cloud=self.cfg.federation.tau_cloud,
-            cloud_lr=self.cloud_lr,
-            participating=self.round_updates > 0,
-        )
+        return self.cloud.round_stats(self)
 
     def global_state(self) -> dict[str, Tensor]:
         """What the cloud aggregates, by name (unstacked)."""

@@ -105,9 +105,9 @@ class LabelRelatedGAN(FederatedGAN):
         return (per_edge * updating.to(per_edge.dtype)).sum()
 
     # -- the cloud -----------------------------------------------------------------------------------
-    def finish_round(self, new_global_state: dict[str, Tensor]) -> None:
-        super().finish_round(new_global_state)
-        self.train_domain_classifier()
+    def round_end_hooks(self) -> list:
+        """The cloud trains C on the new global generator and sends it down with G."""
+        return [*super().round_end_hooks(), type(self).train_domain_classifier]
 
     def count_round_bytes(self) -> None:
         super().count_round_bytes()        # and C goes down with G

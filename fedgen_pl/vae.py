@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedgen_pl.cloud import Cloud
 from fedgen_pl.federation import FederationModule
 from fedgen_pl.networks import DCGANGenerator
 from fedgen_pl.optim import StackedAdam
@@ -70,13 +71,8 @@ class FedVAE(FederationModule):
         self.device_vaes = StackedModule(self.global_vae, self.num_devices, execution=self.cfg.trainer.member_execution,
                                         compile_mode=self.cfg.trainer.compile)
 
-    @property
-    def aggregation_name(self) -> str:
-        return "fedavg"
-
-    @property
-    def cloud_lr(self) -> float:
-        return 1.0
+    def build_cloud(self) -> Cloud:
+        return Cloud("fedavg", 0.0, 1.0, self.round_end_hooks())      # FedAvg of the VAEs by sample counts
 
     def configure_optimizers(self):
         return StackedAdam(self.device_vaes.parameters(), self.num_devices, lr=self.cfg.model.g_lr,

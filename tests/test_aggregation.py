@@ -116,6 +116,7 @@ def test_callback_aggregates_and_broadcasts(cloud_lr):
     class _Trainer:
         should_stop = False
         loggers = []
+        callbacks = []
 
     for _ in range(2):
         system.step_event(opt_g, opt_d)

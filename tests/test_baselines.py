@@ -7,7 +7,7 @@ import torch
 
 from callbacks import GlobalAggregation
 from conftest import SMALL_GRID, build_system
-from fedgen_pl.baselines import fedavg_weights, hierarchical_fedavg
+from fedgen_pl.aggregation import fedavg_average, fedavg_weights
 from fedgen_pl.cli import main
 from test_label_related import _lr_overrides
 
@@ -19,7 +19,7 @@ def test_fedavg_hand_computed():
     torch.testing.assert_close(fedavg_weights(counts), torch.tensor([0.1, 0.3, 0.6]))
     # via edges {0, 1} and {2}: edge 0 = (10*[1,0] + 30*[3,2]) / 40 = [2.5, 1.5]; edge 1 = [5, 4];
     # cloud = 0.4*[2.5, 1.5] + 0.6*[5, 4] = [4.0, 3.0] -- the same as flat
-    out = hierarchical_fedavg(members, counts, torch.tensor([0, 0, 1]), 2)
+    out = fedavg_average(members, counts, torch.tensor([0, 0, 1]), 2)
     torch.testing.assert_close(out["w"], torch.tensor([4.0, 3.0]))
     assert out["n"].tolist() == [7]
 
