@@ -108,7 +108,23 @@ class FederationModule(pl.LightningModule):
                 raise ConfigError(f"'{value}' has no meaning for model.name={cfg.model.name} (its samples carry no "
                                   f"class label to draw); leave it at {str(default).lower()}", where=key)
 
+    # -- the step loop: one clock event per training step -----------------------------------------------
     def step_event(self, *optimizers):
+        """Advance the clock to its next event, let the devices that report update (``local_update``),
+        count faults, and dispatch fresh work to idle devices. Returns the family's step statistics."""
+        # Idle devices get work: at the start, and after a finished run is resumed with more rounds
+        # (in between, every step ends by dispatching, so this sends nothing).
+        self.dispatch(self.clock.idle_devices())
+        event = self.clock.next_event()
+        stats = self.local_update(event, *optimizers) if event.arrived.any() else None
+        self.counters["timeouts"] += int(event.timed_out.sum())
+        self.counters["dropouts"] = self.clock.dropouts
+        self.dispatch(self.clock.idle_devices())
+        self.iteration += 1
+        return stats
+
+    def local_update(self, event, *optimizers):
+        """The family's update of the devices (and edges) in ``event.arrived`` / ``event.updating``."""
         raise NotImplementedError
 
     def step_metrics(self, stats) -> dict:

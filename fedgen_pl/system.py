@@ -251,23 +251,14 @@ class FederatedGAN(FederationModule):
         return 4 + self.cfg.data.batch_size * int(np.prod(self.spec.data_shape)) * 4
 
     # -- one clock event -------------------------------------------------------------------------
-    def step_event(self, opt_g, opt_d) -> StepStats | None:
-        """Advance the clock to its next event and process it; dispatch fresh work to idle devices."""
-        # Idle devices get work: at the start, and after a finished run is resumed with more rounds
-        # (in between, every step ends by dispatching, so this sends nothing).
-        self.dispatch(self.clock.idle_devices())
-        event = self.clock.next_event()
-        stats = None
-        if event.arrived.any():
-            arrived = torch.from_numpy(event.arrived).to(self.device)
-            updating = torch.from_numpy(event.updating).to(self.device)
-            stats = self.process_feedback(arrived, updating, bool(event.arrived.all()), opt_g, opt_d,
-                                          all_updating=bool(event.updating.all()))
-            self.bytes["device_to_edge"] += int(event.arrived.sum()) * self.feedback_bytes()
-        self.counters["timeouts"] += int(event.timed_out.sum())
-        self.counters["dropouts"] = self.clock.dropouts
-        self.dispatch(self.clock.idle_devices())
-        self.iteration += 1
+    def local_update(self, event, opt_g, opt_d) -> StepStats:
+        """The devices whose feedback arrives train and feed back; their edges update (the clock loop is
+        FederationModule.step_event)."""
+        arrived = torch.from_numpy(event.arrived).to(self.device)
+        updating = torch.from_numpy(event.updating).to(self.device)
+        stats = self.process_feedback(arrived, updating, bool(event.arrived.all()), opt_g, opt_d,
+                                      all_updating=bool(event.updating.all()))
+        self.bytes["device_to_edge"] += int(event.arrived.sum()) * self.feedback_bytes()
         return stats
 
     def process_feedback(self, arrived: Tensor, updating: Tensor, everyone: bool, opt_g, opt_d,

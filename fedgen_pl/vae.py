@@ -87,38 +87,28 @@ class FedVAE(FederationModule):
         reconstruction, kl = (vaes or self.device_vaes)(x, labels, eps)
         return (reconstruction + kl).mean(1)
 
-    def step_event(self, opt) -> dict | None:
-        # Idle devices get work: at the start, and after a finished run is resumed with more rounds
-        # (in between, every step ends by dispatching, so this sends nothing).
-        self.dispatch(self.clock.idle_devices())
-        event = self.clock.next_event()
-        stats = None
-        if event.arrived.any():
-            arrived = torch.from_numpy(event.arrived).to(self.device)
-            rng, B = self.generator_rng(), self.cfg.data.batch_size
-            x, y = self.data.sample_real(B, rng)
-            eps = torch.randn(self.num_devices, B, self.cfg.model.latent_dim, generator=rng, device=self.device)
-            loss = self.negative_elbo(x, y, eps)
-            opt.zero_grad(set_to_none=True)
-            finite_loss = torch.isfinite(loss.detach())
-            self._backward(torch.where(arrived & finite_loss, loss, torch.zeros_like(loss)).sum())
-            # Non-finite guard (trainer.nonfinite): a device with a NaN/inf loss or gradient does not step.
-            step = arrived & finite_loss & self.device_vaes.finite_grads()
-            clear = bool((step == arrived).all())       # the one host sync of the step
-            if not clear:
-                self.report_nonfinite(arrived & ~step)
-            opt.step(active=None if clear and bool(event.arrived.all()) else step)
-            arrived = step
-            with torch.no_grad():
-                self.generator_version += arrived.long()
-                self.round_loss_sum += torch.where(arrived, loss.detach(), torch.zeros_like(loss))
-                self.round_updates += arrived.float()
-            stats = {"arrived": arrived, "loss": loss.detach()}
-        self.counters["timeouts"] += int(event.timed_out.sum())
-        self.counters["dropouts"] = self.clock.dropouts
-        self.dispatch(self.clock.idle_devices())
-        self.iteration += 1
-        return stats
+    def local_update(self, event, opt) -> dict:
+        """Every device that reports takes one ELBO step on its own data (the clock loop is
+        FederationModule.step_event)."""
+        arrived = torch.from_numpy(event.arrived).to(self.device)
+        rng, B = self.generator_rng(), self.cfg.data.batch_size
+        x, y = self.data.sample_real(B, rng)
+        eps = torch.randn(self.num_devices, B, self.cfg.model.latent_dim, generator=rng, device=self.device)
+        loss = self.negative_elbo(x, y, eps)
+        opt.zero_grad(set_to_none=True)
+        finite_loss = torch.isfinite(loss.detach())
+        self._backward(torch.where(arrived & finite_loss, loss, torch.zeros_like(loss)).sum())
+        # Non-finite guard (trainer.nonfinite): a device with a NaN/inf loss or gradient does not step.
+        step = arrived & finite_loss & self.device_vaes.finite_grads()
+        clear = bool((step == arrived).all())       # the one host sync of the step
+        if not clear:
+            self.report_nonfinite(arrived & ~step)
+        opt.step(active=None if clear and bool(event.arrived.all()) else step)
+        with torch.no_grad():
+            self.generator_version += step.long()
+            self.round_loss_sum += torch.where(step, loss.detach(), torch.zeros_like(loss))
+            self.round_updates += step.float()
+        return {"arrived": step, "loss": loss.detach()}
 
     def step_metrics(self, stats: dict) -> dict:
         arrived = stats["arrived"]
