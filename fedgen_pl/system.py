@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor
 
@@ -33,6 +32,8 @@ from fedgen_pl.federation import FederationModule, Grouping
 from fedgen_pl.networks import build_discriminator, build_generator
 from fedgen_pl.optim import StackedAdam
 from fedgen_pl.stacked import StackedModule
+from fedgen_pl.tiers import (device_losses, discriminator_loss, edge_generator_loss, finite_rows, sample_feedback,
+                             zero_rows)
 
 INFLIGHT = ("real_x", "real_y", "z_d", "y_d", "fake_d", "z_g", "y_g", "fake_g")
 
@@ -59,14 +60,6 @@ class StepStats:
     device_loss: Tensor  # [N] L_kj = E[log(1 - D_kj(G_k(z_g)))] with the updated D_kj
     edge_weights: Tensor  # [N] w_kj (0 where not arrived)
     staleness: Tensor    # [N] G_k updates since the device's work was dispatched
-
-
-def masked_mean(values: Tensor, weights: Tensor | None) -> Tensor:
-    """Per row ``[n, B] -> [n]``: the mean, or with 0/1 ``weights`` the mean over the kept samples (0
-    for a row that keeps none)."""
-    if weights is None:
-        return values.mean(1)
-    return (values * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
 class FederatedGAN(FederationModule):
@@ -284,8 +277,7 @@ class FederatedGAN(FederationModule):
         # 1-2. Devices update D_kj on their real data and G_k(z_d); one batched call over both.
         logits = self.discriminate(torch.cat([pick(work.real_x), pick(work.fake_d)], 1),
                                    torch.cat([pick(work.real_y), pick(work.y_d)], 1), devices=devices)
-        d_loss = F.softplus(-logits[:, :B]).mean(1) + masked_mean(F.softplus(logits[:, B:]),
-                                                                  self.judged(pick(work.y_d), devices))
+        d_loss = discriminator_loss(logits[:, :B], logits[:, B:], self.judged(pick(work.y_d), devices))
         opt_d.zero_grad(set_to_none=True)
         mask = arrived.to(work.real_x.dtype)
         d_weight = pick(self.discriminator_share) * (mask if devices is None else 1.0)
@@ -304,22 +296,17 @@ class FederatedGAN(FederationModule):
         regenerated = self.generate(pick(work.z_g), pick(work.y_g), devices)    # the edge's G_k(z_g), with grad
         fake_g = (pick(work.fake_g) if self.stores_fake_g else regenerated).detach().requires_grad_(True)
         logits = self.discriminate(fake_g, pick(work.y_g), frozen=True, devices=devices)
-        judged = self.judged(pick(work.y_g), devices)
-        device_loss = -masked_mean(F.softplus(logits), judged)
-        objective = masked_mean(F.softplus(-logits), judged) if self.cfg.model.gan_loss == "non_saturating" \
-            else device_loss
-        (feedback,) = torch.autograd.grad(objective.sum(), fake_g)   # per device: d l_kj / d G_k(z_g)
-        row_ok = torch.isfinite(device_loss.detach()) & torch.isfinite(feedback).flatten(1).all(1)
+        device_loss, objective = device_losses(logits, self.cfg.model.gan_loss, self.judged(pick(work.y_g), devices))
+        feedback = sample_feedback(objective, fake_g)                  # per device: d l_kj / d G_k(z_g)
+        row_ok = finite_rows(device_loss, feedback)
         usable = d_ok & spread(row_ok.to(mask.dtype)).bool()          # M_k after the non-finite guard
-        rows_usable = pick(usable).view(-1, *[1] * (feedback.dim() - 1))
-        feedback = torch.where(rows_usable, feedback, torch.zeros_like(feedback))
+        feedback = zero_rows(feedback, pick(usable))
 
         # 4. The edge weights the feedback and updates G_k by regenerating G_k(z_g) from the stored z_g.
         K, edge = self.num_generators, self.generators.group
         device_loss_all = torch.where(usable, spread(device_loss.detach()), torch.zeros(N, device=self.device))
         weights = self.edge_weights(device_loss_all, staleness, usable)
-        w = pick(weights).view(-1, *[1] * (feedback.dim() - 1)).to(feedback.dtype)
-        g_loss = (regenerated * (w * feedback)).sum()
+        g_loss = edge_generator_loss(regenerated, pick(weights), feedback)
         extra = self.edge_regularizer(updating)
         if extra is not None:
             g_loss = g_loss + extra

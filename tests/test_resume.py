@@ -11,7 +11,7 @@ import torch
 
 from conftest import SMALL_GRID
 from fedgen_pl.cli import main
-from fedgen_pl.config import ConfigError, load_config
+from fedgen_pl.config import ConfigError
 from fedgen_pl.resume import load_checkpoint, resume_config
 
 FAST = [*SMALL_GRID, "federation.global_rounds=4", "federation.local_iters=2", "metrics.eval_every=1",

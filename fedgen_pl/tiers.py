@@ -1,0 +1,63 @@
+"""The device-side and edge-side maths of one local iteration (method §2), as pure functions over
+tensors: what a device computes from its discriminator's logits, and what an edge does with the
+feedback. The in-process engine (``FederatedGAN.process_feedback``) batches them over devices; a
+multi-machine backend calls the same functions on each device and edge. Rows are devices (``[n, B]``
+logits: n devices, B samples each).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def masked_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    """Per row ``[n, B] -> [n]``: the mean, or with 0/1 ``weights`` the mean over the kept samples (0
+    for a row that keeps none)."""
+    if weights is None:
+        return values.mean(1)
+    return (values * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, judged: Tensor | None = None) -> Tensor:
+    """Per device, the loss D_kj minimises: ``softplus(-D(x)) + softplus(D(G(z_d)))`` (batch means), i.e.
+    -(E[log D(x)] + E[log(1 - D(G(z_d)))]); fakes outside ``judged`` are left out (unheld labels)."""
+    return F.softplus(-real_logits).mean(1) + masked_mean(F.softplus(fake_logits), judged)
+
+
+def device_losses(fake_logits: Tensor, gan_loss: str, judged: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per device, with the updated D_kj on G_k(z_g): the printed ``L_kj = E[log(1 - D(G(z_g)))]`` (sent to
+    the edge) and the generator objective l_kj whose gradient is the feedback: ``non_saturating``
+    ``-E[log D(G(z_g))]`` or ``saturating`` (L_kj itself)."""
+    device_loss = -masked_mean(F.softplus(fake_logits), judged)
+    if gan_loss == "non_saturating":
+        return device_loss, masked_mean(F.softplus(-fake_logits), judged)
+    return device_loss, device_loss
+
+
+def sample_feedback(objective: Tensor, samples: Tensor) -> Tensor:
+    """Per device, d l_kj / d G_k(z_g): the gradient of each device's objective with respect to its own
+    samples (``samples`` requires grad; devices' objectives depend only on their own rows)."""
+    (grad,) = torch.autograd.grad(objective.sum(), samples)
+    return grad
+
+
+def finite_rows(*values: Tensor) -> Tensor:
+    """bool ``[n]``: every entry of row i is finite in every tensor (each ``[n, ...]``)."""
+    ok = torch.ones(values[0].shape[0], dtype=torch.bool, device=values[0].device)
+    for value in values:
+        ok &= torch.isfinite(value.detach()).reshape(value.shape[0], -1).all(1)
+    return ok
+
+
+def zero_rows(values: Tensor, keep: Tensor) -> Tensor:
+    """``values`` with the rows outside ``keep`` (bool ``[n]``) set to 0 (feedback that must not count)."""
+    return torch.where(keep.view(-1, *[1] * (values.dim() - 1)), values, torch.zeros_like(values))
+
+
+def edge_generator_loss(regenerated: Tensor, weights: Tensor, feedback: Tensor) -> Tensor:
+    """The edge's surrogate loss ``sum_j w_kj <G_k(z_g), feedback_kj>``: its gradient in G_k's parameters is
+    ``sum_j w_kj d l_kj / d theta`` (the chain rule through the regenerated samples)."""
+    w = weights.view(-1, *[1] * (feedback.dim() - 1)).to(feedback.dtype)
+    return (regenerated * (w * feedback)).sum()
