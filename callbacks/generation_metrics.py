@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from fedgen_pl.plots import sample_grids
+
 
 def log_images(trainer, key: str, paths: list[Path], step: int) -> None:
     """Send image files to the loggers that take images (W&B), one key per file: ``key/<file stem>``."""
@@ -53,7 +55,7 @@ class GenerationMetrics(pl.Callback):
             self.latest = self.evaluator.evaluate_model(pl_module)
             self.eval_seconds += time.time() - started
             pl_module.log_metrics(self.latest)
-            paths = pl_module.save_sample_grids(self.plot_dir, self.per_label)
+            paths = sample_grids(pl_module, self.plot_dir, self.per_label)
             log_images(trainer, "samples", paths, step=pl_module.iteration)
 
     @property

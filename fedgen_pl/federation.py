@@ -262,25 +262,6 @@ class FederationModule(pl.LightningModule):
         if not self.training_finished and self.data is not None:
             self.dispatch(self.clock.idle_devices())
 
-    # -- samples ---------------------------------------------------------------------------------------
-    def save_sample_grids(self, plot_dir, per_label: int = 8) -> list:
-        """``samples_global.png`` (one row per label) and ``samples_community_k.png`` (its labels)."""
-        from fedgen_pl.plots import image_grid
-
-        spec = self.spec
-        generator = torch.Generator(device=self.device).manual_seed(4321)
-        labels = torch.arange(spec.num_labels, device=self.device).repeat_interleave(per_label)
-        images = self.sample_global(labels, generator)
-        paths = [image_grid(images, plot_dir / "samples_global.png", nrow=per_label,
-                            title=f"global generator, round {self.round}", row_labels=spec.label_names)]
-        # Each community's rows: the labels its devices hold (G_k equals G after every aggregation).
-        for k, (name, held) in enumerate(zip(spec.community_names, spec.community_labels)):
-            rows = torch.cat([torch.arange(i * per_label, (i + 1) * per_label) for i in held])
-            paths.append(image_grid(images[rows], plot_dir / f"samples_community_{k}.png", nrow=per_label,
-                                    title=f"community {name}, round {self.round}",
-                                    row_labels=[spec.label_names[i] for i in held]))
-        return paths
-
     # -- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         partition = getattr(self.data, "partition", None)

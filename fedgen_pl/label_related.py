@@ -144,17 +144,6 @@ class LabelRelatedGAN(FederatedGAN):
         z = torch.randn(len(domains), self.cfg.model.latent_dim, generator=generator, device=domains.device)
         return self.global_generator(z, domains)
 
-    def save_sample_grids(self, plot_dir, per_label: int = 8) -> list:
-        """The paired grid: one column per latent vector, one row per domain (the same class down each
-        column when the generator is domain-invariant)."""
-        from fedgen_pl.plots import image_grid
-
-        generator = torch.Generator(device=self.device).manual_seed(4321)
-        paired = self.paired_samples(12, generator)
-        return [image_grid(paired.flatten(0, 1), plot_dir / "samples_global.png", nrow=12,
-                           title=f"global generator, round {self.round}: one column per z",
-                           row_labels=self.spec.community_names)]
-
     @torch.no_grad()
     def paired_samples(self, n: int, generator: torch.Generator) -> Tensor:
         """G(z_i, c_k) for n latent vectors and every domain: ``[K, n, C, H, W]``."""

@@ -67,3 +67,30 @@ def image_grid(images, path: Path, nrow: int, title: str = "", row_labels=None) 
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def sample_grids(model, plot_dir: Path, per_label: int = 8) -> list[Path]:
+    """The global generator's sample grids (fixed latents, so evaluations compare): for a class-conditional
+    model ``samples_global.png`` (one row per label) and ``samples_community_k.png`` (the labels its devices
+    hold); for a domain-conditional one (``paired_samples``) one column per z, one row per domain."""
+    import torch
+
+    plot_dir = Path(plot_dir)
+    generator = torch.Generator(device=model.device).manual_seed(4321)
+    spec = model.spec
+    if hasattr(model, "paired_samples"):
+        paired = model.paired_samples(12, generator)
+        return [image_grid(paired.flatten(0, 1), plot_dir / "samples_global.png", nrow=12,
+                           title=f"global generator, round {model.round}: one column per z",
+                           row_labels=spec.community_names)]
+    labels = torch.arange(spec.num_labels, device=model.device).repeat_interleave(per_label)
+    images = model.sample_global(labels, generator)
+    paths = [image_grid(images, plot_dir / "samples_global.png", nrow=per_label,
+                        title=f"global generator, round {model.round}", row_labels=spec.label_names)]
+    # Each community's rows: the labels its devices hold (G_k equals G after every aggregation).
+    for k, (name, held) in enumerate(zip(spec.community_names, spec.community_labels)):
+        rows = torch.cat([torch.arange(i * per_label, (i + 1) * per_label) for i in held])
+        paths.append(image_grid(images[rows], plot_dir / f"samples_community_{k}.png", nrow=per_label,
+                                title=f"community {name}, round {model.round}",
+                                row_labels=[spec.label_names[i] for i in held]))
+    return paths
