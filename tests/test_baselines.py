@@ -60,7 +60,7 @@ def test_fed_gan_averages_generators_and_discriminators_by_counts():
 
 
 @pytest.mark.parametrize("name", ["centralized_gan", "md_gan", "fed_gan"])
-def test_feature_related_baselines_train(name, tmp_path):
+def test_smoke_feature_related_baselines_train(name, tmp_path):
     run_dir = tmp_path / "run"
     assert main(["train", *SMALL_GRID, f"model.name={name}", "federation.global_rounds=2", "federation.local_iters=2",
                  "trainer.progress_bar=false", "metrics.eval_every=1", f"output_dir={run_dir}"]) == 0

@@ -130,7 +130,7 @@ def test_domain_classifier_loss_falls_on_separable_domains(tmp_path):
 @pytest.mark.parametrize("update,conditioning,gain_init", [
     ("sync", "film", 0), ("async", "film", 0),                  # the experiments' setting
     ("sync", "concat", 1), ("async", "concat", 1), ("sync", "film_output", 0)])
-def test_label_related_trains_in_both_modes(tmp_path, update, conditioning, gain_init):
+def test_smoke_label_related_trains_in_both_modes(tmp_path, update, conditioning, gain_init):
     run_dir = tmp_path / "run"
     overrides = [*_lr_overrides(tmp_path), "federation.global_rounds=2", "federation.local_iters=2",
                  "metrics.eval_every=1", f"federation.update={update}", "clock.delay=uniform", f"output_dir={run_dir}",

@@ -49,7 +49,7 @@ def test_train_with_wandb_offline(tmp_path):
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
-def test_train_on_images_writes_sample_grid(tmp_path, capsys):
+def test_smoke_train_on_images_writes_sample_grid(tmp_path, capsys):
     from test_sources import write_idx_dataset, write_npz_dataset
 
     write_idx_dataset(tmp_path / "data" / "tiny")
