@@ -1,4 +1,4 @@
-"""Partitions as pure functions of labels and a seeded ``numpy.random.Generator`` (METHOD.md §5.7).
+"""Partitions as pure functions of labels and a seeded ``numpy.random.Generator`` (docs/method.md §10).
 
 Two levels: ``community_shares`` gives each community its indices into its dataset (communities
 whose datasets share images get disjoint shares of every class they both hold), then a device

@@ -501,7 +501,7 @@ def grid_centres() -> Tensor:
 
 @register_dataset("gaussian_grid")
 def gaussian_grid(cfg) -> SourceData:
-    """2-D mixture of 9 Gaussians on the 3x3 grid, one class per mode (METHOD.md §4)."""
+    """2-D mixture of 9 Gaussians on the 3x3 grid, one class per mode (docs/method.md §13)."""
     centres = grid_centres()
     per_mode = cfg.data.gaussian_samples_per_mode
     generator = torch.Generator().manual_seed(int(cfg.seed) + 1_000_003)

@@ -1,5 +1,5 @@
 """The federation's maths as pure functions over tensors: edge weights, community losses, cloud
-weights and the global aggregation rule (METHOD.md §2, §5.1, §5.2).
+weights and the global aggregation rule (docs/method.md §2, §3, §4).
 
 Nothing here knows about Lightning or optimisers. Devices are flat (``[N]``) with ``community`` giving
 each device's community index in ``0..K-1``; model states are ``{name: tensor}`` dicts, a community
@@ -52,7 +52,7 @@ def sync_edge_weights(device_losses: Tensor, community: Tensor, num_communities:
 
 def async_edge_weights(staleness: Tensor, arrived: Tensor, community: Tensor, num_communities: int) -> Tensor:
     """Eq. 5: ``w_kj = exp(-s_kj) / |M_k|`` for the devices M_k arriving together, 0 for the others;
-    not renormalised, so stale feedback counts less in absolute terms (METHOD.md §5.1)."""
+    not renormalised, so stale feedback counts less in absolute terms (docs/method.md §3)."""
     arrived_f = arrived.to(torch.float32)
     count = segment_sum(arrived_f, community, num_communities)
     return arrived_f * torch.exp(-staleness.to(torch.float32)) / count[community].clamp(min=1)

@@ -125,7 +125,7 @@ class FedGAN(_Baseline, _FedAvgDevices, FederatedGAN):
 class RegCGAN(_Baseline, _Local, _PlainMeanEdges, LabelRelatedGAN):
     """Centralized RegCGAN: one domain-conditional G and D on all data, with the L_inv regulariser and
     no domain classifier. Mao & Li's second regulariser (the discriminator's last hidden layer made
-    similar for the paired images, their Fig. 1(d)) is not part of METHOD.md's method and not built."""
+    similar for the paired images, their Fig. 1(d)) is not part of the method (docs/method.md) and not built."""
 
     discriminator_groups = "single"
     replaced_keys = _Baseline.replaced_keys + ", model.lambda_spe, model.classifier_steps"

@@ -1,4 +1,4 @@
-"""The virtual clock: a deterministic discrete-event simulation of devices in integer ticks (METHOD.md §5.4).
+"""The virtual clock: a deterministic discrete-event simulation of devices in integer ticks (docs/method.md §5).
 
 Each device has a fixed speed factor; each dispatch (the edge sending it generated samples) takes
 ``max(1, round(speed * delay))`` ticks, ``delay`` drawn from a seeded distribution, until the device's

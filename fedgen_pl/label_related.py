@@ -1,4 +1,4 @@
-"""The label-related scenario's model (METHOD.md §3, §5.9): communities share the classes but not the
+"""The label-related scenario's model (docs/method.md §7): communities share the classes but not the
 domain (MNIST / inverse MNIST), and the global generator must draw the same class in every domain from
 the same latent vector.
 

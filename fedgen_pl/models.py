@@ -9,14 +9,14 @@ from fedgen_pl.system import FederatedGAN
 from fedgen_pl.vae import FedVAE
 
 MODELS = {
-    "fedgen_fr": FederatedGAN,        # feature-related three-tier GAN (METHOD.md §2)
-    "fedgen_lr": LabelRelatedGAN,     # label-related three-tier GAN (METHOD.md §3)
+    "fedgen_fr": FederatedGAN,        # feature-related three-tier GAN (docs/method.md §2)
+    "fedgen_lr": LabelRelatedGAN,     # label-related three-tier GAN (docs/method.md §7)
     "centralized_gan": CentralizedGAN,
     "md_gan": MDGAN,
     "fed_gan": FedGAN,
     "reg_cgan": RegCGAN,
     "fed_cgan": FedCGAN,
-    "fed_vae": FedVAE,                # hierarchical FedAvg of device VAEs (METHOD.md §7)
+    "fed_vae": FedVAE,                # hierarchical FedAvg of device VAEs (docs/method.md §9)
 }
 LABEL_RELATED = ("fedgen_lr", "reg_cgan", "fed_cgan")
 

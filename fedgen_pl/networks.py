@@ -1,4 +1,4 @@
-"""Generators and discriminators (METHOD.md §5.5, §5.6).
+"""Generators and discriminators (docs/method.md §10, §6).
 
 Every network is a plain ``nn.Module`` whose ``forward`` works on one batch; the federation stacks
 copies with ``StackedModule`` and runs them with ``vmap``. Discriminators therefore use no BatchNorm
@@ -63,7 +63,7 @@ class DCGANGenerator(nn.Module):
     ``output="logits"`` drops the final tanh (the VAE's decoder emits pixel logits).
     Normalisation is per sample (GroupNorm) or none: batch statistics would make a device's samples
     depend on the other devices' batch and running statistics would need their own aggregation rule
-    (METHOD.md §5.5)."""
+    (docs/method.md §10)."""
 
     def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], num_labels: int = 0,
                  channels: int = 64, norm: str = "group", output: str = "tanh"):
@@ -93,7 +93,7 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
     """image -> 2 strided convs -> features h -> logit, projection term for the label when conditional.
     ``features = 0``: h is the flattened conv output (plain DCGAN); else one hidden layer of that width.
-    No normalisation: every sample is scored independently (METHOD.md §5.5)."""
+    No normalisation: every sample is scored independently (docs/method.md §10)."""
 
     def __init__(self, image_shape: tuple[int, int, int], num_labels: int = 0, channels: int = 32,
                  features: int = 0):
@@ -123,7 +123,7 @@ class DCGANDiscriminator(nn.Module):
 
 
 class DomainDCGANGenerator(nn.Module):
-    """The label-related scenario's generator G(z, c) (METHOD.md §3, §5.9; RegCGAN); no class label is
+    """The label-related scenario's generator G(z, c) (docs/method.md §7; RegCGAN); no class label is
     given, so z must carry the class. ``first_layer=True`` returns G1(z, c), the first layer's output,
     for L_inv. The one-hot domain code c reaches every layer in one of two ways (``conditioning``):
 
@@ -134,7 +134,7 @@ class DomainDCGANGenerator(nn.Module):
       normalisation), ``h -> gain[c] * h + shift[c]``, gains starting at 1 and shifts at 0. A domain
       that is a pixel-wise transform of another (inverse MNIST: gain -1 before tanh) is then reachable
       with every weight shared, so the same z can keep its class.
-    - ``film_output``: an ablation that departs from METHOD.md §5.9 ("c reaches every layer"): only the
+    - ``film_output``: an ablation that departs from docs/method.md §7 ("c reaches every layer"): only the
       output layer is scaled and shifted per domain, so the domains differ by a pixel-wise map of one
       shared image and the same z keeps its shape by construction; G1 ignores the code (L_inv = 0).
 

@@ -1,4 +1,4 @@
-"""The three-tier federated GAN as one LightningModule (METHOD.md §1, §2, §5).
+"""The three-tier federated GAN as one LightningModule (docs/method.md §1, §2, §3-§10).
 
 Tiers and where they live:
 - device discriminators D_kj: ``device_discriminators``, one ``StackedModule`` over all N devices;
@@ -112,7 +112,7 @@ class FederatedGAN(FederationModule):
 
     def conditioning(self, real_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The labels D sees with the real batch and G and D use for the two generated batches: here the
-        class labels, fakes drawn as ``federation.fake_labels`` says (METHOD.md §5.6)."""
+        class labels, fakes drawn as ``federation.fake_labels`` says (docs/method.md §6)."""
         rng, B = self.generator_rng(), real_y.shape[1]
         scope = self.fake_label_scope
         return real_y, self.data.sample_fake_labels(B, rng, scope), self.data.sample_fake_labels(B, rng, scope)
@@ -257,7 +257,7 @@ class FederatedGAN(FederationModule):
     def process_feedback(self, arrived: Tensor, updating: Tensor, everyone: bool, opt_g, opt_d,
                          all_updating: bool = False) -> StepStats:
         """Devices in ``arrived`` train on their in-flight work and feed back; their edges update
-        (METHOD.md §2, §5.1-§5.4). Only the arrived devices are computed (``everyone``: all of them,
+        (docs/method.md §2, §3-§5). Only the arrived devices are computed (``everyone``: all of them,
         through the grouped layout); the others' parameters and optimiser states stay untouched.
 
         Non-finite values (``trainer.nonfinite``): a device whose discriminator loss or gradients, L_kj

@@ -39,7 +39,7 @@ TABLE2_METHODS = [
 ]
 GRID_METHODS = TABLE1_METHODS
 
-# The paper's numbers (METHOD.md §4).
+# The paper's numbers (docs/method.md §13).
 PAPER = {
     ("table1", "iid"): {"IS": [3.386, 4.215, 4.228, 4.363, 3.208], "FID": [19.84, 17.14, 14.69, 13.82, 52.24],
                         "Acc": [82.21, 87.84, 90.60, 90.65, 53.17]},

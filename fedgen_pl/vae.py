@@ -1,4 +1,4 @@
-"""The federated VAE (METHOD.md §7): every device trains a VAE on its own data; each round the edges
+"""The federated VAE (docs/method.md §9): every device trains a VAE on its own data; each round the edges
 average their devices' parameters weighted by sample counts, the cloud averages the edges weighted by
 their totals, and the result goes back down (``fedavg_via_edges`` decides whether the average travels
 through the edges; the numbers are the same). ``model.vae_average=decoder`` averages only the decoders

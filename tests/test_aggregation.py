@@ -1,4 +1,4 @@
-"""Edge and cloud maths against hand-computed numbers (METHOD.md §2, §5.1, §5.2)."""
+"""Edge and cloud maths against hand-computed numbers (docs/method.md §2, §3, §4)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The scenario's classifier over its global label space (METHOD.md §5.8).
+"""The scenario's classifier over its global label space (docs/method.md §10).
 
 One small CNN per scenario, trained once on the real training split of every community's dataset
 (all classes the federation uses, labelled in the global label space) and cached on disk, keyed by

@@ -1,4 +1,4 @@
-"""FID, KID, IS and label accuracy of generated images, per community and global (METHOD.md §5.8).
+"""FID, KID, IS and label accuracy of generated images, per community and global (docs/method.md §10).
 
 Every metric is a torchmetrics metric over a named feature network:
 

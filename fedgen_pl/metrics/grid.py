@@ -1,4 +1,4 @@
-"""Mode coverage on the 2-D Gaussian grid (METHOD.md §5.8).
+"""Mode coverage on the 2-D Gaussian grid (docs/method.md §10).
 
 A sample is *high quality* when it lies within ``3 * std`` of some mode centre; a mode is *covered*
 when at least ``min_share`` (1%) of all samples lie within ``3 * std`` of it; a sample is *on label*
