@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fedgen_pl.config import ConfigError, load_config
+from fedgen_pl.config import ConfigError, load_config, with_defaults
 from fedgen_pl.provenance import provenance
 from fedgen_pl.resume import resume_config
 
@@ -99,7 +99,7 @@ def _check_reusable(run_dir: Path, cfg) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = _results_config(OmegaConf.load(saved_path))
+    saved = _results_config(with_defaults(OmegaConf.load(saved_path)))    # keys added since take their defaults
     wanted = _results_config(cfg)
     flat_saved = {k: v for k, v in _flatten(saved)}
     for key, value in _flatten(wanted):

@@ -92,3 +92,20 @@ def test_unknown_method_is_a_config_error(tmp_path, capsys):
 
     assert main(["table", "--tables", "grid", "--methods", "FR turbo", "--out", str(tmp_path)]) == 2
     assert "FR turbo" in capsys.readouterr().err
+
+
+def test_a_run_made_before_a_key_existed_is_reused(tmp_path):
+    """A finished run whose config.yaml lacks a key added later (its default keeps the behaviour) counts."""
+    from omegaconf import OmegaConf
+
+    from fedgen_pl.config import load_config
+
+    key, overrides = runs_for("grid", "quick", [0], methods=["FR sync"])[0]
+    run_dir = run_dir_for(tmp_path, key)
+    run_dir.mkdir(parents=True)
+    cfg = OmegaConf.to_container(load_config(overrides))
+    del cfg["federation"]["fake_labels"], cfg["model"]["film_output_shift"]
+    cfg["federation"]["cloud_lr"] = "auto"
+    OmegaConf.save(OmegaConf.create(cfg), run_dir / "config.yaml")
+    (run_dir / "summary.json").write_text(json.dumps({"metrics": {"modes_covered": 9, "high_quality_share": 1.0}}))
+    assert ensure_runs(tmp_path, "quick", [0], ["grid"], methods=["FR sync"])[key]["metrics"]["modes_covered"] == 9
