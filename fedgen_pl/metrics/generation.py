@@ -101,6 +101,14 @@ def class_consistency(classifier: nn.Module, paired: Tensor) -> float:
     return float((predictions == predictions[:1]).all(0).double().mean())
 
 
+INCEPTION_CHUNK = 100      # images per Inception call: 299x299 activations of 500 images held about 8 GB
+
+
+def _inception_update(fid: FrechetInceptionDistance, images: Tensor, real: bool) -> None:
+    for start in range(0, len(images), INCEPTION_CHUNK):
+        fid.update(images[start:start + INCEPTION_CHUNK], real=real)
+
+
 REAL_INCEPTION_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 
 
@@ -184,7 +192,7 @@ class GenerationEvaluator:
                 metrics["fid_classifier"].update(h, real=True)
                 metrics["kid_classifier"].update(h, real=True)
                 if inception_here and not cached:
-                    metrics["fid_inception"].update(batch, real=True)
+                    _inception_update(metrics["fid_inception"], batch, real=True)
             if inception_here and not cached:
                 save_real_inception(metrics["fid_inception"], x, inception_cache)
             self.metrics[scope] = metrics
@@ -230,7 +238,7 @@ class GenerationEvaluator:
             if self.conditional:
                 metrics["acc"].update(logits.argmax(1), y)
             if "fid_inception" in metrics:
-                metrics["fid_inception"].update(fake, real=False)
+                _inception_update(metrics["fid_inception"], fake, real=False)
         out = {
             f"{scope}/fid_classifier": float(metrics["fid_classifier"].compute()),
             f"{scope}/kid_classifier": float(metrics["kid_classifier"].compute()[0]),
