@@ -353,6 +353,17 @@ def devices_per_community(cfg: DictConfig) -> list[int]:
     return [int(value)] * k
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested plain dict as ``{"a.b.c": value}`` (what tables and reports compare across runs)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def kid_subset_size(cfg: DictConfig) -> int:
     value = cfg.metrics.kid_subset_size
     return min(1000, int(cfg.metrics.num_samples)) if value == "auto" else int(value)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from fedgen_pl.config import flatten
 from fedgen_pl.errors import InputError
 from fedgen_pl.plots import plt
 
@@ -101,22 +102,12 @@ class Run:
         return [k for k in (self.rows[0].keys() if self.rows else []) if k not in NOT_CURVES]
 
     def group_key(self) -> str:
-        return repr(sorted((k, v) for k, v in _flatten(self.config).items() if not _launch_key(k)))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+        return repr(sorted((k, v) for k, v in flatten(self.config).items() if not _launch_key(k)))
 
 
 def config_difference(runs: list[Run]) -> list[tuple[str, list]]:
     """(key, value per run) for every configuration key whose values differ between runs."""
-    flats = [_flatten(r.config) for r in runs]
+    flats = [flatten(r.config) for r in runs]
     keys = sorted(set().union(*flats))
     return [(k, [f.get(k, "–") for f in flats]) for k in keys
             if k not in ("output_dir", "resume") and len({repr(f.get(k, "–")) for f in flats}) > 1]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fedgen_pl.config import ConfigError, load_config, with_defaults
+from fedgen_pl.config import ConfigError, flatten, load_config, with_defaults
 from fedgen_pl.provenance import provenance
 from fedgen_pl.resume import resume_config
 
@@ -101,8 +101,8 @@ def _check_reusable(run_dir: Path, cfg) -> None:
         return
     saved = _results_config(with_defaults(OmegaConf.load(saved_path)))    # keys added since take their defaults
     wanted = _results_config(cfg)
-    flat_saved = {k: v for k, v in _flatten(saved)}
-    for key, value in _flatten(wanted):
+    flat_saved = flatten(saved)
+    for key, value in flatten(wanted).items():
         if flat_saved.get(key) != value:
             raise ConfigError(f"{run_dir}: this finished run has {key}={flat_saved.get(key)!r} but the table asks "
                               f"for {value!r}; give the table another --out, or remove the run")
@@ -111,14 +111,6 @@ def _check_reusable(run_dir: Path, cfg) -> None:
 def run_dir_for(root: Path, key: tuple) -> Path:
     table, split, column, seed = key
     return root / table / split / column.replace(" ", "_").replace(".", "") / f"seed{seed}"
-
-
-def _flatten(node, prefix: str = ""):
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _flatten(value, f"{prefix}{key}.")
-    else:
-        yield prefix.rstrip("."), node
 
 
 def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str], overrides: list[str] = (),
