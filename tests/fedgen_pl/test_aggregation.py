@@ -5,12 +5,21 @@ import math
 import pytest
 import torch
 
-from callbacks import GlobalAggregation
-from conftest import build_system
 from fedgen_pl.aggregation import (
-    RoundStats, cloud_weights, community_losses, fedavg, get_aggregation, loss_softmax, segment_softmax,
-    sync_edge_weights, weighted_step,
+    RoundStats,
+    aggregate,
+    cloud_weights,
+    community_losses,
+    fedavg,
+    fedavg_average,
+    fedavg_weights,
+    get_aggregation,
+    loss_softmax,
+    segment_softmax,
+    sync_edge_weights,
+    weighted_step,
 )
+from tests.conftest import build_system
 
 
 def test_segment_softmax_hand_computed():
@@ -106,31 +115,28 @@ def test_round_community_loss_is_mean_of_edge_values():
     torch.testing.assert_close(system.round_stats().community_loss, torch.stack(per_step).mean(0))
 
 
-@pytest.mark.parametrize("cloud_lr", ["1", "auto"])
-def test_callback_aggregates_and_broadcasts(cloud_lr):
-    system, datamodule = build_system("federation.local_iters=2", f"federation.cloud_lr={cloud_lr}",
-                                      "federation.tau_cloud=0.5")
-    opt_g, opt_d = system.configure_optimizers()
-    callback = GlobalAggregation()
+def test_aggregate_renormalises_over_the_participants():
+    g = {"w": torch.zeros(2)}
+    members = {"w": torch.tensor([[1.0, 1.0], [10.0, 10.0], [3.0, 3.0]])}
+    losses = torch.tensor([-1.0, 0.0, -2.0])
+    stats = RoundStats(losses, torch.ones(3), tau_cloud=1.0, cloud_lr=1.0,
+                       participating=torch.tensor([True, False, True]))
+    new, weights = aggregate(loss_softmax, g, members, stats)
+    a = torch.softmax(torch.tensor([-1.0, -2.0]), 0)          # by hand: member 1 left out
+    torch.testing.assert_close(weights, torch.tensor([a[0], 0.0, a[1]]))
+    torch.testing.assert_close(new["w"], (a[0] * 1.0 + a[1] * 3.0).repeat(2))
+    nobody = RoundStats(losses, torch.ones(3), 1.0, 1.0, torch.zeros(3, dtype=torch.bool))
+    new, weights = aggregate(loss_softmax, g, members, nobody)
+    assert torch.equal(new["w"], g["w"]) and not weights.any()
 
-    class _Trainer:
-        should_stop = False
-        loggers = []
-        callbacks = []
 
-    for _ in range(2):
-        system.step_event(opt_g, opt_d)
-    assert system.round_complete
-    stats = system.round_stats()
-    a = torch.softmax(0.5 * stats.community_loss, 0)
-    lr = 1.0 if cloud_lr == "1" else 3.0
-    expected = {name: g + lr * (a.view(-1, *[1] * g.dim()) * (system.community_state()[name] - g)).sum(0)
-                for name, g in system.global_state().items()}
-    callback.on_train_batch_end(_Trainer(), system, None, None, 0)
-    assert system.round == 1 and system.local_iter == 0 and not system.round_complete
-    for name, value in system.global_state().items():
-        torch.testing.assert_close(value, expected[name])
-        for k in range(system.num_communities):
-            torch.testing.assert_close(system.community_state()[name][k], value)
-    torch.testing.assert_close(torch.tensor(callback.history[0]["cloud_weights"]), a)
-    assert float(system.round_updates.sum()) == 0
+def test_fedavg_hand_computed():
+    members = {"w": torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0]]), "n": torch.tensor([[7], [8], [9]])}
+    counts = torch.tensor([10, 30, 60])
+    # flat: 0.1*[1,0] + 0.3*[3,2] + 0.6*[5,4] = [4.0, 3.0]
+    torch.testing.assert_close(fedavg_weights(counts), torch.tensor([0.1, 0.3, 0.6]))
+    # via edges {0, 1} and {2}: edge 0 = (10*[1,0] + 30*[3,2]) / 40 = [2.5, 1.5]; edge 1 = [5, 4];
+    # cloud = 0.4*[2.5, 1.5] + 0.6*[5, 4] = [4.0, 3.0] -- the same as flat
+    out = fedavg_average(members, counts, torch.tensor([0, 0, 1]), 2)
+    torch.testing.assert_close(out["w"], torch.tensor([4.0, 3.0]))
+    assert out["n"].tolist() == [7]

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from datamodules.partition import (
-    PartitionError, community_shares, quantity_weights, shard_classes, split_dirichlet, split_iid, split_shards,
+    PartitionError,
+    community_shares,
+    quantity_weights,
+    shard_classes,
+    split_dirichlet,
+    split_iid,
+    split_shards,
 )
 
 

@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from conftest import SMALL_GRID
 from fedgen_pl.cli import main
 from fedgen_pl.config import ConfigError
 from fedgen_pl.resume import load_checkpoint, resume_config
+from tests.conftest import SMALL_GRID
 
 FAST = [*SMALL_GRID, "federation.global_rounds=4", "federation.local_iters=2", "metrics.eval_every=1",
         "trainer.checkpoint_every_rounds=1", "trainer.progress_bar=false", "trainer.log_every_n_iters=1"]

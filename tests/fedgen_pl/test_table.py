@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fedgen_pl.table import PAPER, render, run_dir_for, runs_for, ensure_runs
+from fedgen_pl.table import PAPER, ensure_runs, render, run_dir_for, runs_for
 
 
 def test_runs_cover_every_method_split_and_seed():

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from conftest import SMALL_GRID
 from fedgen_pl.cli import main
 from fedgen_pl.report import Run, groups, mean_std
+from tests.conftest import SMALL_GRID
 
 FAST = [*SMALL_GRID, "federation.global_rounds=3", "federation.local_iters=2", "metrics.eval_every=1",
         "trainer.progress_bar=false", "trainer.log_every_n_iters=1"]

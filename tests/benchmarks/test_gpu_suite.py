@@ -7,15 +7,15 @@ import sys
 import tarfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_gpu_suite_smoke(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--smoke", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=400)
-    results = json.loads((out / "results.json").read_text())
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+    results = json.loads((out / "results.json").read_text())
     assert {name: part["status"] for name, part in results["parts"].items()} == {
         "speed": "ok", "scaling": "ok", "tables": "ok"}
     speed = results["parts"]["speed"]["result"]

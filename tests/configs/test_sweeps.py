@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
 from fedgen_pl.config import CONFIG_DIR, load_config
-from test_sources import write_idx_dataset
+from tests.conftest import write_idx_dataset
 
 SWEEPS = sorted((CONFIG_DIR / "sweeps").glob("*.yaml"))
 
@@ -48,7 +48,7 @@ def test_every_swept_key_is_a_valid_fedgen_key(path):
             assert OmegaConf.select(cfg, key) == value, key
 
 
-def test_agent_command_line_runs_fedgen_train(tmp_path):
+def test_agent_command_line_runs_fedgen_train(tmp_path, classifier_cache):
     sweep = yaml.safe_load((CONFIG_DIR / "sweeps" / "mnist_fmnist_noniid.yaml").read_text())
     values = {key: sample(parameter) for key, parameter in sweep["parameters"].items()}
     command = agent_command(sweep, values)
@@ -63,7 +63,7 @@ def test_agent_command_line_runs_fedgen_train(tmp_path):
     fast = [f"data.root={tmp_path / 'data'}", "data.download=false", "data.image_size=8", "data.batch_size=4",
             "federation.global_rounds=2", "federation.local_iters=1", "model.g_channels=4", "model.d_channels=4",
             "model.latent_dim=4", "metrics.num_samples=40", "metrics.kid_subset_size=20", "metrics.classifier_epochs=1",
-            f"metrics.cache_dir={tmp_path / 'cache'}", "metrics.inception=false", "trainer.progress_bar=false",
+            f"metrics.cache_dir={classifier_cache}", "metrics.inception=false", "trainer.progress_bar=false",
             "logger.wandb_mode=offline", f"output_dir={run_dir}"]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                WANDB_RUN_ID="sweeptrial1", WANDB_DIR=str(tmp_path / "wandb"), WANDB_MODE="offline")

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL_GRID
 from fedgen_pl.cli import main
-from test_sources import write_idx_dataset, write_npz_dataset
+from tests.conftest import SMALL_GRID, write_idx_dataset, write_npz_dataset
 
 FAST = [*SMALL_GRID, "federation.global_rounds=2", "federation.local_iters=2", "metrics.eval_every=1",
         "trainer.progress_bar=false"]
@@ -148,15 +147,15 @@ def blobs(cfg):
 
 
 @pytest.mark.parametrize("tag, shape, ones", [("nhw", "12, 12", "1, 1"), ("nhwc", "12, 12, 1", "1, 1, 1")])
-def test_plugin_datasets_as_numpy_are_converted_like_npz_and_eval_loads_the_plugin(tmp_path, tag, shape, ones,
-                                                                                   monkeypatch):
+def test_plugin_datasets_as_numpy_are_converted_like_npz_and_eval_loads_the_plugin(tmp_path, classifier_cache, tag,
+                                                                                   shape, ones, monkeypatch):
     plugin = tmp_path / f"blobs_{tag}.py"
     plugin.write_text(PLUGIN.format(tag=tag, shape=shape, ones=ones))
     run = tmp_path / "run"
     args = [f"plugins=[{plugin}]", f"federation.communities=[{{data: numpy_blobs_{tag}}}]", "data.image_size=8",
             "federation.devices_per_community=2", "data.batch_size=4", "federation.global_rounds=1",
             "federation.local_iters=1", "metrics.num_samples=20", "metrics.classifier_epochs=1",
-            f"metrics.cache_dir={tmp_path / 'cache'}", "trainer.progress_bar=false", f"output_dir={run}"]
+            f"metrics.cache_dir={classifier_cache}", "trainer.progress_bar=false", f"output_dir={run}"]
     assert main(["train", *args]) == 0
     from fedgen_pl.evaluate import load_model
 
@@ -167,7 +166,7 @@ def test_plugin_datasets_as_numpy_are_converted_like_npz_and_eval_loads_the_plug
     assert main(["sample", str(run), "--n", "4"]) == 0
 
 
-def test_small_num_samples_and_a_small_test_split(tmp_path):
+def test_small_num_samples_and_a_small_test_split(tmp_path, classifier_cache):
     """metrics.num_samples=500 is accepted (kid_subset_size auto); a scope with fewer test samples uses all of
     them once and says so in summary.json."""
     from fedgen_pl.config import kid_subset_size, load_config
@@ -177,18 +176,9 @@ def test_small_num_samples_and_a_small_test_split(tmp_path):
     run = tmp_path / "run"
     assert main(["train", *TINY[:-4], f"data.root={tmp_path / 'data'}", "metrics.num_samples=50",
                  "federation.global_rounds=1", "federation.local_iters=1", "metrics.classifier_epochs=1",
-                 f"metrics.cache_dir={tmp_path / 'cache'}", f"output_dir={run}"]) == 0
+                 f"metrics.cache_dir={classifier_cache}", f"output_dir={run}"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metrics_samples_per_scope"] == {"community_0": 20, "global": 20}
-
-
-def test_classifier_cache_key_covers_epochs_and_data(tmp_path):
-    from fedgen_pl.metrics.classifier import cache_key
-
-    base = cache_key([("mnist", 0)], {"mnist": "aa"}, (1, 28, 28), None, 2)
-    assert cache_key([("mnist", 0)], {"mnist": "aa"}, (1, 28, 28), None, 7) != base
-    assert cache_key([("mnist", 0)], {"mnist": "bb"}, (1, 28, 28), None, 2) != base
-    assert cache_key([("mnist", 0)], {"mnist": "aa"}, (1, 28, 28), 500, 2) != base
 
 
 def test_output_without_a_terminal_is_one_plain_line_per_evaluation(tmp_path, capsys):

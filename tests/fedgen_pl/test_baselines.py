@@ -6,22 +6,8 @@ import pytest
 import torch
 
 from callbacks import GlobalAggregation
-from conftest import SMALL_GRID, build_system
-from fedgen_pl.aggregation import fedavg_average, fedavg_weights
 from fedgen_pl.cli import main
-from test_label_related import _lr_overrides
-
-
-def test_fedavg_hand_computed():
-    members = {"w": torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0]]), "n": torch.tensor([[7], [8], [9]])}
-    counts = torch.tensor([10, 30, 60])
-    # flat: 0.1*[1,0] + 0.3*[3,2] + 0.6*[5,4] = [4.0, 3.0]
-    torch.testing.assert_close(fedavg_weights(counts), torch.tensor([0.1, 0.3, 0.6]))
-    # via edges {0, 1} and {2}: edge 0 = (10*[1,0] + 30*[3,2]) / 40 = [2.5, 1.5]; edge 1 = [5, 4];
-    # cloud = 0.4*[2.5, 1.5] + 0.6*[5, 4] = [4.0, 3.0] -- the same as flat
-    out = fedavg_average(members, counts, torch.tensor([0, 0, 1]), 2)
-    torch.testing.assert_close(out["w"], torch.tensor([4.0, 3.0]))
-    assert out["n"].tolist() == [7]
+from tests.conftest import SMALL_GRID, build_system, label_related_overrides
 
 
 class _Trainer:
@@ -80,9 +66,10 @@ def test_centralized_gan_shares_one_discriminator_and_moves_no_bytes():
 
 
 @pytest.mark.parametrize("name", ["reg_cgan", "fed_cgan"])
-def test_label_related_baselines_train(name, tmp_path):
+def test_label_related_baselines_train(name, tmp_path, classifier_cache):
     run_dir = tmp_path / "run"
-    assert main(["train", *_lr_overrides(tmp_path), f"model.name={name}", "federation.global_rounds=2",
+    assert main(["train", *label_related_overrides(tmp_path, classifier_cache), f"model.name={name}",
+                 "federation.global_rounds=2",
                  "federation.local_iters=2", "metrics.eval_every=1", f"output_dir={run_dir}"]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2 and "global/class_consistency" in summary["metrics"]

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from conftest import build_system
 from fedgen_pl.aggregation import async_edge_weights
 from fedgen_pl.clock import NEVER, VirtualClock
+from tests.conftest import build_system
 
 
 def test_async_weights_hand_computed():

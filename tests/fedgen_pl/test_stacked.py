@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from conftest import build_system, clone_batch
 from fedgen_pl.reference import LoopFederation
+from tests.conftest import build_system, clone_batch
 
 
 def _compare_states(system, loop, opt_g, opt_d, atol):

@@ -13,22 +13,18 @@ from fedgen_pl.evaluate import load_model
 from fedgen_pl.metrics.classifier import load_or_train
 from fedgen_pl.metrics.generation import GenerationEvaluator
 from fedgen_pl.vae import FedVAE
-from test_sources import write_idx_dataset, write_npz_dataset
 
 
-def _overrides(tmp_path):
-    root = tmp_path / "data"
-    write_idx_dataset(root / "tiny", n_train=300, n_test=100)
-    write_npz_dataset(root / "mine", n_train=300, n_test=100)
-    return ["experiment=mnist_fmnist_noniid", "model.name=fed_vae", f"data.root={root}", "data.download=false",
+def _overrides(image_root, classifier_cache):
+    return ["experiment=mnist_fmnist_noniid", "model.name=fed_vae", f"data.root={image_root}", "data.download=false",
             "data.image_size=8", "federation.communities=[{data: tiny}, {data: mine}]",
             "federation.devices_per_community=2", "data.batch_size=16", "model.g_channels=8", "model.latent_dim=4",
             "model.g_lr=0.003", "trainer.progress_bar=false", "metrics.num_samples=100", "metrics.kid_subset_size=50",
-            "metrics.classifier_epochs=3", f"metrics.cache_dir={tmp_path / 'cache'}", "metrics.inception=false"]
+            "metrics.classifier_epochs=3", f"metrics.cache_dir={classifier_cache}", "metrics.inception=false"]
 
 
-def test_fed_vae_improves_elbo_and_fid(tmp_path):
-    overrides = _overrides(tmp_path)
+def test_fed_vae_improves_elbo_and_fid(tmp_path, image_root, classifier_cache):
+    overrides = _overrides(image_root, classifier_cache)
     run_dir = tmp_path / "run"
     assert main(["train", *overrides, "federation.global_rounds=15", "federation.local_iters=10",
                  "metrics.eval_every=15", f"output_dir={run_dir}"]) == 0
@@ -44,7 +40,7 @@ def test_fed_vae_improves_elbo_and_fid(tmp_path):
     after = trained.global_negative_elbo(x, y, torch.Generator().manual_seed(0))
     assert after < 0.8 * before, (before, after)
 
-    classifier, _ = load_or_train(dm, tmp_path / "cache", None, 3)
+    classifier, _ = load_or_train(dm, classifier_cache, None, 3)
     evaluator = GenerationEvaluator(dm, classifier, None, 100, 50, conditional=True)
     fid_untrained = evaluator.evaluate_model(untrained)["global/fid_classifier"]
     fid_trained = evaluator.evaluate_model(trained)["global/fid_classifier"]
@@ -58,8 +54,9 @@ class _Trainer:
     loggers = []
 
 
-def test_decoder_only_averaging_keeps_encoders_private(tmp_path):
-    cfg = load_config([*_overrides(tmp_path), "model.vae_average=decoder", "federation.local_iters=2"])
+def test_decoder_only_averaging_keeps_encoders_private(image_root, classifier_cache):
+    cfg = load_config([*_overrides(image_root, classifier_cache), "model.vae_average=decoder",
+                       "federation.local_iters=2"])
     dm = FederatedDataModule(cfg)
     dm.setup()
     model = FedVAE(OmegaConf.to_container(cfg), dm.spec.to_dict())

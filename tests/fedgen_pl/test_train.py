@@ -5,9 +5,9 @@ import json
 
 import torch
 
-from conftest import SMALL_GRID
 from fedgen_pl.cli import main
 from fedgen_pl.system import FederatedGAN
+from tests.conftest import SMALL_GRID
 
 FAST = [*SMALL_GRID, "federation.global_rounds=3", "federation.local_iters=2", "metrics.eval_every=1",
         "trainer.checkpoint_every_rounds=1", "trainer.progress_bar=false", "trainer.log_every_n_iters=1"]
@@ -49,19 +49,15 @@ def test_train_with_wandb_offline(tmp_path):
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
-def test_smoke_train_on_images_writes_sample_grid(tmp_path, capsys):
-    from test_sources import write_idx_dataset, write_npz_dataset
-
-    write_idx_dataset(tmp_path / "data" / "tiny")
-    write_npz_dataset(tmp_path / "data" / "mine")
+def test_smoke_train_on_images_writes_sample_grid(tmp_path, image_root, classifier_cache, capsys):
     run_dir = tmp_path / "run"
-    overrides = ["experiment=mnist_fmnist_noniid", f"data.root={tmp_path / 'data'}", "data.download=false",
+    overrides = ["experiment=mnist_fmnist_noniid", f"data.root={image_root}", "data.download=false",
                  "data.image_size=8", "federation.communities=[{data: tiny}, {data: mine}, {data: mine}]",
                  "federation.devices_per_community=2", "data.classes_per_device=2", "data.batch_size=4",
                  "federation.global_rounds=2", "federation.local_iters=1", "model.g_channels=4",
                  "model.d_channels=4", "model.latent_dim=4", "trainer.progress_bar=false", f"output_dir={run_dir}",
-                 "metrics.num_samples=40", "metrics.kid_subset_size=20", "metrics.classifier_epochs=1",
-                 f"metrics.cache_dir={tmp_path / 'cache'}", "metrics.inception=false", "metrics.eval_every=1"]
+                 "metrics.num_samples=40", "metrics.kid_subset_size=20", "metrics.classifier_epochs=3",
+                 f"metrics.cache_dir={classifier_cache}", "metrics.inception=false", "metrics.eval_every=1"]
     assert main(["train", *overrides]) == 0
     assert (run_dir / "plots" / "samples_global.png").is_file()
     assert (run_dir / "plots" / "samples_community_2.png").is_file()
@@ -71,7 +67,7 @@ def test_smoke_train_on_images_writes_sample_grid(tmp_path, capsys):
     expected = {f"{scope}/{name}" for scope in ("global", "community_0", "community_1", "community_2")
                 for name in ("fid_classifier", "kid_classifier", "is_classifier", "acc")}
     assert set(summary["metrics"]) == expected
-    assert 0 <= summary["metrics"]["global/acc"] <= 1 and summary["classifier"]["train_samples"] == 120
+    assert 0 <= summary["metrics"]["global/acc"] <= 1 and summary["classifier"]["train_samples"] == 600
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     assert len([r for r in rows if r.get("global/fid_classifier")]) == 2      # every round (eval_every=1)
 
@@ -94,4 +90,4 @@ def test_smoke_train_on_images_writes_sample_grid(tmp_path, capsys):
     assert exported["y"].tolist() == [i % 7 for i in range(12)]       # 3 + 4 labels
     assert (run_dir / "checkpoints" / "samples_12.png").is_file()
     err = capsys.readouterr().err
-    assert f"[fedgen] tiny: loaded from {tmp_path / 'data' / 'tiny'}" in err
+    assert f"[fedgen] tiny: loaded from {image_root / 'tiny'}" in err

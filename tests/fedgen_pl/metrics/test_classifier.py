@@ -1,0 +1,27 @@
+"""The metrics classifier: its record, its cache and its cache key."""
+
+import torch
+
+from fedgen_pl.metrics.classifier import load_or_train
+from tests.conftest import needs_real_data
+
+
+@needs_real_data
+def test_classifier_record_and_cache(mnist_fmnist_scenario, classifier_cache):
+    dm, classifier, record = mnist_fmnist_scenario
+    assert set(record["test_accuracy_per_dataset"]) == {"mnist", "fashion_mnist"}
+    assert record["train_samples"] == 6000 and record["test_accuracy"] > 0.8
+    # the same data and settings load the cached classifier: the same weights and record, no training
+    again, record_again = load_or_train(dm, classifier_cache, train_samples=6000, epochs=2)
+    assert record_again == record
+    for name, tensor in classifier.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+
+
+def test_classifier_cache_key_covers_epochs_and_data(tmp_path):
+    from fedgen_pl.metrics.classifier import cache_key
+
+    base = cache_key([("mnist", 0)], {"mnist": "aa"}, (1, 28, 28), None, 2)
+    assert cache_key([("mnist", 0)], {"mnist": "aa"}, (1, 28, 28), None, 7) != base
+    assert cache_key([("mnist", 0)], {"mnist": "bb"}, (1, 28, 28), None, 2) != base
+    assert cache_key([("mnist", 0)], {"mnist": "aa"}, (1, 28, 28), 500, 2) != base
