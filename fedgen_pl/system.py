@@ -54,6 +54,16 @@ class LocalBatch:
 
 
 @dataclass
+class DeviceReply:
+    """What the devices of a local iteration send back (rows: the computed devices, ``[n, ...]``)."""
+
+    d_loss: Tensor       # [n] D_kj's loss before its step
+    device_loss: Tensor  # [n] L_kj with the updated D_kj
+    feedback: Tensor     # [n, B, *shape] d l_kj / d G_k(z_g)
+    stepped: Tensor      # [N] bool: arrived, and D_kj took its step (finite loss and gradients)
+
+
+@dataclass
 class StepStats:
     arrived: Tensor      # [N] bool: devices whose feedback was used (M_k, without non-finite ones)
     d_loss: Tensor       # [N] discriminator loss before its step (0 where not arrived)
@@ -68,6 +78,9 @@ class FederatedGAN(FederationModule):
     generator_groups = "community"       # community | single | device
     discriminator_groups = "device"      # device | single
     subset_compute = True                # an event computes only the devices that reported (False: all, masked)
+    # Where the devices' side of a local iteration runs: None = here, batched (the in-process engine);
+    # an object with ``feedback(module, work, fake_g, arrived) -> DeviceReply`` = elsewhere (fedgen_pl/deploy.py).
+    device_transport = None
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -264,7 +277,7 @@ class FederatedGAN(FederationModule):
         or feedback are NaN/inf takes no step, gets no weight at its edge and sends nothing to G_k; an
         edge whose generator gradients are non-finite does not step. Each is counted (or stops the run)."""
         work = self.inflight()
-        N, B = self.num_devices, work.real_x.shape[1]
+        N = self.num_devices
         devices = None if everyone or not self.subset_compute else arrived.nonzero().flatten()
         pick = (lambda t: t) if devices is None else (lambda t: t[devices])
 
@@ -272,9 +285,36 @@ class FederatedGAN(FederationModule):
             return values if devices is None else values.new_zeros(N).index_copy(0, devices, values)
 
         staleness = (self.generator_version[self.generators.group] - self.dispatch_version).clamp(min=0)
-        d_group, num_d = self.discriminators.group, self.discriminators.num_groups
+        # The edge's G_k(z_g), with grad: in sync mode also the very samples the devices judge.
+        regenerated = self.generate(pick(work.z_g), pick(work.y_g), devices)
+        fake_g = (pick(work.fake_g) if self.stores_fake_g else regenerated).detach()
 
-        # 1-2. Devices update D_kj on their real data and G_k(z_d); one batched call over both.
+        # 1-3. The devices: D_kj steps, then L_kj and the feedback (here, or over the network).
+        transport = self.device_transport
+        reply = (self.device_feedback(work, fake_g, arrived, devices, opt_d) if transport is None
+                 else transport.feedback(self, work, fake_g, arrived))
+        usable = reply.stepped & spread(finite_rows(reply.device_loss, reply.feedback).to(torch.float32)).bool()
+        feedback = zero_rows(reply.feedback, pick(usable))             # M_k after the non-finite guard
+
+        # 4. The edge weights the feedback and updates G_k through the regenerated samples.
+        device_loss_all = torch.where(usable, spread(reply.device_loss.detach()), torch.zeros(N, device=self.device))
+        weights = self.edge_update(regenerated, feedback, device_loss_all, usable, arrived, updating, staleness,
+                                   devices, opt_g, all_updating)
+        d_loss_all = torch.where(usable, spread(reply.d_loss.detach()), torch.zeros(N, device=self.device))
+        return StepStats(usable, d_loss_all, device_loss_all, weights, staleness)
+
+    def device_feedback(self, work: LocalBatch, fake_g: Tensor, arrived: Tensor, devices: Tensor | None,
+                        opt_d) -> DeviceReply:
+        """The devices' side of a local iteration, batched over the devices in ``devices`` (None: all):
+        each updates D_kj on its real batch and G_k(z_d), then scores G_k(z_g) with the updated D_kj."""
+        N, B = self.num_devices, work.real_x.shape[1]
+        pick = (lambda t: t) if devices is None else (lambda t: t[devices])
+
+        def spread(values: Tensor) -> Tensor:
+            return values if devices is None else values.new_zeros(N).index_copy(0, devices, values)
+
+        d_group, num_d = self.discriminators.group, self.discriminators.num_groups
+        # 1-2. D_kj on the real data and G_k(z_d); one batched call over both.
         logits = self.discriminate(torch.cat([pick(work.real_x), pick(work.fake_d)], 1),
                                    torch.cat([pick(work.real_y), pick(work.y_d)], 1), devices=devices)
         d_loss = discriminator_loss(logits[:, :B], logits[:, B:], self.judged(pick(work.y_d), devices))
@@ -290,29 +330,29 @@ class FederatedGAN(FederationModule):
         d_step = ((segment_sum(mask, d_group, num_d) > 0) & self.device_discriminators.finite_grads()
                   & ~(segment_sum(bad_loss.to(mask.dtype), d_group, num_d) > 0))
         opt_d.step(active=None if bool(d_step.all()) else d_step, lr_scale=lr_scale)
-        d_ok = arrived & d_step[d_group]
 
         # 3. With the updated D_kj: L_kj and the gradient of the batch-mean objective w.r.t. G_k(z_g).
-        regenerated = self.generate(pick(work.z_g), pick(work.y_g), devices)    # the edge's G_k(z_g), with grad
-        fake_g = (pick(work.fake_g) if self.stores_fake_g else regenerated).detach().requires_grad_(True)
+        fake_g = fake_g.requires_grad_(True)
         logits = self.discriminate(fake_g, pick(work.y_g), frozen=True, devices=devices)
         device_loss, objective = device_losses(logits, self.cfg.model.gan_loss, self.judged(pick(work.y_g), devices))
         feedback = sample_feedback(objective, fake_g)                  # per device: d l_kj / d G_k(z_g)
-        row_ok = finite_rows(device_loss, feedback)
-        usable = d_ok & spread(row_ok.to(mask.dtype)).bool()          # M_k after the non-finite guard
-        feedback = zero_rows(feedback, pick(usable))
+        return DeviceReply(d_loss, device_loss, feedback, arrived & d_step[d_group])
 
-        # 4. The edge weights the feedback and updates G_k by regenerating G_k(z_g) from the stored z_g.
+    def edge_update(self, regenerated: Tensor, feedback: Tensor, device_loss: Tensor, usable: Tensor,
+                    arrived: Tensor, updating: Tensor, staleness: Tensor, devices: Tensor | None, opt_g,
+                    all_updating: bool) -> Tensor:
+        """The edges' side: weights w_kj over the usable feedback, the surrogate loss through the
+        regenerated samples, one step of every updating G_k with a finite gradient; returns the weights."""
         K, edge = self.num_generators, self.generators.group
-        device_loss_all = torch.where(usable, spread(device_loss.detach()), torch.zeros(N, device=self.device))
-        weights = self.edge_weights(device_loss_all, staleness, usable)
+        pick = (lambda t: t) if devices is None else (lambda t: t[devices])
+        weights = self.edge_weights(device_loss, staleness, usable)
         g_loss = edge_generator_loss(regenerated, pick(weights), feedback)
         extra = self.edge_regularizer(updating)
         if extra is not None:
             g_loss = g_loss + extra
         opt_g.zero_grad(set_to_none=True)
         self._backward(g_loss)
-        g_step = (updating & (segment_sum(usable.to(mask.dtype), edge, K) > 0)
+        g_step = (updating & (segment_sum(usable.to(torch.float32), edge, K) > 0)
                   & self.community_generators.finite_grads())
         clear = bool(((usable == arrived).all() & (g_step == updating).all()))    # the one host sync here
         if not clear:
@@ -324,10 +364,9 @@ class FederatedGAN(FederationModule):
             self.generator_version += g_step.long()
             self.previous_staleness.copy_(torch.where(usable, staleness.float(), self.previous_staleness))
             # L*_k counts only the steps G_k took (a step skipped as non-finite adds nothing)
-            self.round_loss_sum += torch.where(g_step, community_losses(weights, device_loss_all, edge, K), 0.0)
+            self.round_loss_sum += torch.where(g_step, community_losses(weights, device_loss, edge, K), 0.0)
             self.round_updates += g_step.float()
-        d_loss_all = torch.where(usable, spread(d_loss.detach()), torch.zeros(N, device=self.device))
-        return StepStats(usable, d_loss_all, device_loss_all, weights, staleness)
+        return weights
 
     def step_metrics(self, stats: StepStats) -> dict:
         count = stats.arrived.sum().clamp(min=1)

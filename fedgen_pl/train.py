@@ -148,9 +148,10 @@ def log_partition(loggers: list, datamodule, run_dir: Path) -> None:
             logger.log_image(key="partition/histogram_png", images=[str(run_dir / "plots" / "partition_histogram.png")])
 
 
-def train(cfg: DictConfig, extra_callbacks: list | None = None) -> Path:
+def train(cfg: DictConfig, extra_callbacks: list | None = None, device_transport=None) -> Path:
     """Train one run; returns its directory. ``extra_callbacks`` run after the built-in ones.
-    With ``cfg.resume`` (a checkpoint, set by ``fedgen_pl.resume.resume_config``) the run continues."""
+    With ``cfg.resume`` (a checkpoint, set by ``fedgen_pl.resume.resume_config``) the run continues.
+    ``device_transport`` runs the devices' side elsewhere (fedgen_pl/flower_app.py); None: in this process."""
     started = time.time()
     # Everything that can fail on bad input runs before the run directory is written.
     model_cls = resolve_names(cfg)
@@ -166,6 +167,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> Path:
     if resume_state is not None:
         check_partition(datamodule.partition, resume_state.get("partition"), cfg.resume)
     model = model_cls(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
+    model.device_transport = device_transport
 
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -248,6 +250,8 @@ def summarise(cfg: DictConfig, model, run_dir: Path, started: float, aggregation
         "run_dir": str(run_dir),
         "resumed_from": cfg.resume,
     }
+    if getattr(model, "device_transport", None) is not None:
+        summary["deployment"] = model.device_transport.summary()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     for logger in trainer.loggers:
         logger.finalize("success")
