@@ -140,6 +140,14 @@ class TrainerConfig:
 
 
 @dataclass
+class DeployConfig:
+    exchange_timeout_s: float = MISSING
+    test_mode: bool = MISSING
+    superlink_port: int = MISSING
+    supernode_port: int = MISSING
+
+
+@dataclass
 class LoggerConfig:
     wandb: bool = MISSING
     wandb_mode: str = MISSING
@@ -162,6 +170,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
 
 CHOICES = {
@@ -383,6 +392,12 @@ def validate(cfg: DictConfig) -> None:
     for name in cfg.schedules:
         _require(name in CHOICES["schedule"], f"schedules.{name}",
                  f"unknown schedule; experiments may define {CHOICES['schedule']}")
+
+    _require(cfg.deploy.exchange_timeout_s > 0, "deploy.exchange_timeout_s",
+             f"must be > 0 seconds, got {cfg.deploy.exchange_timeout_s}")
+    for key in ("deploy.superlink_port", "deploy.supernode_port"):
+        _require(1024 <= OmegaConf.select(cfg, key) < 65536, key,
+                 f"must be a port in 1024..65535, got {OmegaConf.select(cfg, key)}")
 
     fed = cfg.federation
     k = len(fed.communities)

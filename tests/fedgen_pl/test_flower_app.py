@@ -1,0 +1,148 @@
+"""The Flower app's logic, in this process: a grid that hands each message to the ClientApp at once
+(every node with its own context) stands in for the SuperLink. The deployment itself is tested in
+test_deploy.py."""
+
+import pytest
+import torch
+
+flwr = pytest.importorskip("flwr")
+
+from flwr.app import Context, RecordDict  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from fedgen_pl.config import load_config  # noqa: E402
+from fedgen_pl.errors import ConfigError  # noqa: E402
+from fedgen_pl.flower_app import FlowerDevices, client_app  # noqa: E402
+from fedgen_pl.train import train  # noqa: E402
+from tests.conftest import SMALL_GRID  # noqa: E402
+
+TWO_BY_TWO = [*SMALL_GRID, "federation.communities=[{data: gaussian_grid, classes: [0, 1]}, "
+              "{data: gaussian_grid, classes: [2]}]", "federation.devices_per_community=2",
+              "federation.global_rounds=2", "federation.local_iters=3", "metrics.eval_every=1",
+              "trainer.progress_bar=false", "trainer.checkpoint_every_rounds=1"]
+
+
+class InProcessGrid:
+    """The Grid API over direct calls of the ClientApp; ``silent`` nodes never reply."""
+
+    def __init__(self, node_configs: dict[int, dict], silent: set[int] = frozenset()):
+        self.contexts = {node: Context(run_id=1, node_id=node, node_config=config, state=RecordDict(), run_config={})
+                         for node, config in node_configs.items()}
+        self.silent, self.replies, self.sent = set(silent), {}, 0
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def push_messages(self, messages):
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = message.object_id
+            self.sent += 1
+            node = message.metadata.dst_node_id
+            if node not in self.silent:
+                self.replies[message.object_id] = client_app(message, self.contexts[node])
+            ids.append(message.object_id)
+        return ids
+
+    def pull_messages(self, ids):
+        return [self.replies.pop(i) for i in list(ids) if i in self.replies]
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+
+
+def _nodes(pairs):
+    return {100 + i: {"community": c, "device": d} for i, (c, d) in enumerate(pairs)}
+
+
+FOUR = _nodes([(1, 1), (0, 0), (1, 0), (0, 1)])      # nodes need not come in the experiment's order
+
+
+def _generators(run_dir):
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith(("global_generator", "community_generators"))}
+
+
+def test_test_mode_equals_the_in_process_run(tmp_path):
+    cfg = load_config([*TWO_BY_TWO, "deploy.test_mode=true", f"output_dir={tmp_path / 'flower'}"])
+    devices = FlowerDevices(InProcessGrid(FOUR), cfg, poll_s=0)
+    devices.learn_topology(timeout_s=5)
+    deployed = train(cfg, device_transport=devices)
+    in_process = train(load_config([*TWO_BY_TWO, f"output_dir={tmp_path / 'local'}"]))
+    a, b = _generators(deployed), _generators(in_process)
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
+    moved = sum(float((a[k] - _generators_at_start(cfg)[k]).abs().max()) for k in a if k.startswith("global"))
+    assert moved > 1e-3                      # the generators did train: equality is not of two untouched models
+    summary = devices.summary()
+    assert summary["exchanges"] == 6 and summary["bytes_sent"]["edge_to_device"] > 0
+
+
+def _generators_at_start(cfg):
+    from datamodules import FederatedDataModule
+    from fedgen_pl.models import model_class
+    from omegaconf import OmegaConf
+
+    import pytorch_lightning as pl
+
+    pl.seed_everything(int(cfg.seed), verbose=False)           # as train() does
+    dm = FederatedDataModule(cfg)
+    dm.setup("fit")
+    module = model_class(cfg.model.name)(OmegaConf.to_container(cfg, resolve=True), dm.spec.to_dict())
+    return {f"global_generator.{k}": v for k, v in module.global_generator.state_dict().items()}
+
+
+def test_a_device_that_never_replies_is_a_timeout_and_the_run_finishes(tmp_path):
+    cfg = load_config([*TWO_BY_TWO, "deploy.exchange_timeout_s=0.05", f"output_dir={tmp_path / 'run'}"])
+    grid = InProcessGrid(FOUR)
+    devices = FlowerDevices(grid, cfg, poll_s=0)
+    devices.learn_topology(timeout_s=5)
+    grid.silent.add(102)                         # community 1, device 0 stops answering after the query
+    run_dir = train(cfg, device_transport=devices)
+    import json
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["faults"]["timeouts"] == 6      # 2 rounds x 3 iterations
+    assert summary["deployment"]["backend"] == "flower"
+
+
+def test_a_device_that_loses_its_state_starts_afresh_and_is_counted(tmp_path):
+    cfg = load_config([*TWO_BY_TWO, f"output_dir={tmp_path / 'run'}", "federation.global_rounds=1"])
+    grid = InProcessGrid(FOUR)
+    devices = FlowerDevices(grid, cfg, poll_s=0)
+    devices.learn_topology(timeout_s=5)
+
+    class Forget:                                 # after the first exchange, node 101 restarts (state lost)
+        def __init__(self):
+            self.calls = 0
+
+        def feedback(self, module, work, fake_g, arrived):
+            self.calls += 1
+            if self.calls == 2:
+                grid.contexts[101].state = RecordDict()
+            return devices.feedback(module, work, fake_g, arrived)
+
+        def summary(self):
+            return devices.summary()
+
+    import json
+
+    run_dir = train(cfg, device_transport=Forget())
+    assert json.loads((run_dir / "summary.json").read_text())["faults"]["device_restarts"] == 1
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ([(0, 0), (0, 1), (1, 0)], "missing \\[\\(1, 1\\)\\]"),
+    ([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)], "unknown \\[\\(2, 0\\)\\]"),
+    ([(0, 0), (0, 0), (1, 0), (1, 1)], "two nodes claim community 0 device 0"),
+])
+def test_a_topology_that_is_not_the_experiments_is_refused(pairs, message):
+    cfg = load_config(TWO_BY_TWO)
+    devices = FlowerDevices(InProcessGrid(_nodes(pairs)), cfg, poll_s=0)
+    with pytest.raises(ConfigError, match=message):
+        devices.learn_topology(timeout_s=0.2)
