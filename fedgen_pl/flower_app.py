@@ -263,7 +263,7 @@ def check_deployable(cfg) -> None:
     if cfg.model.name not in SUPPORTED_MODELS:
         raise ConfigError(f"the Flower backend runs {', '.join(SUPPORTED_MODELS)} for now, not '{cfg.model.name}'; "
                           "use fedgen train for the others", where="model.name")
-    if cfg.federation.update != "sync":
+    if cfg.federation["update"] != "sync":
         raise ConfigError("the Flower backend runs sync federations for now; use fedgen train for async",
                           where="federation.update")
     if cfg.federation.fake_labels != "device" or cfg.model.unheld_label_fakes != "judge":

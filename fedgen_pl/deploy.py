@@ -1,0 +1,155 @@
+"""``fedgen deploy-local``: the experiment through Flower's deployment engine on this machine.
+
+It starts a SuperLink and one SuperNode per device on 127.0.0.1 (each with its ``--node-config
+"community=<k> device=<j>"``), runs the app (``flwr run``, fedgen_pl/flower_app.py), and stops every
+process it started, also when the run fails or is interrupted. The processes' logs are kept in
+``<run dir>/deploy_logs/``. On several machines the same three steps are run by hand (README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fedgen_pl.config import devices_per_community, load_config
+from fedgen_pl.errors import ConfigError, InputError
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent      # the Flower app: pyproject.toml's [tool.flwr.app]
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Offline and quiet: no telemetry, no update check; the SuperExec picks up a task within 50 ms."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05",
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+
+
+class Processes:
+    """Every process started, each in its own session, stopped together (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir, self.started = log_dir, []
+
+    def start(self, name: str, command: list[str], env: dict) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "w")
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_DIR,
+                                   start_new_session=True)
+        self.started.append((name, process, log))
+        return process
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        for _, process, _ in self.started:
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.time() + grace_s
+        for _, process, _ in self.started:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(process, signal.SIGKILL)      # and whatever it started in its session
+            process.wait()
+        for _, _, log in self.started:
+            log.close()
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_for_port(port: int, timeout_s: float) -> bool:
+    import socket
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.2)
+    return False
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def deploy_local(overrides: list[str], on_started=None) -> Path:
+    """Run ``fedgen train``'s experiment through a local Flower deployment; returns the run directory.
+    ``on_started(processes, node_pids)`` is called once the nodes run (tests use it to stop one)."""
+    from fedgen_pl.flower_app import check_deployable
+    from fedgen_pl.train import plan_run_dir, resolve_names
+
+    if shutil.which("flower-superlink", path=flower_env(Path("."))["PATH"]) is None:
+        raise InputError("Flower is not installed (flower-superlink not found); install the extra: "
+                         "pip install -e '.[flower]' (make setup does)", where="deploy-local")
+    cfg = load_config(overrides)
+    resolve_names(cfg)
+    check_deployable(cfg)
+    run_dir = plan_run_dir(cfg).resolve()               # refuses a directory that holds a run
+    counts = devices_per_community(cfg)
+    link_port, node_port = int(cfg.deploy.superlink_port), int(cfg.deploy.supernode_port)
+    ports = [link_port, *range(node_port, node_port + sum(counts))]
+    busy = [p for p in ports if not _port_free(p)]
+    if busy:
+        raise ConfigError(f"ports {busy} on 127.0.0.1 are in use; choose others with deploy.superlink_port and "
+                          f"deploy.supernode_port", where="deploy.superlink_port")
+
+    work = Path(tempfile.mkdtemp(prefix="fedgen-deploy-"))
+    log_dir = work / "logs"
+    log_dir.mkdir()
+    (work / "cli").mkdir()
+    (work / "cli" / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n')
+    run_overrides = [o for o in overrides if not o.startswith("output_dir=")] + [f"output_dir={run_dir}"]
+    run_config = work / "run_config.toml"
+    run_config.write_text(f"overrides = {json.dumps(shlex.join(run_overrides))}\n")
+
+    processes = Processes(log_dir)
+    started = time.time()
+    try:
+        processes.start("superlink", ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+                                      "--host", "127.0.0.1", "--port", str(link_port)], flower_env(work / "link"))
+        if not _wait_for_port(link_port, 30):
+            raise RuntimeError(f"the SuperLink did not start; see {log_dir / 'superlink.log'}")
+        node_pids = {}
+        for community, count in enumerate(counts):
+            for device in range(count):
+                index = sum(counts[:community]) + device
+                node = processes.start(
+                    f"supernode_{community}_{device}",
+                    ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+                     "--port", str(node_port + index), "--node-config", f"community={community} device={device}"],
+                    flower_env(work / f"node_{index}"))
+                node_pids[(community, device)] = node.pid
+        print(f"[fedgen] deploy-local: SuperLink on 127.0.0.1:{link_port}, {sum(counts)} SuperNodes "
+              f"(ports {node_port}-{node_port + sum(counts) - 1}); running the app", file=sys.stderr, flush=True)
+        if on_started is not None:
+            on_started(processes, node_pids)
+        app = subprocess.run(["flwr", "run", str(PROJECT_DIR), "local", "--stream", "--run-config", str(run_config)],
+                             env=flower_env(work / "cli"), cwd=PROJECT_DIR, capture_output=True, text=True)
+        (log_dir / "flwr_run.log").write_text(app.stdout + app.stderr)
+    finally:
+        processes.stop()
+        if run_dir.is_dir():
+            shutil.copytree(log_dir, run_dir / "deploy_logs", dirs_exist_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+    if not (run_dir / "summary.json").is_file():
+        tail = "\n".join((app.stdout + app.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"the deployed run did not finish (flwr run exit {app.returncode}); logs in "
+                           f"{run_dir / 'deploy_logs' if run_dir.is_dir() else 'none'}:\n{tail}")
+    print(f"[fedgen] deploy-local finished in {time.time() - started:.1f} s: {run_dir}", file=sys.stderr)
+    return run_dir
