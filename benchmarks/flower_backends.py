@@ -1,0 +1,110 @@
+"""Time per local iteration of one Gaussian-grid configuration on three engines, measured in one run:
+
+- in-process: ``fedgen train`` (every device in this process, batched);
+- Flower messages in this process: the ServerApp's FlowerDevices and the ClientApp called directly (what
+  Flower's message layer costs without processes or a network; Flower's simulation engine needs Ray,
+  which this project does not install);
+- local deployment: ``fedgen deploy-local`` (a SuperLink, one SuperNode per device, one ClientApp process
+  per message).
+
+    python benchmarks/flower_backends.py [--iters 3] [--out DIR]
+
+Prints one line per engine and the ratios to in-process; each figure is the mean wall time of a local
+iteration (the deployment's from the ServerApp's exchange times, which include the devices' work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+GRID = ["experiment=gaussian_grid", "federation.communities=[{data: gaussian_grid, classes: [0, 1]}, "
+        "{data: gaussian_grid, classes: [2]}]", "federation.devices_per_community=2", "federation.global_rounds=1",
+        "trainer.progress_bar=false", "metrics.eval_every=1"]
+
+
+def in_process(out: Path, iters: int) -> float:
+    from fedgen_pl.config import load_config
+    from fedgen_pl.train import train
+
+    run = train(load_config([*GRID, f"federation.local_iters={iters}", f"output_dir={out / 'in_process'}"]))
+    return _per_iteration_from_log(run, iters)
+
+
+def _per_iteration_from_log(run: Path, iters: int) -> float:
+    summary = json.loads((run / "summary.json").read_text())
+    return (summary["wall_time_s"] - summary.get("eval_seconds", 0.0)) / iters
+
+
+def in_memory_flower(out: Path, iters: int) -> float:
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedgen_pl.config import load_config
+    from fedgen_pl.flower_app import FlowerDevices, client_app
+    from fedgen_pl.train import train
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+    class Grid:
+        def __init__(self):
+            pairs = [(0, 0), (0, 1), (1, 0), (1, 1)]
+            self.contexts = {10 + i: Context(run_id=1, node_id=10 + i, node_config={"community": c, "device": d},
+                                             state=RecordDict(), run_config={}) for i, (c, d) in enumerate(pairs)}
+            self.replies = {}
+
+        def get_node_ids(self):
+            return list(self.contexts)
+
+        def push_messages(self, messages):
+            ids = []
+            for m in messages:
+                m.metadata.__dict__["_message_id"] = m.object_id
+                self.replies[m.object_id] = client_app(m, self.contexts[m.metadata.dst_node_id])
+                ids.append(m.object_id)
+            return ids
+
+        def pull_messages(self, ids):
+            return [self.replies.pop(i) for i in list(ids) if i in self.replies]
+
+    cfg = load_config([*GRID, f"federation.local_iters={iters}", f"output_dir={out / 'in_memory'}"])
+    devices = FlowerDevices(Grid(), cfg, poll_s=0)
+    devices.learn_topology(timeout_s=10)
+    train(cfg, device_transport=devices)
+    return sum(devices.exchange_s) / len(devices.exchange_s)
+
+
+def deployment(out: Path, iters: int) -> float:
+    from fedgen_pl.deploy import deploy_local
+
+    run = deploy_local([*GRID, f"federation.local_iters={iters}", f"output_dir={out / 'deployed'}",
+                        "deploy.superlink_port=19491", "deploy.supernode_port=19500"])
+    return json.loads((run / "summary.json").read_text())["deployment"]["exchange_s_mean"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="fedgen-flower-bench-"))
+    results = {}
+    for name, fn in (("in-process", in_process), ("Flower messages, in this process", in_memory_flower),
+                     ("local deployment (flwr 1.42)", deployment)):
+        started = time.time()
+        results[name] = fn(out, args.iters)
+        print(f"{name}: {results[name]:.3f} s per local iteration ({time.time() - started:.0f} s in all)", flush=True)
+    base = results["in-process"]
+    print("ratios to in-process: " + ", ".join(f"{k} {v / base:.0f}x" for k, v in results.items()))
+    (out / "flower_backends.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

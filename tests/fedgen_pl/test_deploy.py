@@ -1,0 +1,84 @@
+"""A real local deployment (flwr 1.42: a SuperLink and four SuperNodes on 127.0.0.1, one ClientApp process
+per message): a Gaussian grid of 2 communities x 2 devices runs 2 local iterations and one aggregation,
+one SuperNode is killed once training has started, and every process is gone at the end."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from fedgen_pl.cli import main  # noqa: E402
+from fedgen_pl.deploy import deploy_local  # noqa: E402
+
+GRID = ["experiment=gaussian_grid", "federation.communities=[{data: gaussian_grid, classes: [0, 1]}, "
+        "{data: gaussian_grid, classes: [2]}]", "federation.devices_per_community=2", "federation.global_rounds=1",
+        "federation.local_iters=2", "trainer.progress_bar=false", "deploy.exchange_timeout_s=40",
+        "deploy.superlink_port=19291", "deploy.supernode_port=19300"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+def _session_pids(session_ids: set[int]) -> list[int]:
+    """Every live process in the given sessions (what deploy_local started, and their children)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) in session_ids and _alive(int(entry)):
+                    pids.append(int(entry))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return pids
+
+
+def test_local_deployment_trains_survives_a_killed_node_and_leaves_no_process(tmp_path):
+    run_dir = tmp_path / "run"
+    sessions: set[int] = set()
+
+    def kill_one_node_once_training_starts(processes, node_pids):
+        sessions.update(p.pid for _, p, _ in processes.started)
+        victim = node_pids[(1, 1)]
+
+        def watch():
+            deadline = time.time() + 120
+            while not (run_dir / "partition.json").is_file() and time.time() < deadline:
+                time.sleep(0.2)                    # written once the topology is known and training starts
+            os.killpg(victim, signal.SIGKILL)
+        threading.Thread(target=watch, daemon=True).start()
+
+    deploy_local([*GRID, f"output_dir={run_dir}"], on_started=kill_one_node_once_training_starts)
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 1 and summary["iterations"] == 2
+    assert summary["faults"]["timeouts"] == 2                  # the killed device, both local iterations
+    deployment = summary["deployment"]
+    assert deployment["backend"] == "flower" and deployment["exchanges"] == 2
+    assert deployment["bytes_sent"]["edge_to_device"] > 0 and deployment["bytes_sent"]["device_to_edge"] > 0
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "metrics.csv").is_file()
+    assert (run_dir / "deploy_logs" / "superlink.log").is_file()
+    assert main(["eval", str(run_dir)]) == 0                   # the run directory is an ordinary one
+    assert main(["report", str(run_dir)]) == 0
+    time.sleep(0.5)
+    assert sessions and _session_pids(sessions) == []
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 19391))
+        busy.listen()
+        assert main(["deploy-local", *GRID, "deploy.superlink_port=19391", f"output_dir={tmp_path / 'run'}"]) == 2
+    assert not (tmp_path / "run").exists()
