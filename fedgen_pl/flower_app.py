@@ -10,9 +10,10 @@
   the in-process engine.
 
 Messages: ``query.topology`` (each node's ``--node-config``: community and device) once at the start;
-``train.step`` per local iteration. Sync only: an edge waits for its devices up to
-``deploy.exchange_timeout_s``; feedback that does not come (a failed or stopped device) is left out of
-that update and counted in ``faults/timeouts``.
+``train.step`` per piece of work. ``WallClock`` stands in for the virtual clock, so the engine's step loop
+is unchanged: sync, an edge waits for its devices up to ``deploy.exchange_timeout_s``; async, an edge
+updates on every arrival (Eq. 5 weights, staleness in G_k versions, as in-process). Feedback that does
+not come in time, or a failed device, is left out of that update and counted in ``faults/timeouts``.
 
 A device that restarts (its SuperNode process, and with it ``context.state``, is lost) starts again
 from a fresh discriminator and Adam state; it says so in its reply and the ServerApp counts it in
@@ -146,16 +147,22 @@ def device_step(message: Message, context: Context) -> Message:
 
 # -- the edge and cloud (ServerApp) ----------------------------------------------------------------
 class FlowerDevices:
-    """The devices' side of every local iteration, over Flower messages (``FederatedGAN.device_transport``)."""
+    """The devices of a run, reached through Flower: their place in the federation (``learn_topology``),
+    the work in flight to them and their replies. ``clock_for(module)`` is the run's clock (it pushes the
+    work and waits for replies); ``feedback`` hands the replies to the module's local update
+    (``FederatedGAN.device_transport``)."""
 
     def __init__(self, grid: Grid, cfg, poll_s: float = 0.05):
         self.grid, self.cfg, self.poll_s = grid, cfg, poll_s
         self.config_json = json.dumps(OmegaConf.to_container(cfg, resolve=True))
         self.node_of: dict[int, int] = {}           # global device index -> Flower node id
-        self.exchange_s: list[float] = []
+        self.exchange_s: list[float] = []           # sync: push to the last reply of every local iteration
+        self.reply_s: list[float] = []              # every reply: push to arrival
         self.bytes_sent = {"edge_to_device": 0, "device_to_edge": 0}
-        self.started: set[int] = set()
+        self.initialised: set[int] = set()          # devices that have their first weights (test mode)
+        self.replies: dict[int, Message] = {}       # device -> its reply not yet used by an edge
 
+    # -- topology ----------------------------------------------------------------------------------
     def learn_topology(self, timeout_s: float) -> None:
         """Ask every connected node where it belongs; refuse a topology that is not the experiment's."""
         from fedgen_pl.config import devices_per_community
@@ -167,11 +174,21 @@ class FlowerDevices:
         while len(nodes) < len(expected) and time.time() < deadline:
             time.sleep(0.5)
             nodes = list(self.grid.get_node_ids())
-        replies = self._exchange([Message(RecordDict({}), dst_node_id=n, message_type="query.topology")
-                                  for n in nodes], timeout_s)
+        ids = list(self.grid.push_messages([Message(RecordDict({}), dst_node_id=n, message_type="query.topology")
+                                            for n in nodes]))
+        node_of_id = dict(zip(ids, nodes))
+        replies, pending = {}, set(ids)
+        deadline = time.time() + timeout_s
+        while pending and time.time() < deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                if reply.metadata.reply_to_message_id in pending:
+                    pending.discard(reply.metadata.reply_to_message_id)
+                    replies[node_of_id[reply.metadata.reply_to_message_id]] = reply
+            if pending:
+                time.sleep(self.poll_s)
         seen: dict[tuple[int, int], int] = {}
         for node, reply in replies.items():
-            if reply is None or not reply.has_content():
+            if not reply.has_content():
                 continue
             info = reply.content["node"]
             if "community" not in info or "device" not in info:
@@ -189,83 +206,196 @@ class FlowerDevices:
                               f"--node-config \"community=<k> device=<j>\"", where="deploy topology")
         self.node_of = {global_device_index(self.cfg, c, d): node for (c, d), node in seen.items()}
 
-    def _exchange(self, messages: list[Message], timeout_s: float) -> dict[int, Message | None]:
-        """Push, then pull with a short poll until every reply is in or the time is up; missing -> None."""
-        ids = list(self.grid.push_messages(messages))
-        node_of_id = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages)}
-        replies: dict[int, Message | None] = {m.metadata.dst_node_id: None for m in messages}
-        pending = set(ids)
-        deadline = time.time() + timeout_s
-        while pending and time.time() < deadline:
-            for reply in self.grid.pull_messages(list(pending)):
-                source = reply.metadata.reply_to_message_id
-                if source in pending:
-                    pending.discard(source)
-                    replies[node_of_id[source]] = reply
-            if pending:
-                time.sleep(self.poll_s)
-        return replies
-
-    def feedback(self, module, work, fake_g: torch.Tensor, arrived: torch.Tensor):
-        from fedgen_pl.system import DeviceReply
-
-        N = module.num_devices
+    def clock_for(self, module) -> "WallClock":
         module.counters.setdefault("device_restarts", 0)
-        test_mode = bool(self.cfg.deploy.test_mode)
-        if test_mode:
-            index = module.data.last_real_index      # [N, B] drawn by the server's sampler (the partition is known)
-        messages, devices = [], arrived.nonzero().flatten().tolist()
-        for g in devices:
-            tensors = {"fake_d": work.fake_d[g], "y_d": work.y_d[g], "fake_g": fake_g[g], "y_g": work.y_g[g]}
-            if test_mode:
-                tensors["real_index"] = index[g]
+        return WallClock(self, module)
+
+    # -- one exchange ------------------------------------------------------------------------------
+    def push(self, module, devices: list[int], real_index: dict[int, torch.Tensor]) -> dict[str, int]:
+        """Send each of ``devices`` its work in flight (the module's buffers); returns message id -> device."""
+        work = module.inflight()
+        if module.stores_fake_g:
+            fake_g = work.fake_g[devices]
+        else:             # sync: G_k(z_g) is what the edge will regenerate at the update (G_k does not move before)
+            with torch.no_grad():
+                index = torch.tensor(devices, device=work.z_g.device)
+                fake_g = module.generate(work.z_g[index], work.y_g[index], index)
+        state = None
+        messages = []
+        for row, g in enumerate(devices):
+            tensors = {"fake_d": work.fake_d[g], "y_d": work.y_d[g], "fake_g": fake_g[row], "y_g": work.y_g[g]}
+            if g in real_index:
+                tensors["real_index"] = real_index[g]
             content = {"work": to_record(tensors),
                        "run": ConfigRecord({"config": self.config_json, "iteration": int(module.iteration)})}
-            if test_mode and g not in self.started:
-                state = module.device_discriminators.stacked_state()
+            if self.cfg.deploy.test_mode and g not in self.initialised:
+                state = state if state is not None else module.device_discriminators.stacked_state()
                 member = int(module.discriminators.group[g])
                 content["d_init"] = to_record({name: value[member] for name, value in state.items()})
+                self.initialised.add(g)
             self.bytes_sent["edge_to_device"] += sum(record_bytes(r) for r in content.values()
                                                      if isinstance(r, ArrayRecord)) + len(self.config_json)
             messages.append(Message(RecordDict(content), dst_node_id=self.node_of[g], message_type="train.step"))
-        started = time.time()
-        replies = self._exchange(messages, float(self.cfg.deploy.exchange_timeout_s))
-        self.exchange_s.append(time.time() - started)
+        ids = list(self.grid.push_messages(messages))
+        return dict(zip(ids, devices))
 
-        d_loss, device_loss = torch.zeros(N), torch.zeros(N)
-        feedback = torch.zeros_like(fake_g)
-        stepped = torch.zeros(N, dtype=torch.bool)
-        for g in devices:
-            reply = replies.get(self.node_of[g])
-            if reply is None or not reply.has_content():
-                module.counters["timeouts"] = module.counters.get("timeouts", 0) + 1
+    def pull(self, pending: dict[str, int]) -> dict[int, Message]:
+        """The replies in now among ``pending`` (message id -> device), by device."""
+        got = {}
+        if pending:
+            for reply in self.grid.pull_messages(list(pending)):
+                source = reply.metadata.reply_to_message_id
+                if source in pending:
+                    got[pending[source]] = reply
+        return got
+
+    def feedback(self, module, work, fake_g: torch.Tensor, arrived: torch.Tensor, devices: torch.Tensor | None):
+        """The arrived devices' replies as the module's DeviceReply (rows: ``devices``, or all N)."""
+        from fedgen_pl.system import DeviceReply
+
+        rows = list(range(module.num_devices)) if devices is None else devices.tolist()
+        n = len(rows)
+        d_loss, device_loss = torch.zeros(n), torch.zeros(n)
+        feedback = torch.zeros_like(fake_g, device="cpu")
+        stepped = torch.zeros(module.num_devices, dtype=torch.bool)
+        for row, g in enumerate(rows):
+            reply = self.replies.pop(g, None)
+            if not bool(arrived[g]) or reply is None:
                 continue
-            self.started.add(g)
             stats = reply.content["stats"]
-            feedback[g] = from_record(reply.content["feedback"])["feedback"]
-            self.bytes_sent["device_to_edge"] += record_bytes(reply.content["feedback"]) + 4 * len(stats)
-            d_loss[g], device_loss[g] = stats["d_loss"], stats["device_loss"]
+            feedback[row] = from_record(reply.content["feedback"])["feedback"]
+            self.bytes_sent["device_to_edge"] += record_bytes(reply.content["feedback"]) + 8 * len(stats)
+            d_loss[row], device_loss[row] = stats["d_loss"], stats["device_loss"]
             stepped[g] = stats["stepped"] > 0
             if stats["restarted"] > 0:
-                module.counters["device_restarts"] = module.counters.get("device_restarts", 0) + 1
+                module.counters["device_restarts"] += 1
         target = fake_g.device
         return DeviceReply(d_loss.to(target), device_loss.to(target), feedback.to(target), stepped.to(target))
 
     def summary(self) -> dict:
-        times = np.array(self.exchange_s) if self.exchange_s else np.zeros(1)
-        return {"backend": "flower", "exchanges": len(self.exchange_s),
-                "exchange_s_mean": round(float(times.mean()), 3), "exchange_s_median": round(float(np.median(times)), 3),
-                "exchange_s_max": round(float(times.max()), 3), "bytes_sent": dict(self.bytes_sent),
+        def stats(values):
+            values = np.array(values) if values else np.zeros(1)
+            return {"mean": round(float(values.mean()), 3), "median": round(float(np.median(values)), 3),
+                    "max": round(float(values.max()), 3)}
+        exchanges = stats(self.exchange_s)
+        return {"backend": "flower", "update": self.cfg.federation["update"], "exchanges": len(self.exchange_s),
+                "exchange_s_mean": exchanges["mean"], "exchange_s_median": exchanges["median"],
+                "exchange_s_max": exchanges["max"], "replies": len(self.reply_s), "reply_s": stats(self.reply_s),
+                "bytes_sent": dict(self.bytes_sent),
                 "nodes": {str(g): node for g, node in sorted(self.node_of.items())}}
+
+
+class WallClock:
+    """The virtual clock's interface (fedgen_pl/clock.py) over real replies, so the engine's step loop
+    runs unchanged: ``dispatch`` marks devices busy; ``next_event`` pushes the work dispatched since (the
+    module has filled its buffers by then) and waits. Sync: until every busy device of the unfinished
+    communities replied, each given ``deploy.exchange_timeout_s``. Async: until at least one reply is in.
+    A device that has not replied within the timeout, or whose reply is an error, is given up (counted as
+    a timeout, like the virtual clock's) and gets fresh work later. ``tick`` is milliseconds of wall time."""
+
+    def __init__(self, transport: FlowerDevices, module):
+        self.transport, self.module = transport, module
+        sizes = module.generators.sizes
+        self.community = np.repeat(np.arange(len(sizes)), sizes)
+        self.num_devices, self.num_communities = len(self.community), len(sizes)
+        self.update = module.cfg.federation["update"]
+        self.local_iters = int(module.cfg.federation.local_iters)
+        self.timeout_s = float(module.cfg.deploy.exchange_timeout_s)
+        self.busy = np.zeros(self.num_devices, dtype=bool)
+        self.to_push = np.zeros(self.num_devices, dtype=bool)      # dispatched, work not sent yet
+        self.index_due = np.zeros(self.num_devices, dtype=bool)    # test mode: real-batch indices to capture
+        self.real_index: dict[int, torch.Tensor] = {}
+        self.pending: dict[str, int] = {}                          # message id -> device
+        self.pushed_at = np.zeros(self.num_devices)
+        self.updates = np.zeros(self.num_communities, dtype=np.int64)
+        self.started = time.time()
+        self.tick = 0
+        self.dropouts = 0
+        self.timeouts = 0
+
+    def round_finished(self) -> bool:
+        return bool((self.updates >= self.local_iters).all())
+
+    def idle_devices(self) -> np.ndarray:
+        return ~self.busy & (self.updates < self.local_iters)[self.community]
+
+    def _capture_real_index(self) -> None:
+        """The module drew the last dispatch's real batches right after ``dispatch``: keep their indices."""
+        if self.index_due.any():
+            drawn = self.module.data.last_real_index
+            for g in np.flatnonzero(self.index_due):
+                self.real_index[int(g)] = drawn[g].cpu()
+            self.index_due[:] = False
+
+    def dispatch(self, devices: np.ndarray) -> np.ndarray:
+        self._capture_real_index()
+        devices = devices & ~self.busy
+        self.busy |= devices
+        self.to_push |= devices
+        if self.transport.cfg.deploy.test_mode:
+            self.index_due |= devices
+        return devices
+
+    def next_event(self):
+        from fedgen_pl.clock import Event
+
+        self._capture_real_index()
+        new = [int(g) for g in np.flatnonzero(self.to_push)]
+        if new:
+            index = {g: self.real_index.pop(g) for g in new if g in self.real_index}
+            self.pending.update(self.transport.push(self.module, new, index))
+            self.pushed_at[new] = time.time()
+            self.to_push[:] = False
+        started = time.time()
+        unfinished = (self.updates < self.local_iters)[self.community]
+        arrived = np.zeros(self.num_devices, dtype=bool)
+        failed = np.zeros(self.num_devices, dtype=bool)
+        while True:
+            now = time.time()
+            for g, reply in self.transport.pull(self.pending).items():
+                self.transport.reply_s.append(now - self.pushed_at[g])
+                if reply.has_content():
+                    self.transport.replies[g] = reply
+                    arrived[g] = True
+                else:                                   # an error reply: the device failed
+                    failed[g] = True
+            self.pending = {mid: g for mid, g in self.pending.items() if not (arrived[g] or failed[g])}
+            waiting = np.zeros(self.num_devices, dtype=bool)
+            waiting[list(self.pending.values())] = True
+            late = waiting & (now - self.pushed_at > self.timeout_s)
+            failed |= late
+            waiting &= ~late
+            if self.update == "async":
+                if arrived.any() or (failed.any() and not (waiting & unfinished).any()):
+                    break
+            elif not (waiting & unfinished).any():
+                break
+            time.sleep(self.transport.poll_s)
+        if self.update == "sync":
+            self.transport.exchange_s.append(time.time() - started)
+        self.pending = {mid: g for mid, g in self.pending.items() if not failed[g]}
+        self.busy[arrived | failed] = False
+        self.timeouts += int(failed.sum())
+        updating = np.zeros(self.num_communities, dtype=bool)
+        updating[np.unique(self.community[arrived])] = True
+        self.updates[updating] += 1
+        self.tick = int(1000 * (time.time() - self.started))
+        return Event(tick=self.tick, arrived=arrived, timed_out=failed, updating=updating)
+
+    def start_round(self) -> None:
+        self.updates[:] = 0
+
+    def state_dict(self) -> dict:
+        return {"tick": self.tick, "updates": self.updates.tolist(), "timeouts": self.timeouts}
+
+    def load_state_dict(self, state: dict) -> None:
+        raise RuntimeError("a deployed run cannot be resumed yet: its devices' state lives on the nodes")
 
 
 def check_deployable(cfg) -> None:
     if cfg.model.name not in SUPPORTED_MODELS:
         raise ConfigError(f"the Flower backend runs {', '.join(SUPPORTED_MODELS)} for now, not '{cfg.model.name}'; "
                           "use fedgen train for the others", where="model.name")
-    if cfg.federation["update"] != "sync":
-        raise ConfigError("the Flower backend runs sync federations for now; use fedgen train for async",
-                          where="federation.update")
     if cfg.federation.fake_labels != "device" or cfg.model.unheld_label_fakes != "judge":
         raise ConfigError("the Flower backend supports the default fake-label protocol only",
                           where="federation.fake_labels")

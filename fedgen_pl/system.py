@@ -79,7 +79,8 @@ class FederatedGAN(FederationModule):
     discriminator_groups = "device"      # device | single
     subset_compute = True                # an event computes only the devices that reported (False: all, masked)
     # Where the devices' side of a local iteration runs: None = here, batched (the in-process engine);
-    # an object with ``feedback(module, work, fake_g, arrived) -> DeviceReply`` = elsewhere (fedgen_pl/deploy.py).
+    # an object with ``feedback(module, work, fake_g, arrived, devices) -> DeviceReply`` = elsewhere (its
+    # ``clock_for(module)`` replaces the virtual clock; fedgen_pl/flower_app.py).
     device_transport = None
 
     @classmethod
@@ -292,7 +293,7 @@ class FederatedGAN(FederationModule):
         # 1-3. The devices: D_kj steps, then L_kj and the feedback (here, or over the network).
         transport = self.device_transport
         reply = (self.device_feedback(work, fake_g, arrived, devices, opt_d) if transport is None
-                 else transport.feedback(self, work, fake_g, arrived))
+                 else transport.feedback(self, work, fake_g, arrived, devices))
         usable = reply.stepped & spread(finite_rows(reply.device_loss, reply.feedback).to(torch.float32)).bool()
         feedback = zero_rows(reply.feedback, pick(usable))             # M_k after the non-finite guard
 

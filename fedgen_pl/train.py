@@ -167,7 +167,9 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None, device_transport
     if resume_state is not None:
         check_partition(datamodule.partition, resume_state.get("partition"), cfg.resume)
     model = model_cls(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
-    model.device_transport = device_transport
+    if device_transport is not None:
+        model.device_transport = device_transport
+        model.clock = device_transport.clock_for(model)       # real replies drive the step loop
 
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)

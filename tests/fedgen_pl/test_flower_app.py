@@ -23,12 +23,14 @@ TWO_BY_TWO = [*SMALL_GRID, "federation.communities=[{data: gaussian_grid, classe
 
 
 class InProcessGrid:
-    """The Grid API over direct calls of the ClientApp; ``silent`` nodes never reply."""
+    """The Grid API over direct calls of the ClientApp; ``silent`` nodes never reply, a ``slow`` node's
+    reply is held back for that many pulls."""
 
-    def __init__(self, node_configs: dict[int, dict], silent: set[int] = frozenset()):
+    def __init__(self, node_configs: dict[int, dict], silent: set[int] = frozenset(), slow: dict | None = None):
         self.contexts = {node: Context(run_id=1, node_id=node, node_config=config, state=RecordDict(), run_config={})
                          for node, config in node_configs.items()}
-        self.silent, self.replies, self.sent = set(silent), {}, 0
+        self.silent, self.slow, self.replies, self.sent = set(silent), dict(slow or {}), {}, 0
+        self.held: dict[str, int] = {}
 
     def get_node_ids(self):
         return list(self.contexts)
@@ -41,11 +43,19 @@ class InProcessGrid:
             node = message.metadata.dst_node_id
             if node not in self.silent:
                 self.replies[message.object_id] = client_app(message, self.contexts[node])
+                self.held[message.object_id] = self.slow.get(node, 0)
             ids.append(message.object_id)
         return ids
 
     def pull_messages(self, ids):
-        return [self.replies.pop(i) for i in list(ids) if i in self.replies]
+        out = []
+        for i in list(ids):
+            if i in self.replies:
+                if self.held[i] > 0:
+                    self.held[i] -= 1
+                else:
+                    out.append(self.replies.pop(i))
+        return out
 
 
 @pytest.fixture(autouse=True)
@@ -97,6 +107,36 @@ def _generators_at_start(cfg):
     return {f"global_generator.{k}": v for k, v in module.global_generator.state_dict().items()}
 
 
+def test_async_test_mode_equals_the_in_process_async_run_with_equal_delays(tmp_path):
+    """Replies that all come at once are the virtual clock's equal delays: the same arrivals, the same run."""
+    common = [*TWO_BY_TWO, "federation.update=async", "clock.delay=constant"]
+    cfg = load_config([*common, "deploy.test_mode=true", f"output_dir={tmp_path / 'flower'}"])
+    devices = FlowerDevices(InProcessGrid(FOUR), cfg, poll_s=0)
+    devices.learn_topology(timeout_s=5)
+    a = _generators(train(cfg, device_transport=devices))
+    b = _generators(train(load_config([*common, f"output_dir={tmp_path / 'local'}"])))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_async_edges_update_on_arrivals_and_count_staleness(tmp_path):
+    import csv
+
+    cfg = load_config([*TWO_BY_TWO, "federation.update=async", "trainer.log_every_n_iters=1",
+                       f"output_dir={tmp_path / 'run'}"])
+    grid = InProcessGrid(FOUR, slow={100: 3})     # community 1, device 1 answers three polls late
+    devices = FlowerDevices(grid, cfg, poll_s=0)
+    devices.learn_topology(timeout_s=5)
+    run_dir = train(cfg, device_transport=devices)
+    rows = [r for r in csv.DictReader(open(run_dir / "metrics.csv")) if r.get("train/staleness_mean")]
+    assert max(float(r["train/staleness_mean"]) for r in rows) > 0       # stale feedback was weighted (Eq. 5)
+    import json
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["faults"]["timeouts"] == 0
+    assert summary["deployment"]["update"] == "async" and summary["deployment"]["replies"] > 12
+
+
 def test_a_device_that_never_replies_is_a_timeout_and_the_run_finishes(tmp_path):
     cfg = load_config([*TWO_BY_TWO, "deploy.exchange_timeout_s=0.05", f"output_dir={tmp_path / 'run'}"])
     grid = InProcessGrid(FOUR)
@@ -121,11 +161,14 @@ def test_a_device_that_loses_its_state_starts_afresh_and_is_counted(tmp_path):
         def __init__(self):
             self.calls = 0
 
-        def feedback(self, module, work, fake_g, arrived):
+        def feedback(self, module, work, fake_g, arrived, rows):
             self.calls += 1
-            if self.calls == 2:
-                grid.contexts[101].state = RecordDict()
-            return devices.feedback(module, work, fake_g, arrived)
+            if self.calls == 1:
+                grid.contexts[101].state = RecordDict()      # lost before its second piece of work
+            return devices.feedback(module, work, fake_g, arrived, rows)
+
+        def clock_for(self, module):
+            return devices.clock_for(module)
 
         def summary(self):
             return devices.summary()
