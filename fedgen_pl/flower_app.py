@@ -295,6 +295,7 @@ class WallClock:
 
     def __init__(self, transport: FlowerDevices, module):
         self.transport, self.module = transport, module
+        self.virtual = module.clock          # checkpoints keep its format, so eval, sample and report read them
         sizes = module.generators.sizes
         self.community = np.repeat(np.arange(len(sizes)), sizes)
         self.num_devices, self.num_communities = len(self.community), len(sizes)
@@ -386,7 +387,9 @@ class WallClock:
         self.updates[:] = 0
 
     def state_dict(self) -> dict:
-        return {"tick": self.tick, "updates": self.updates.tolist(), "timeouts": self.timeouts}
+        state = self.virtual.state_dict()
+        state.update(tick=self.tick, updates=self.updates.tolist(), timeouts=self.timeouts)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         raise RuntimeError("a deployed run cannot be resumed yet: its devices' state lives on the nodes")
