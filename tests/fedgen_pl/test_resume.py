@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -119,8 +120,10 @@ def test_resume_continues_the_wandb_run(tmp_path):
     assert main(["train", f"resume={run}", "federation.global_rounds=2"]) == 0
     assert (run / "wandb_run_id.txt").read_text().strip() == run_id
     # A new W&B run would get a new id (and a directory named after it): every run directory is the same run.
+    # Names are offline-run-<YYYYmmdd_HHMMSS>-<id>, with "-1" appended when two start in the same second.
     offline = sorted((run / "wandb").glob("offline-run-*"))
-    assert offline and {d.name.rsplit("-", 1)[1] for d in offline} == {run_id}
+    ids = {re.match(r"offline-run-\d{8}_\d{6}-([^-]+)", d.name).group(1) for d in offline}
+    assert offline and ids == {run_id}
 
 
 def test_checkpoints_and_classifier_cache_load_with_weights_only(tmp_path):
