@@ -5,9 +5,9 @@
   aggregation rule). Only the devices' side of each local iteration leaves the process: ``FlowerDevices``
   sends each device its generated batches and gets back its loss and feedback.
 - The **ClientApp** is one device. Its discriminator and Adam state live in the node's context
-  (``context.state``); its data is its share of the partition that the experiment and seed define
-  (built on the node, never sent). It runs the same pure device-side functions (fedgen_pl/tiers.py) as
-  the in-process engine.
+  (``context.state``); its data is its share of the partition that the experiment and seed define,
+  built on the node from the datasets under its ``data-root`` node config (else ``data.root``), never
+  sent. It runs the same pure device-side functions (fedgen_pl/tiers.py) as the in-process engine.
 
 Messages: ``query.topology`` (each node's ``--node-config``: community and device) once at the start;
 ``train.step`` per piece of work. ``WallClock`` stands in for the virtual clock, so the engine's step loop
@@ -81,6 +81,8 @@ def device_step(message: Message, context: Context) -> Message:
     cfg = OmegaConf.create(json.loads(str(run["config"])))
     work = from_record(message.content["work"])
     community, device = int(context.node_config["community"]), int(context.node_config["device"])
+    if "data-root" in context.node_config:            # where this node keeps the datasets (else the run's data.root)
+        cfg.data.root = str(context.node_config["data-root"])
     g = global_device_index(cfg, community, device)
     torch.set_num_threads(1)
 

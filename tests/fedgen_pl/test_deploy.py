@@ -1,6 +1,7 @@
-"""A real local deployment (flwr 1.42: a SuperLink and four SuperNodes on 127.0.0.1, one ClientApp process
-per message): a Gaussian grid of 2 communities x 2 devices runs 2 local iterations and one aggregation,
-one SuperNode is killed once training has started, and every process is gone at the end."""
+"""Real local deployments (flwr 1.42: a SuperLink and four SuperNodes on 127.0.0.1, one ClientApp process
+per message) of a Gaussian grid of 2 communities x 2 devices, 2 local iterations and one aggregation: in
+test mode it equals the in-process run; a SuperNode killed once training has started is a timeout and
+the run finishes; every process started is gone at the end of each."""
 
 import json
 import os
@@ -43,12 +44,49 @@ def _session_pids(session_ids: set[int]) -> list[int]:
     return pids
 
 
-def test_local_deployment_trains_survives_a_killed_node_and_leaves_no_process(tmp_path):
+def _record_sessions(sessions: set[int]):
+    def on_started(processes, node_pids):
+        sessions.update(p.pid for _, p, _ in processes.started)
+    return on_started
+
+
+def test_test_mode_deployment_equals_the_in_process_run_and_leaves_no_process(tmp_path):
+    import torch
+
+    from fedgen_pl.config import load_config
+    from fedgen_pl.train import train
+
+    run_dir, sessions = tmp_path / "deployed", set()
+    deploy_local([*GRID, "deploy.test_mode=true", f"output_dir={run_dir}"], on_started=_record_sessions(sessions))
+    time.sleep(0.5)
+    assert sessions and _session_pids(sessions) == []
+    local = train(load_config([*GRID, f"output_dir={tmp_path / 'local'}"]))
+
+    def generators(path):
+        state = torch.load(path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        return {k: v for k, v in state.items() if k.startswith(("global_generator", "community_generators"))}
+    a, b = generators(run_dir), generators(local)
+    assert a.keys() == b.keys() and a
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 1 and summary["iterations"] == 2 and summary["faults"]["timeouts"] == 0
+    deployment = summary["deployment"]
+    assert deployment["backend"] == "flower" and deployment["exchanges"] == 2
+    assert deployment["bytes_sent"]["edge_to_device"] > 0 and deployment["bytes_sent"]["device_to_edge"] > 0
+    assert (run_dir / "metrics.csv").is_file() and (run_dir / "deploy_logs" / "superlink.log").is_file()
+    assert main(["eval", str(run_dir)]) == 0                   # the run directory is an ordinary one
+    assert main(["sample", str(run_dir), "--n", "8"]) == 0
+    assert main(["report", str(run_dir)]) == 0
+
+
+def test_a_killed_supernode_is_a_timeout_and_the_run_finishes(tmp_path):
     run_dir = tmp_path / "run"
     sessions: set[int] = set()
 
     def kill_one_node_once_training_starts(processes, node_pids):
-        sessions.update(p.pid for _, p, _ in processes.started)
+        _record_sessions(sessions)(processes, node_pids)
         victim = node_pids[(1, 1)]
 
         def watch():
@@ -58,18 +96,11 @@ def test_local_deployment_trains_survives_a_killed_node_and_leaves_no_process(tm
             os.killpg(victim, signal.SIGKILL)
         threading.Thread(target=watch, daemon=True).start()
 
-    deploy_local([*GRID, f"output_dir={run_dir}"], on_started=kill_one_node_once_training_starts)
-
+    deploy_local([*GRID, "federation.local_iters=1", f"output_dir={run_dir}"],
+                 on_started=kill_one_node_once_training_starts)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["rounds"] == 1 and summary["iterations"] == 2
-    assert summary["faults"]["timeouts"] == 2                  # the killed device, both local iterations
-    deployment = summary["deployment"]
-    assert deployment["backend"] == "flower" and deployment["exchanges"] == 2
-    assert deployment["bytes_sent"]["edge_to_device"] > 0 and deployment["bytes_sent"]["device_to_edge"] > 0
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "metrics.csv").is_file()
-    assert (run_dir / "deploy_logs" / "superlink.log").is_file()
-    assert main(["eval", str(run_dir)]) == 0                   # the run directory is an ordinary one
-    assert main(["report", str(run_dir)]) == 0
+    assert summary["rounds"] == 1 and summary["iterations"] == 1
+    assert summary["faults"]["timeouts"] == 1                  # the killed device, left out of the one update
     time.sleep(0.5)
     assert sessions and _session_pids(sessions) == []
 

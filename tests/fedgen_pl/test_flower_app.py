@@ -7,7 +7,7 @@ import torch
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import Context, RecordDict  # noqa: E402
+from flwr.app import Context, Error, Message, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedgen_pl.config import load_config  # noqa: E402
@@ -42,7 +42,11 @@ class InProcessGrid:
             self.sent += 1
             node = message.metadata.dst_node_id
             if node not in self.silent:
-                self.replies[message.object_id] = client_app(message, self.contexts[node])
+                try:
+                    reply = client_app(message, self.contexts[node])
+                except Exception as err:      # as Flower's runtime does: an exception becomes an error reply
+                    reply = Message(Error(code=0, reason=repr(err)), reply_to=message)
+                self.replies[message.object_id] = reply
                 self.held[message.object_id] = self.slow.get(node, 0)
             ids.append(message.object_id)
         return ids
@@ -189,3 +193,29 @@ def test_a_topology_that_is_not_the_experiments_is_refused(pairs, message):
     devices = FlowerDevices(InProcessGrid(_nodes(pairs)), cfg, poll_s=0)
     with pytest.raises(ConfigError, match=message):
         devices.learn_topology(timeout_s=0.2)
+
+
+def test_each_node_reads_its_data_from_its_data_root(tmp_path, image_root, classifier_cache):
+    """A node's ``data-root`` node config is where it finds the datasets: a copy works, an empty one fails
+    that device (an error reply, counted as a timeout), whatever the run's own data.root."""
+    import json
+    import shutil
+
+    overrides = ["experiment=mnist_fmnist_noniid", f"data.root={image_root}", "data.download=false",
+                 "data.image_size=8", "federation.communities=[{data: tiny}, {data: mine}]",
+                 "federation.devices_per_community=2", "data.classes_per_device=2", "data.batch_size=4",
+                 "federation.global_rounds=1", "federation.local_iters=2", "model.g_channels=4", "model.d_channels=4",
+                 "model.latent_dim=4", "trainer.progress_bar=false", "metrics.num_samples=40",
+                 "metrics.kid_subset_size=20", "metrics.classifier_epochs=3", f"metrics.cache_dir={classifier_cache}",
+                 "metrics.inception=false"]
+    copy, empty = tmp_path / "node_data", tmp_path / "empty"
+    shutil.copytree(image_root, copy)
+    empty.mkdir()
+    nodes = {100 + i: {"community": c, "device": d, "data-root": str(copy)}
+             for i, (c, d) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)])}
+    nodes[103]["data-root"] = str(empty)          # community 1, device 1 has no data where it looks
+    cfg = load_config([*overrides, f"output_dir={tmp_path / 'run'}"])
+    devices = FlowerDevices(InProcessGrid(nodes), cfg, poll_s=0)
+    devices.learn_topology(timeout_s=5)
+    summary = json.loads((train(cfg, device_transport=devices) / "summary.json").read_text())
+    assert summary["rounds"] == 1 and summary["faults"]["timeouts"] == 2     # its 2 local iterations
