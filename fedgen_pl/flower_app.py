@@ -39,7 +39,7 @@ from fedgen_pl.tiers import device_losses, discriminator_loss, sample_feedback
 client_app = ClientApp()
 server_app = ServerApp()
 
-SUPPORTED_MODELS = ("fedgen_fr",)
+SUPPORTED_MODELS = ("fedgen_fr", "fedgen_lr", "md_gan")    # every device has its own D; no D averaging
 
 
 # -- the wire: tensors <-> Flower records ------------------------------------------------------------
@@ -75,7 +75,7 @@ def device_step(message: Message, context: Context) -> Message:
     """One local iteration of this device (method §2, steps 1-3): D_kj steps on its real batch and
     G_k(z_d), then scores G_k(z_g) with the updated D_kj and returns L_kj and d l_kj / d G_k(z_g)."""
     from datamodules import FederatedDataModule
-    from fedgen_pl.networks import build_discriminator
+    from fedgen_pl.models import model_class
 
     run = message.content["run"]
     cfg = OmegaConf.create(json.loads(str(run["config"])))
@@ -89,6 +89,11 @@ def device_step(message: Message, context: Context) -> Message:
     datamodule = FederatedDataModule(cfg)          # this device's share: the partition of (experiment, seed)
     datamodule.setup("fit")
     m = cfg.model
+    family = model_class(m.name)
+
+    def build_discriminator(model_cfg, spec):
+        return family.discriminator_for(model_cfg, spec)
+
     restarted = 0.0
     if "discriminator" in context.state:            # this device's D and Adam state from its last step
         saved = from_record(context.state["discriminator"])
@@ -117,7 +122,7 @@ def device_step(message: Message, context: Context) -> Message:
         u = torch.rand(B, generator=torch.Generator().manual_seed(seed))
         index = datamodule.device_offsets[g] + (u * datamodule.device_sizes[g]).long()
     real_x = datamodule.normalise(datamodule.train_x[index])
-    real_y = datamodule.train_y[index]
+    real_y = family.real_labels_for_discriminator(datamodule.train_y[index], community)
 
     # 1-2. D_kj on the real batch and G_k(z_d)
     logits = discriminator(torch.cat([real_x, work["fake_d"]]), torch.cat([real_y, work["y_d"]]))

@@ -54,9 +54,13 @@ class LabelRelatedGAN(FederatedGAN):
                                     m.g_norm, m.domain_conditioning, m.film_output_gain_init, m.film_output_shift,
                                     m.film_output_gain_scale)
 
-    def build_discriminator(self):
-        m = self.cfg.model
-        return DCGANDiscriminator(self.spec.data_shape, self.spec.num_communities, m.d_channels, m.d_features)
+    @staticmethod
+    def discriminator_for(model_cfg, spec):
+        return DCGANDiscriminator(spec.data_shape, spec.num_communities, model_cfg.d_channels, model_cfg.d_features)
+
+    @staticmethod
+    def real_labels_for_discriminator(labels: Tensor, community: int) -> Tensor:
+        return torch.full_like(labels, community)          # the device's domain code
 
     def conditioning(self, real_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Every device's samples, real and generated, carry its community's domain code."""

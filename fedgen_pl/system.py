@@ -122,7 +122,17 @@ class FederatedGAN(FederationModule):
         return build_generator(self.cfg.model, self.spec)
 
     def build_discriminator(self):
-        return build_discriminator(self.cfg.model, self.spec)
+        return self.discriminator_for(self.cfg.model, self.spec)
+
+    @staticmethod
+    def discriminator_for(model_cfg, spec):
+        """A device's discriminator (also built on a deployed device, fedgen_pl/flower_app.py)."""
+        return build_discriminator(model_cfg, spec)
+
+    @staticmethod
+    def real_labels_for_discriminator(labels: Tensor, community: int) -> Tensor:
+        """The labels D sees with a device's real batch (``conditioning``'s first output, for one device)."""
+        return labels
 
     def conditioning(self, real_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The labels D sees with the real batch and G and D use for the two generated batches: here the
