@@ -299,7 +299,10 @@ class WallClock:
     module has filled its buffers by then) and waits. Sync: until every busy device of the unfinished
     communities replied, each given ``deploy.exchange_timeout_s``. Async: until at least one reply is in.
     A device that has not replied within the timeout, or whose reply is an error, is given up (counted as
-    a timeout, like the virtual clock's) and gets fresh work later. ``tick`` is milliseconds of wall time."""
+    a timeout, like the virtual clock's) and gets fresh work later. ``tick`` is milliseconds of wall time.
+    When no device at all answers in ``MAX_SILENT_EVENTS`` exchanges in a row, the run stops with an error."""
+
+    MAX_SILENT_EVENTS = 3
 
     def __init__(self, transport: FlowerDevices, module):
         self.transport, self.module = transport, module
@@ -318,6 +321,7 @@ class WallClock:
         self.pushed_at = np.zeros(self.num_devices)
         self.updates = np.zeros(self.num_communities, dtype=np.int64)
         self.started = time.time()
+        self.silent_events = 0
         self.tick = 0
         self.dropouts = 0
         self.timeouts = 0
@@ -382,6 +386,11 @@ class WallClock:
             time.sleep(self.transport.poll_s)
         if self.update == "sync":
             self.transport.exchange_s.append(time.time() - started)
+        self.silent_events = 0 if arrived.any() else self.silent_events + 1
+        if self.silent_events >= self.MAX_SILENT_EVENTS:
+            raise RuntimeError(f"no device answered in {self.silent_events} exchanges in a row (each waited up to "
+                               f"deploy.exchange_timeout_s={self.timeout_s:g} s); are the SuperNodes running? "
+                               "Their logs are in the run's deploy_logs/ (fedgen deploy-local)")
         self.pending = {mid: g for mid, g in self.pending.items() if not failed[g]}
         self.busy[arrived | failed] = False
         self.timeouts += int(failed.sum())

@@ -189,6 +189,16 @@ def test_a_device_that_never_replies_is_a_timeout_and_the_run_finishes(tmp_path)
     assert summary["deployment"]["backend"] == "flower"
 
 
+def test_a_run_whose_devices_all_stop_answering_stops_with_an_error(tmp_path):
+    cfg = load_config([*TWO_BY_TWO, "deploy.exchange_timeout_s=0.02", f"output_dir={tmp_path / 'run'}"])
+    grid = InProcessGrid(FOUR)
+    devices = FlowerDevices(grid, cfg, poll_s=0)
+    devices.learn_topology(timeout_s=5)
+    grid.silent.update(grid.contexts)
+    with pytest.raises(RuntimeError, match="no device answered in 3 exchanges in a row"):
+        train(cfg, device_transport=devices)
+
+
 def test_a_device_that_loses_its_state_starts_afresh_and_is_counted(tmp_path):
     cfg = load_config([*TWO_BY_TWO, f"output_dir={tmp_path / 'run'}", "federation.global_rounds=1"])
     grid = InProcessGrid(FOUR)
