@@ -89,19 +89,15 @@ def device_step(message: Message, context: Context) -> Message:
     datamodule = FederatedDataModule(cfg)          # this device's share: the partition of (experiment, seed)
     datamodule.setup("fit")
     m = cfg.model
-    family = model_class(m.name)
-
-    def build_discriminator(model_cfg, spec):
-        return family.discriminator_for(model_cfg, spec)
-
+    family = model_class(m.name)                   # the model family's discriminator and real-batch labels
     restarted = 0.0
     if "discriminator" in context.state:            # this device's D and Adam state from its last step
         saved = from_record(context.state["discriminator"])
-        discriminator = build_discriminator(m, datamodule.spec)
+        discriminator = family.discriminator_for(m, datamodule.spec)
         discriminator.load_state_dict({k[2:]: v for k, v in saved.items() if k.startswith("d.")})
     else:
         torch.manual_seed(int(cfg.seed) * 100003 + g)
-        discriminator = build_discriminator(m, datamodule.spec)
+        discriminator = family.discriminator_for(m, datamodule.spec)
         if "d_init" in message.content:              # test mode: the in-process run's first weights
             discriminator.load_state_dict(from_record(message.content["d_init"]))
         saved = {}
