@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,9 +66,45 @@ def global_device_index(cfg, community: int, device: int) -> int:
 # -- the device (ClientApp) ------------------------------------------------------------------------
 @client_app.query("topology")
 def topology(message: Message, context: Context) -> Message:
-    """This node's place in the federation, from its ``--node-config``."""
+    """This node's place in the federation, from its ``--node-config``; with a ``data-dir``, also how many
+    samples of each label it holds (what the edge needs for the ``device`` fake labels)."""
     node = {key: context.node_config[key] for key in ("community", "device") if key in context.node_config}
+    if "data-dir" in context.node_config:
+        _, y = read_node_data(Path(str(context.node_config["data-dir"])))
+        node["label_counts"] = [int(c) for c in np.bincount(y.numpy())]
     return Message(RecordDict({"node": ConfigRecord(node)}), reply_to=message)
+
+
+def read_node_data(directory: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A node's own data: ``<data-dir>/train.npz`` with ``x`` (uint8 images ``[n, H, W]``, ``[n, H, W, C]``,
+    ``[n, C, H, W]``, or float vectors ``[n, d]``) and ``y`` (labels in the federation's label space)."""
+    path = directory / "train.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: this node's data-dir needs train.npz with arrays x and y")
+    with np.load(path, allow_pickle=False) as archive:
+        x, y = torch.from_numpy(archive["x"].copy()), torch.from_numpy(archive["y"].astype(np.int64))
+    if len(x) != len(y) or len(x) == 0 or int(y.min()) < 0:
+        raise ValueError(f"{path}: x and y must have the same non-zero length and labels >= 0")
+    return x, y
+
+
+def node_batch_source(directory: Path, spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The node's data as the devices' batches are drawn: images converted to the federation's shape and
+    scaled to [-1, 1]; vectors as float32."""
+    from datamodules.sources import _convert
+    from fedgen_pl.images import normalise_images
+
+    x, y = read_node_data(directory)
+    if int(y.max()) >= spec.num_labels:
+        raise ValueError(f"{directory / 'train.npz'}: label {int(y.max())} is outside the federation's "
+                         f"{spec.num_labels} labels")
+    if x.dtype == torch.uint8 and len(spec.data_shape) == 3:
+        x = _convert(x, spec.data_shape[0], spec.data_shape[1])
+    x = normalise_images(x)
+    if tuple(x.shape[1:]) != tuple(spec.data_shape):
+        raise ValueError(f"{directory / 'train.npz'}: samples of shape {tuple(x.shape[1:])}, the federation's "
+                         f"are {tuple(spec.data_shape)}")
+    return x, y
 
 
 @client_app.train("step")
@@ -86,18 +123,25 @@ def device_step(message: Message, context: Context) -> Message:
     g = global_device_index(cfg, community, device)
     torch.set_num_threads(1)
 
-    datamodule = FederatedDataModule(cfg)          # this device's share: the partition of (experiment, seed)
-    datamodule.setup("fit")
+    from fedgen_pl.spec import FederationSpec
+
+    spec = FederationSpec.from_dict(json.loads(str(run["spec"])))
+    own = None
+    if "data-dir" in context.node_config:          # this node's own data, nothing else
+        own = node_batch_source(Path(str(context.node_config["data-dir"])), spec)
+    else:                                          # its share of the partition of (experiment, seed)
+        datamodule = FederatedDataModule(cfg)
+        datamodule.setup("fit")
     m = cfg.model
     family = model_class(m.name)                   # the model family's discriminator and real-batch labels
     restarted = 0.0
     if "discriminator" in context.state:            # this device's D and Adam state from its last step
         saved = from_record(context.state["discriminator"])
-        discriminator = family.discriminator_for(m, datamodule.spec)
+        discriminator = family.discriminator_for(m, spec)
         discriminator.load_state_dict({k[2:]: v for k, v in saved.items() if k.startswith("d.")})
     else:
         torch.manual_seed(int(cfg.seed) * 100003 + g)
-        discriminator = family.discriminator_for(m, datamodule.spec)
+        discriminator = family.discriminator_for(m, spec)
         if "d_init" in message.content:              # test mode: the in-process run's first weights
             discriminator.load_state_dict(from_record(message.content["d_init"]))
         saved = {}
@@ -111,14 +155,16 @@ def device_step(message: Message, context: Context) -> Message:
 
     # The real batch: the indices the server drew (test mode), else drawn here from this device's share.
     B = work["fake_d"].shape[0]
-    if "real_index" in work:
-        index = work["real_index"].long()
+    seed = int(cfg.seed) * 1_000_003 + g * 7919 + int(run["iteration"])
+    u = torch.rand(B, generator=torch.Generator().manual_seed(seed))
+    if own is not None:
+        index = (u * len(own[1])).long()
+        real_x, labels = own[0][index], own[1][index]
     else:
-        seed = int(cfg.seed) * 1_000_003 + g * 7919 + int(run["iteration"])
-        u = torch.rand(B, generator=torch.Generator().manual_seed(seed))
-        index = datamodule.device_offsets[g] + (u * datamodule.device_sizes[g]).long()
-    real_x = datamodule.normalise(datamodule.train_x[index])
-    real_y = family.real_labels_for_discriminator(datamodule.train_y[index], community)
+        index = (work["real_index"].long() if "real_index" in work
+                 else datamodule.device_offsets[g] + (u * datamodule.device_sizes[g]).long())
+        real_x, labels = datamodule.normalise(datamodule.train_x[index]), datamodule.train_y[index]
+    real_y = family.real_labels_for_discriminator(labels, community)
 
     # 1-2. D_kj on the real batch and G_k(z_d)
     logits = discriminator(torch.cat([real_x, work["fake_d"]]), torch.cat([real_y, work["y_d"]]))
@@ -164,6 +210,7 @@ class FlowerDevices:
         self.bytes_sent = {"edge_to_device": 0, "device_to_edge": 0}
         self.initialised: set[int] = set()          # devices that have their first weights (test mode)
         self.replies: dict[int, Message] = {}       # device -> its reply not yet used by an edge
+        self.node_label_counts: dict[int, list[int]] = {}   # devices with their own data (data-dir)
 
     # -- topology ----------------------------------------------------------------------------------
     def learn_topology(self, timeout_s: float) -> None:
@@ -198,6 +245,11 @@ class FlowerDevices:
                 raise ConfigError(f"node {node} has no community/device in its --node-config",
                                   where="deploy topology")
             key = (int(info["community"]), int(info["device"]))
+            if "label_counts" in info:
+                if self.cfg.deploy.test_mode:
+                    raise ConfigError(f"node {node} has its own data-dir; deploy.test_mode needs the shared "
+                                      "partition on every node", where="deploy.test_mode")
+                self.node_label_counts[global_device_index(self.cfg, *key)] = [int(c) for c in info["label_counts"]]
             if key in seen:
                 raise ConfigError(f"two nodes claim community {key[0]} device {key[1]}", where="deploy topology")
             seen[key] = node
@@ -212,6 +264,25 @@ class FlowerDevices:
     def clock_for(self, module) -> "WallClock":
         module.counters.setdefault("device_restarts", 0)
         return WallClock(self, module)
+
+    def use_node_data(self, module) -> None:
+        """Devices with their own data: the edge draws their fakes' labels from the label counts they
+        reported, not from the ServerApp's partition (``federation.fake_labels=device``)."""
+        if not self.node_label_counts:
+            return
+        from datamodules.federated import fake_label_probs
+
+        data = module.data
+        for g, counts in self.node_label_counts.items():
+            if len(counts) > data.label_histogram.shape[1]:
+                raise ConfigError(f"device {g}'s data has labels up to {len(counts) - 1}, the federation "
+                                  f"{data.label_histogram.shape[1]}", where="deploy topology")
+            row = torch.zeros(data.label_histogram.shape[1])
+            row[:len(counts)] = torch.tensor(counts, dtype=torch.float32)
+            data.label_histogram[g] = row.to(data.label_histogram.device)
+        data.fake_label_probs = {k: v.to(data.label_histogram.device) for k, v in
+                                 fake_label_probs(data.label_histogram.cpu(), module.spec.community_of_device).items()}
+        module.attach_data(data)                 # the labels each discriminator holds, again
 
     # -- one exchange ------------------------------------------------------------------------------
     def push(self, module, devices: list[int], real_index: dict[int, torch.Tensor]) -> dict[str, int]:
@@ -230,7 +301,8 @@ class FlowerDevices:
             if g in real_index:
                 tensors["real_index"] = real_index[g]
             content = {"work": to_record(tensors),
-                       "run": ConfigRecord({"config": self.config_json, "iteration": int(module.iteration)})}
+                       "run": ConfigRecord({"config": self.config_json, "iteration": int(module.iteration),
+                                            "spec": json.dumps(module.spec.to_dict())})}
             if self.cfg.deploy.test_mode and g not in self.initialised:
                 state = state if state is not None else module.device_discriminators.stacked_state()
                 member = int(module.discriminators.group[g])
@@ -286,6 +358,7 @@ class FlowerDevices:
                 "exchange_s_max": exchanges["max"], "replies": len(self.reply_s), "reply_s": stats(self.reply_s),
                 # the edges and the cloud share the ServerApp: nothing crosses a network between them
                 "bytes_sent": {**self.bytes_sent, "edge_to_cloud": 0, "cloud_to_edge": 0},
+                "node_data_label_counts": {str(g): c for g, c in sorted(self.node_label_counts.items())},
                 "nodes": {str(g): node for g, node in sorted(self.node_of.items())}}
 
 
@@ -318,6 +391,7 @@ class WallClock:
         self.updates = np.zeros(self.num_communities, dtype=np.int64)
         self.started = time.time()
         self.silent_events = 0
+        self.node_data_applied = False
         self.tick = 0
         self.dropouts = 0
         self.timeouts = 0
@@ -337,6 +411,9 @@ class WallClock:
             self.index_due[:] = False
 
     def dispatch(self, devices: np.ndarray) -> np.ndarray:
+        if not self.node_data_applied:
+            self.transport.use_node_data(self.module)
+            self.node_data_applied = True
         self._capture_real_index()
         devices = devices & ~self.busy
         self.busy |= devices

@@ -31,6 +31,7 @@ class InProcessGrid:
                          for node, config in node_configs.items()}
         self.silent, self.slow, self.replies, self.sent = set(silent), dict(slow or {}), {}, 0
         self.held: dict[str, int] = {}
+        self.log: list[tuple[int, Message]] = []          # every message pushed, with its node
 
     def get_node_ids(self):
         return list(self.contexts)
@@ -41,6 +42,7 @@ class InProcessGrid:
             message.metadata.__dict__["_message_id"] = message.object_id
             self.sent += 1
             node = message.metadata.dst_node_id
+            self.log.append((node, message))
             if node not in self.silent:
                 try:
                     reply = client_app(message, self.contexts[node])
@@ -263,3 +265,38 @@ def test_each_node_reads_its_data_from_its_data_root(tmp_path, image_root, class
     devices.learn_topology(timeout_s=5)
     summary = json.loads((train(cfg, device_transport=devices) / "summary.json").read_text())
     assert summary["rounds"] == 1 and summary["faults"]["timeouts"] == 2     # its 2 local iterations
+
+
+def test_a_node_with_its_own_data_trains_on_it_and_its_fakes_follow_its_labels(tmp_path):
+    """``data-dir``: the device reads only its own train.npz, and the edge draws its fakes' labels from the
+    counts it reported, not from the ServerApp's partition (which would give device (0, 0) labels 0 and 1)."""
+    import json
+
+    import numpy as np
+
+    from datamodules.sources import grid_centres
+    from fedgen_pl.flower_app import from_record
+
+    centres = grid_centres().numpy()
+    nodes = {}
+    for i, (c, d, label) in enumerate([(0, 0, 1), (0, 1, 0), (1, 0, 2), (1, 1, 2)]):
+        directory = tmp_path / f"node{i}"
+        directory.mkdir()
+        rng = np.random.default_rng(i)
+        x = (centres[label] + 0.05 * rng.standard_normal((50, 2))).astype(np.float32)
+        np.savez(directory / "train.npz", x=x, y=np.full(50, label))
+        nodes[100 + i] = {"community": c, "device": d, "data-dir": str(directory)}
+    cfg = load_config([*TWO_BY_TWO, "federation.global_rounds=1", f"output_dir={tmp_path / 'run'}"])
+    grid = InProcessGrid(nodes)
+    devices = FlowerDevices(grid, cfg, poll_s=0)
+    devices.learn_topology(timeout_s=5)
+    summary = json.loads((train(cfg, device_transport=devices) / "summary.json").read_text())
+    assert summary["rounds"] == 1 and summary["faults"]["timeouts"] == 0
+    assert summary["deployment"]["node_data_label_counts"]["0"] == [0, 50]
+    labels = [from_record(m.content["work"])["y_d"] for node, m in grid.log
+              if node == 100 and m.metadata.message_type == "train.step"]
+    assert labels and all(bool((y == 1).all()) for y in labels)
+
+    with pytest.raises(ConfigError, match="deploy.test_mode"):
+        test_cfg = load_config([*TWO_BY_TWO, "deploy.test_mode=true"])
+        FlowerDevices(InProcessGrid(nodes), test_cfg, poll_s=0).learn_topology(timeout_s=5)
