@@ -258,7 +258,7 @@ class FlowerDevices:
             extra = sorted(set(seen) - expected)
             raise ConfigError(f"the nodes do not match the experiment's {len(counts)} communities x {counts} devices"
                               f" (missing {missing}, unknown {extra}); start one SuperNode per device with "
-                              f"--node-config \"community=<k> device=<j>\"", where="deploy topology")
+                              f"--node-config 'community=<k> device=<j>'", where="deploy topology")
         self.node_of = {global_device_index(self.cfg, c, d): node for (c, d), node in seen.items()}
 
     def clock_for(self, module) -> "WallClock":
