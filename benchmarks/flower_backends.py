@@ -50,40 +50,16 @@ def in_process(out: Path, iters: int) -> float:
 
 
 def in_memory_flower(out: Path, iters: int) -> float:
-    from flwr.app import Context, RecordDict
-    from flwr.supercore.task_identity import TaskIdentity
-
     from fedgen_pl.config import load_config
-    from fedgen_pl.flower_app import FlowerDevices, client_app
+    from fedgen_pl.flower_app import FlowerDevices, InProcessGrid
     from fedgen_pl.train import train
 
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-
-    class Grid:
-        def __init__(self):
-            pairs = [(0, 0), (0, 1), (1, 0), (1, 1)]
-            self.contexts = {10 + i: Context(run_id=1, node_id=10 + i, node_config={"community": c, "device": d},
-                                             state=RecordDict(), run_config={}) for i, (c, d) in enumerate(pairs)}
-            self.replies = {}
-
-        def get_node_ids(self):
-            return list(self.contexts)
-
-        def push_messages(self, messages):
-            ids = []
-            for m in messages:
-                m.metadata.__dict__["_message_id"] = m.object_id
-                self.replies[m.object_id] = client_app(m, self.contexts[m.metadata.dst_node_id])
-                ids.append(m.object_id)
-            return ids
-
-        def pull_messages(self, ids):
-            return [self.replies.pop(i) for i in list(ids) if i in self.replies]
-
+    pairs = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    nodes = {10 + i: {"community": c, "device": d} for i, (c, d) in enumerate(pairs)}
     walls = []
     for n in (iters, iters + EXTRA):
         cfg = load_config([*GRID, f"federation.local_iters={n}", f"output_dir={out / f'in_memory_{n}'}"])
-        devices = FlowerDevices(Grid(), cfg, poll_s=0)
+        devices = FlowerDevices(InProcessGrid(nodes), cfg, poll_s=0)
         devices.learn_topology(timeout_s=10)
         walls.append(_wall(train(cfg, device_transport=devices)))
     return (walls[1] - walls[0]) / EXTRA

@@ -7,12 +7,12 @@ import torch
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import Context, Error, Message, RecordDict  # noqa: E402
+from flwr.app import RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedgen_pl.config import load_config  # noqa: E402
 from fedgen_pl.errors import ConfigError  # noqa: E402
-from fedgen_pl.flower_app import FlowerDevices, client_app  # noqa: E402
+from fedgen_pl.flower_app import FlowerDevices, InProcessGrid  # noqa: E402
 from fedgen_pl.train import train  # noqa: E402
 from tests.conftest import SMALL_GRID  # noqa: E402
 
@@ -20,48 +20,6 @@ TWO_BY_TWO = [*SMALL_GRID, "federation.communities=[{data: gaussian_grid, classe
               "{data: gaussian_grid, classes: [2]}]", "federation.devices_per_community=2",
               "federation.global_rounds=2", "federation.local_iters=3", "metrics.eval_every=1",
               "trainer.progress_bar=false", "trainer.checkpoint_every_rounds=1"]
-
-
-class InProcessGrid:
-    """The Grid API over direct calls of the ClientApp; ``silent`` nodes never reply, a ``slow`` node's
-    reply is held back for that many pulls."""
-
-    def __init__(self, node_configs: dict[int, dict], silent: set[int] = frozenset(), slow: dict | None = None):
-        self.contexts = {node: Context(run_id=1, node_id=node, node_config=config, state=RecordDict(), run_config={})
-                         for node, config in node_configs.items()}
-        self.silent, self.slow, self.replies, self.sent = set(silent), dict(slow or {}), {}, 0
-        self.held: dict[str, int] = {}
-        self.log: list[tuple[int, Message]] = []          # every message pushed, with its node
-
-    def get_node_ids(self):
-        return list(self.contexts)
-
-    def push_messages(self, messages):
-        ids = []
-        for message in messages:
-            message.metadata.__dict__["_message_id"] = message.object_id
-            self.sent += 1
-            node = message.metadata.dst_node_id
-            self.log.append((node, message))
-            if node not in self.silent:
-                try:
-                    reply = client_app(message, self.contexts[node])
-                except Exception as err:      # as Flower's runtime does: an exception becomes an error reply
-                    reply = Message(Error(code=0, reason=repr(err)), reply_to=message)
-                self.replies[message.object_id] = reply
-                self.held[message.object_id] = self.slow.get(node, 0)
-            ids.append(message.object_id)
-        return ids
-
-    def pull_messages(self, ids):
-        out = []
-        for i in list(ids):
-            if i in self.replies:
-                if self.held[i] > 0:
-                    self.held[i] -= 1
-                else:
-                    out.append(self.replies.pop(i))
-        return out
 
 
 @pytest.fixture(autouse=True)
