@@ -7,11 +7,16 @@ from tests.conftest import needs_real_data
 
 
 @needs_real_data
-def test_classifier_record_and_cache(mnist_fmnist_scenario, classifier_cache):
+def test_classifier_record_and_cache(mnist_fmnist_scenario, classifier_cache, monkeypatch):
+    import fedgen_pl.metrics.classifier as classifier_module
+
     dm, classifier, record = mnist_fmnist_scenario
     assert set(record["test_accuracy_per_dataset"]) == {"mnist", "fashion_mnist"}
     assert record["train_samples"] == 6000 and record["test_accuracy"] > 0.8
     # the same data and settings load the cached classifier: the same weights and record, no training
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached classifier was trained again")
+    monkeypatch.setattr(classifier_module, "train_classifier", no_training)
     again, record_again = load_or_train(dm, classifier_cache, train_samples=6000, epochs=2)
     assert record_again == record
     for name, tensor in classifier.state_dict().items():
