@@ -54,8 +54,10 @@ ROWS = {"IS": "global/is_classifier", "FID": "global/fid_classifier", "Acc": "gl
 
 
 SPLITS = ("iid", "noniid")
-# Keys that do not change a run's results: a finished run is reused whatever they were.
-NEUTRAL_KEYS = ("output_dir", "resume", "trainer", "logger", "metrics", "plugins")
+# Keys that do not change a run's results: a finished run is reused whatever they were. `experiment`
+# only names the YAML the settings came from (every setting is compared): a run of
+# `experiment=mnist_fmnist_noniid_async` is the table's FR async cell when its settings match.
+NEUTRAL_KEYS = ("experiment", "output_dir", "resume", "trainer", "logger", "metrics", "plugins")
 
 
 def methods_of(table: str) -> list[tuple[str, list[str]]]:

@@ -109,3 +109,24 @@ def test_a_run_made_before_a_key_existed_is_reused(tmp_path):
     OmegaConf.save(OmegaConf.create(cfg), run_dir / "config.yaml")
     (run_dir / "summary.json").write_text(json.dumps({"metrics": {"modes_covered": 9, "high_quality_share": 1.0}}))
     assert ensure_runs(tmp_path, "quick", [0], ["grid"], methods=["FR sync"])[key]["metrics"]["modes_covered"] == 9
+
+
+def test_a_run_of_a_named_experiment_with_the_same_settings_is_reused(tmp_path):
+    """mnist_fmnist_noniid_async is mnist_fmnist_noniid + FR async: its run fills the table's FR async cell,
+    and one setting apart (the clock's delays) it is refused."""
+    from omegaconf import OmegaConf
+
+    from fedgen_pl.config import ConfigError, load_config
+
+    key, overrides = runs_for("table1", "quick", [0], splits=("noniid",), methods=["FR async"])[0]
+    run_dir = run_dir_for(tmp_path, key)
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"metrics": {"global/acc": 0.5}}))
+    OmegaConf.save(load_config(["experiment=mnist_fmnist_noniid_async", "schedule=quick", "seed=0"]),
+                   run_dir / "config.yaml")
+    assert ensure_runs(tmp_path, "quick", [0], ["table1"], splits=("noniid",),
+                       methods=["FR async"])[key]["metrics"]["global/acc"] == 0.5
+    OmegaConf.save(load_config(["experiment=mnist_fmnist_noniid_async", "schedule=quick", "seed=0",
+                                "clock.delay_high=30"]), run_dir / "config.yaml")
+    with pytest.raises(ConfigError, match="clock.delay_high"):
+        ensure_runs(tmp_path, "quick", [0], ["table1"], splits=("noniid",), methods=["FR async"])
