@@ -44,7 +44,7 @@ def _lr_cfg(tmp_path, classifier_cache, *overrides):
 
 def test_domain_classifier_loss_falls_on_separable_domains(tmp_path, classifier_cache):
     cfg = _lr_cfg(tmp_path, classifier_cache, "model.classifier_steps=40", "model.classifier_lr=0.01",
-                  "model.domain_conditioning=concat", "model.film_output_gain_init=1")
+                  "model.domain_conditioning=concat", "model.film_output_gain_init=1", "model.film_output_shift=true")
     dm = FederatedDataModule(cfg)
     dm.setup()
     torch.manual_seed(0)
@@ -67,7 +67,8 @@ def test_smoke_label_related_trains_in_both_modes(tmp_path, classifier_cache, up
     overrides = [*label_related_overrides(tmp_path, classifier_cache), "federation.global_rounds=2",
                  "federation.local_iters=2",
                  "metrics.eval_every=1", f"federation.update={update}", "clock.delay=uniform", f"output_dir={run_dir}",
-                 f"model.domain_conditioning={conditioning}", f"model.film_output_gain_init={gain_init}"]
+                 f"model.domain_conditioning={conditioning}", f"model.film_output_gain_init={gain_init}",
+                 f"model.film_output_shift={conditioning == 'concat'}"]     # the experiments: no output shift
     assert main(["train", *overrides]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2
