@@ -26,7 +26,7 @@ def describe(run_dir: str, n: int = 256) -> str:
     if generator.conditioning == "concat" or "2" not in generator.gains:
         return f"{run_dir}: no per-domain output gain (domain_conditioning={generator.conditioning})"
     gains = generator.gains["2"].mean(1) * generator.output_gain_scale
-    parts = [f"{path}",
+    parts = [str(path),
              "output gain per domain " + " / ".join(f"{g:+.3f}" for g in gains.tolist())]
     if "2" in generator.shifts:
         parts.append("shift " + " / ".join(f"{s:+.3f}" for s in generator.shifts["2"].mean(1).tolist()))
