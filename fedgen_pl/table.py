@@ -22,6 +22,9 @@ from fedgen_pl.provenance import provenance
 from fedgen_pl.resume import resume_config
 
 ASYNC = ["federation.update=async", "clock.delay=tiers"]     # the paper's FR/LR async: heterogeneous devices
+# An async edge update uses the one or two devices that arrived, about a quarter of a sync update's device
+# feedback (bytes_device_edge), so the image tables give async rounds 4x the edge updates: a round then carries
+# about the same device feedback as sync's (docs/results/table1.md, "FR async rounds").
 
 # (column, model overrides) per table
 TABLE1_METHODS = [
@@ -29,15 +32,15 @@ TABLE1_METHODS = [
     ("Fed. GAN", ["model.name=fed_gan"]),
     ("M-D GAN", ["model.name=md_gan"]),
     ("FR sync", ["model.name=fedgen_fr"]),
-    ("FR async", ["model.name=fedgen_fr", *ASYNC]),
+    ("FR async", ["model.name=fedgen_fr", *ASYNC, "federation.local_iters=20"]),   # sync: 5
 ]
 TABLE2_METHODS = [
     ("RegCGAN", ["model.name=reg_cgan"]),
     ("FedAvg cGAN", ["model.name=fed_cgan"]),
     ("LR sync", ["model.name=fedgen_lr"]),
-    ("LR async", ["model.name=fedgen_lr", *ASYNC]),
+    ("LR async", ["model.name=fedgen_lr", *ASYNC, "federation.local_iters=40"]),   # sync: 10
 ]
-GRID_METHODS = TABLE1_METHODS
+GRID_METHODS = [*TABLE1_METHODS[:-1], ("FR async", ["model.name=fedgen_fr", *ASYNC])]  # gaussian_grid_async's rounds
 
 # The paper's numbers (docs/method.md §13).
 PAPER = {

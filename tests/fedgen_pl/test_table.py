@@ -19,6 +19,20 @@ def test_runs_cover_every_method_split_and_seed():
     assert "experiment=gaussian_grid_async" in grid[("grid", "grid", "FR async", 0)]
 
 
+def test_async_image_columns_take_four_times_the_sync_edge_updates_per_round():
+    """An async edge update carries about a quarter of a sync update's device feedback, so the image tables'
+    async rounds have 4x the edge updates; the grid's async column keeps gaussian_grid_async's rounds."""
+    from fedgen_pl.config import load_config
+
+    for table, sync, asyn in (("table1", "FR sync", "FR async"), ("table2", "LR sync", "LR async")):
+        (_, sync_overrides), (_, async_overrides) = (
+            runs_for(table, "quick", [0], splits=("noniid",), methods=[column])[0] for column in (sync, asyn))
+        iters = [load_config(o).federation.local_iters for o in (sync_overrides, async_overrides)]
+        assert iters[1] == 4 * iters[0], (table, iters)
+    (_, grid_async), = runs_for("grid", "quick", [0], methods=["FR async"])
+    assert load_config(grid_async).federation.local_iters == load_config(["experiment=gaussian_grid_async"]).federation.local_iters
+
+
 def test_render_mean_std_beside_paper(tmp_path):
     summaries = {}
     for key, _ in runs_for("table1", "quick", [0, 1]):
