@@ -30,7 +30,8 @@ def test_async_image_columns_take_four_times_the_sync_edge_updates_per_round():
         iters = [load_config(o).federation.local_iters for o in (sync_overrides, async_overrides)]
         assert iters[1] == 4 * iters[0], (table, iters)
     (_, grid_async), = runs_for("grid", "quick", [0], methods=["FR async"])
-    assert load_config(grid_async).federation.local_iters == load_config(["experiment=gaussian_grid_async"]).federation.local_iters
+    grid_iters = load_config(["experiment=gaussian_grid_async"]).federation.local_iters
+    assert load_config(grid_async).federation.local_iters == grid_iters
 
 
 def test_table2_only_lr_sync_takes_the_saturating_loss():
