@@ -16,7 +16,9 @@ class GlobalAggregation(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not pl_module.round_complete:
             return
-        record = pl_module.cloud.run_round(pl_module)
+        # under the step's precision (bf16-mixed: autocast): the round's hooks and its first dispatch are training too
+        with trainer.precision_plugin.train_step_context():
+            record = pl_module.cloud.run_round(pl_module)
         self.history.append(record)
         metrics = {f"cloud/weight_{k}": w for k, w in enumerate(record["cloud_weights"])}
         metrics.update({f"cloud/community_loss_{k}": v for k, v in enumerate(record["community_loss"])})

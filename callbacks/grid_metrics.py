@@ -52,6 +52,9 @@ class GaussianGridMetrics(pl.Callback):
             metrics, samples, labels = self.evaluate(pl_module)
             # the names of metrics.csv and `fedgen eval`, in summary.json and the printed summary alike
             self.latest = {f"global/{k}": v for k, v in metrics.items()}
+            if getattr(pl_module, "ema", None) is not None:
+                with pl_module.ema_weights():
+                    self.latest.update({f"ema/global/{k}": v for k, v in self.evaluate(pl_module)[0].items()})
             pl_module.log_metrics(self.latest)
             if pl_module.training_finished and self.plot_dir is not None:
                 from fedgen_pl.plots import scatter_grid

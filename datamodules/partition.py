@@ -7,6 +7,9 @@ partitioner splits a community's indices among its devices:
 - ``split_iid``: uniformly at random;
 - ``split_shards``: label skew after McMahan et al., each device holds exactly ``classes_per_device``
   classes (assigned round-robin over a shuffled class order, so classes are spread evenly);
+- ``split_sorted_shards``: McMahan et al.'s original split, as PRISM (ICLR 2025) uses it: the indices
+  sorted by label are cut into ``num_devices x shards_per_device`` equal shards and each device draws
+  ``shards_per_device`` of them at random (a shard may straddle two classes);
 - ``split_dirichlet``: label skew with per-class device proportions ~ Dirichlet(alpha), redrawn until
   every device holds at least ``min_size`` samples.
 
@@ -112,6 +115,20 @@ def split_shards(indices: np.ndarray, labels: np.ndarray, num_devices: int, clas
     return _check_sizes([np.concatenate(p) for p in parts], len(indices), num_devices, where)
 
 
+def split_sorted_shards(indices: np.ndarray, labels: np.ndarray, num_devices: int, shards_per_device: int,
+                        rng: np.random.Generator, where: str = "sorted_shards") -> list[np.ndarray]:
+    """Label-sorted shards of equal size (the remainder, fewer than one per shard, is left out), drawn
+    without replacement, ``shards_per_device`` per device."""
+    num_shards = num_devices * shards_per_device
+    size = len(indices) // num_shards
+    if size < 1:
+        raise PartitionError(f"{where}: {len(indices)} samples cannot make {num_devices} devices x "
+                             f"data.shards_per_device={shards_per_device} shards; lower data.shards_per_device")
+    ordered = indices[np.argsort(labels[indices], kind="stable")]
+    shards = rng.permutation(num_shards).reshape(num_devices, shards_per_device)
+    return [np.sort(np.concatenate([ordered[s * size:(s + 1) * size] for s in device])) for device in shards]
+
+
 def split_dirichlet(indices: np.ndarray, labels: np.ndarray, num_devices: int, alpha: float, min_size: int,
                     rng: np.random.Generator, weights: np.ndarray | None = None, max_tries: int = 1000,
                     where: str = "dirichlet") -> list[np.ndarray]:
@@ -147,7 +164,12 @@ def partition_devices(indices: np.ndarray, labels: np.ndarray, num_devices: int,
         return split_iid(indices, num_devices, rng, weights, where)
     if kind == "shards":
         return split_shards(indices, labels, num_devices, int(data_cfg.classes_per_device), rng, weights, where)
+    if kind == "sorted_shards":
+        if data_cfg.quantity_skew:
+            raise PartitionError(f"{where}: data.quantity_skew does not apply to sorted_shards (equal shards); "
+                                 f"set it to 0 or use data.partition=shards")
+        return split_sorted_shards(indices, labels, num_devices, int(data_cfg.shards_per_device), rng, where)
     if kind == "dirichlet":
         return split_dirichlet(indices, labels, num_devices, float(data_cfg.dirichlet_alpha),
                                int(data_cfg.dirichlet_min_size), rng, weights, where=where)
-    raise PartitionError(f"data.partition: unknown partition '{kind}'; choose iid, shards or dirichlet")
+    raise PartitionError(f"data.partition: unknown partition '{kind}'; choose iid, shards, sorted_shards or dirichlet")

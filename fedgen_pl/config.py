@@ -77,6 +77,7 @@ class ModelConfig:
     film_output_gain_init: float = MISSING
     film_output_shift: bool = MISSING
     film_output_gain_scale: float = MISSING
+    ema_decay: float = MISSING
 
 
 @dataclass
@@ -90,6 +91,7 @@ class DataConfig:
     label_space: str = MISSING
     partition: str = MISSING
     classes_per_device: int = MISSING
+    shards_per_device: int = MISSING
     dirichlet_alpha: float = MISSING
     dirichlet_min_size: int = MISSING
     quantity_skew: float = MISSING
@@ -122,6 +124,9 @@ class MetricsConfig:
     kid_subsets: int = MISSING
     inception: Any = MISSING
     inception_scopes: str = MISSING
+    inception_samples: Any = MISSING
+    inception_reference: str = MISSING
+    inception_precision: str = MISSING
     classifier_epochs: int = MISSING
     classifier_train_samples: Optional[int] = None
     cache_dir: str = MISSING
@@ -185,7 +190,9 @@ CHOICES = {
     "model.domain_conditioning": ("concat", "film", "film_output"),
     "data.label_space": ("union", "shared"),
     "metrics.inception_scopes": ("global", "all"),
-    "data.partition": ("iid", "shards", "dirichlet"),
+    "metrics.inception_reference": ("test", "train"),
+    "metrics.inception_precision": ("32", "bf16"),
+    "data.partition": ("iid", "shards", "sorted_shards", "dirichlet"),
     "clock.delay": ("constant", "uniform", "lognormal", "tiers"),
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
     "trainer.precision": ("32-true", "32", "16-mixed", "bf16-mixed"),
@@ -456,12 +463,14 @@ def validate(cfg: DictConfig) -> None:
     _require(m.d_features >= 0, "model.d_features", f"must be >= 0 (0 = no hidden layer), got {m.d_features}")
     for key in ("beta1", "beta2"):
         _require(0 <= m[key] < 1, f"model.{key}", f"must be in [0, 1), got {m[key]}")
+    _require(0 <= m.ema_decay < 1, "model.ema_decay", f"must be in [0, 1) (0 = no EMA), got {m.ema_decay}")
 
     d = cfg.data
     _require(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
     _require(d.image_size >= 8, "data.image_size", f"must be >= 8, got {d.image_size}")
     _require(d.channels in (1, 3), "data.channels", f"must be 1 or 3, got {d.channels}")
     _require(d.classes_per_device >= 1, "data.classes_per_device", f"must be >= 1, got {d.classes_per_device}")
+    _require(d.shards_per_device >= 1, "data.shards_per_device", f"must be >= 1, got {d.shards_per_device}")
     _require(d.dirichlet_alpha > 0, "data.dirichlet_alpha", f"must be > 0, got {d.dirichlet_alpha}")
     _require(d.dirichlet_min_size >= 1, "data.dirichlet_min_size", f"must be >= 1, got {d.dirichlet_min_size}")
     _require(d.quantity_skew >= 0, "data.quantity_skew", f"must be >= 0 (0 = equal sizes), got {d.quantity_skew}")
@@ -487,6 +496,9 @@ def validate(cfg: DictConfig) -> None:
         mc.kid_subset_size, bool) and 1 <= mc.kid_subset_size <= mc.num_samples), "metrics.kid_subset_size",
              f"must be auto (= min(1000, metrics.num_samples)) or an int in 1..metrics.num_samples "
              f"({mc.num_samples}), got {mc.kid_subset_size!r}")
+    _require(mc.inception_samples == "num_samples" or (isinstance(mc.inception_samples, int) and not isinstance(
+        mc.inception_samples, bool) and mc.inception_samples >= 10), "metrics.inception_samples",
+             f"must be num_samples or an int >= 10, got {mc.inception_samples!r}")
     _require(mc.kid_subsets >= 1, "metrics.kid_subsets", f"must be >= 1, got {mc.kid_subsets}")
     _require(mc.classifier_epochs >= 1, "metrics.classifier_epochs", f"must be >= 1, got {mc.classifier_epochs}")
     _require(mc.classifier_train_samples is None or mc.classifier_train_samples >= 100,

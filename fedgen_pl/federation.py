@@ -10,12 +10,14 @@ families.
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
 from fedgen_pl.aggregation import RoundStats
 from fedgen_pl.clock import VirtualClock
@@ -23,6 +25,27 @@ from fedgen_pl.cloud import Cloud
 from fedgen_pl.config import cloud_lr, with_defaults
 from fedgen_pl.errors import ConfigError
 from fedgen_pl.spec import FederationSpec
+
+
+def ema_average(decay: float):
+    """AveragedModel's update for an EMA with warm-up: after round r (r >= 2; ``ema_1 = G_1``)
+
+        ema_r = d_r ema_{r-1} + (1 - d_r) G_r,    d_r = min(decay, r / (r + 9)),
+
+    so that a short run's average is not dominated by its first, poor rounds (the warm-up of
+    TensorFlow's ExponentialMovingAverage with num_updates; d_r reaches 0.9 at r = 81, 0.99 at r = 891)."""
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+        r = int(num_averaged) + 1                      # the round being taken in
+        d = min(decay, r / (r + 9))
+        for a, c in zip(averaged, current):
+            if a.is_floating_point():
+                a.lerp_(c, 1.0 - d)
+            else:                                      # integer buffers (counters): the latest value
+                a.copy_(c)
+
+    return update
 
 
 class NonFiniteError(RuntimeError):
@@ -93,6 +116,7 @@ class FederationModule(pl.LightningModule):
         self._pending_rng_state: tuple[str, Tensor] | None = None
         self.data = None        # the DataModule (set in on_fit_start, or by attach_data)
         self.cloud = self.build_cloud()
+        self.ema: AveragedModel | None = None   # built by configure_model once the family's networks exist
 
     # Keys about the class labels of generated samples, with their defaults: meaningful only for models
     # whose fakes carry class labels (FederatedGAN's feature-related family).
@@ -250,9 +274,11 @@ class FederationModule(pl.LightningModule):
 
     @torch.no_grad()
     def finish_round(self, new_global_state: dict[str, Tensor]) -> None:
-        """The global model <- the aggregate, every member <- it, and start the next round (at the tick
-        the last member finished); parked devices get fresh work."""
+        """The global model <- the aggregate, every member <- it, the EMA takes it in, and start the next
+        round (at the tick the last member finished); parked devices get fresh work."""
         self.apply_global(new_global_state)
+        if self.ema is not None:
+            self.ema.update_parameters(self.global_model())
         self.generator_version += 1
         self.round_loss_sum.zero_()
         self.round_updates.zero_()
@@ -261,6 +287,31 @@ class FederationModule(pl.LightningModule):
         self.clock.start_round()
         if not self.training_finished and self.data is not None:
             self.dispatch(self.clock.idle_devices())
+
+    # -- the EMA of the global model (model.ema_decay; docs/method.md §10) --------------------------------
+    def global_model(self) -> nn.Module:
+        """The network the cloud's aggregate lands in and ``sample_global`` draws from."""
+        return self.global_generator
+
+    def configure_model(self) -> None:
+        """Lightning calls this before a checkpoint is restored (``fit``, ``load_from_checkpoint``): the
+        exponential moving average of the global model over rounds, when ``model.ema_decay`` > 0
+        (torch's AveragedModel with ``ema_average``)."""
+        decay = float(self.cfg.model.ema_decay)
+        if decay > 0 and self.ema is None:
+            self.ema = AveragedModel(self.global_model(), multi_avg_fn=ema_average(decay),
+                                     use_buffers=True).requires_grad_(False)
+
+    @contextmanager
+    def ema_weights(self):
+        """Within the block the global model holds the EMA's weights (sampling, evaluation), then its own."""
+        model = self.global_model()
+        own = {name: value.clone() for name, value in model.state_dict().items()}
+        model.load_state_dict(self.ema.module.state_dict())
+        try:
+            yield
+        finally:
+            model.load_state_dict(own)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -279,6 +330,11 @@ class FederationModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        weights = checkpoint["state_dict"]
+        if self.ema is not None and "ema.n_averaged" not in weights:
+            # a checkpoint from before the EMA: the average starts at the next round
+            weights.update({f"ema.{name}": value.clone() for name, value in self.ema.state_dict().items()})
+            weights["ema.n_averaged"] = torch.zeros_like(weights["ema.n_averaged"])
         state = checkpoint["federation_state"]
         self.round, self.iteration = state["round"], state["iteration"]
         self.rng, self._pending_rng_state = None, state["rng"]

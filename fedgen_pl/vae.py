@@ -71,6 +71,9 @@ class FedVAE(FederationModule):
         self.device_vaes = StackedModule(self.global_vae, self.num_devices, execution=self.cfg.trainer.member_execution,
                                         compile_mode=self.cfg.trainer.compile)
 
+    def global_model(self) -> nn.Module:
+        return self.global_vae
+
     def build_cloud(self) -> Cloud:
         return Cloud("fedavg", 0.0, 1.0, self.round_end_hooks())      # FedAvg of the VAEs by sample counts
 

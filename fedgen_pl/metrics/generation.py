@@ -199,7 +199,15 @@ class GenerationEvaluator:
 
     def evaluate_model(self, model) -> dict[str, float]:
         """Every metric of ``model``'s global generator; ``global/class_consistency`` too when the model
-        draws paired samples (the label-related scenario)."""
+        draws paired samples (the label-related scenario). With an EMA of the global model
+        (``model.ema_decay``) the same metrics of the EMA follow, as ``ema/<scope>/<metric>``."""
+        results = self._evaluate_generator(model)
+        if getattr(model, "ema", None) is not None:
+            with model.ema_weights():
+                results.update({f"ema/{name}": value for name, value in self._evaluate_generator(model).items()})
+        return results
+
+    def _evaluate_generator(self, model) -> dict[str, float]:
         results = self.evaluate(model.sample_global)
         if hasattr(model, "paired_samples"):
             generator = torch.Generator(device=self.device).manual_seed(self.seed + 2)

@@ -124,3 +124,30 @@ def test_same_seed_same_partition_and_quantity_skew():
     skewed = np.array([len(p) for p in split_iid(indices, 5, rng, quantity_weights(5, 1.0, rng))])
     assert skewed.std() / skewed.mean() > 0.2
     assert np.ptp([len(p) for p in split_iid(indices, 5, np.random.default_rng(0))]) <= 1
+
+
+def test_sorted_shards_deals_label_sorted_shards_like_a_plain_loop():
+    """McMahan et al.'s split (PRISM's non-i.i.d.): sort by label, cut num_devices x shards_per_device equal
+    shards, deal them at random; checked against the shards cut by hand."""
+    from datamodules.partition import split_sorted_shards
+
+    labels = np.repeat(np.arange(5), [13, 7, 10, 12, 8])        # 50 samples, unequal classes
+    indices = np.random.default_rng(1).permutation(50)[:47]     # a community's share, unsorted, 47 of them
+    parts = split_sorted_shards(indices, labels, 3, 2, np.random.default_rng(0))
+    size = 47 // 6                                               # 7; the last 5 sorted samples are left out
+    ordered = indices[np.argsort(labels[indices], kind="stable")]
+    shards = [set(ordered[s * size:(s + 1) * size].tolist()) for s in range(6)]
+    dealt = []
+    for part in parts:
+        assert len(part) == 2 * size and list(part) == sorted(part)
+        mine = [s for s, shard in enumerate(shards) if shard <= set(part.tolist())]
+        assert len(mine) == 2                                    # exactly two whole shards
+        dealt += mine
+    assert sorted(dealt) == list(range(6))                       # every shard dealt once
+
+
+def test_sorted_shards_refuses_more_shards_than_samples():
+    from datamodules.partition import PartitionError, split_sorted_shards
+
+    with pytest.raises(PartitionError, match="data.shards_per_device"):
+        split_sorted_shards(np.arange(5), np.zeros(5, dtype=int), 3, 2, np.random.default_rng(0))

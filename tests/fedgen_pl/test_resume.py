@@ -45,9 +45,9 @@ def _checkpoint(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
-@pytest.mark.parametrize("update", ["sync", "async"])
+@pytest.mark.parametrize("update", ["sync", "async", "sync with EMA"])
 def test_sigkill_mid_round_then_resume_equals_uninterrupted_run(tmp_path, update):
-    overrides = [*FAST, *(ASYNC if update == "async" else [])]
+    overrides = [*FAST, *(ASYNC if update == "async" else []), *(["model.ema_decay=0.9"] if "EMA" in update else [])]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert main(["train", *overrides, f"output_dir={straight}"]) == 0
 
@@ -61,6 +61,7 @@ def test_sigkill_mid_round_then_resume_equals_uninterrupted_run(tmp_path, update
     assert a["federation_state"]["iteration"] == b["federation_state"]["iteration"]
     assert a["federation_state"]["clock"] == b["federation_state"]["clock"]
     assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert ("ema.n_averaged" in a["state_dict"]) == ("EMA" in update)
     for name, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][name]), name
     for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"]):

@@ -1,0 +1,85 @@
+"""trainer.precision=bf16-mixed: what runs in bf16 inside the manual-optimisation step, what stays fp32."""
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fedgen_pl.cli import main
+from fedgen_pl.train import train
+from fedgen_pl.config import load_config
+
+
+class ConvolutionDtypes(TorchDispatchMode):
+    """Records the dtypes of every aten convolution (after autocast has cast its inputs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[torch.dtype, torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.convolution, torch.ops.aten.convolution_backward):
+            self.seen.append((args[0].dtype, args[1].dtype if func.overloadpacket is torch.ops.aten.convolution
+                              else args[2].dtype))
+        return func(*args, **(kwargs or {}))
+
+
+class InspectSteps(pl.Callback):
+    """Runs every training step and every cloud round (aggregation, round hooks, the next dispatch) under
+    ``ConvolutionDtypes``, not the evaluation; keeps the parameters' and optimisers' dtypes at the end."""
+
+    def __init__(self):
+        self.mode = ConvolutionDtypes()
+
+    def _inspected(self, fn):
+        def call(*args, **kwargs):
+            with self.mode:
+                return fn(*args, **kwargs)
+        return call
+
+    def on_fit_start(self, trainer, pl_module):
+        pl_module.training_step = self._inspected(pl_module.training_step)
+        pl_module.cloud.run_round = self._inspected(pl_module.cloud.run_round)
+
+    def on_train_end(self, trainer, pl_module):
+        self.parameters = {name: p.dtype for name, p in pl_module.named_parameters()}
+        self.adam_state = [value.dtype for opt in trainer.optimizers for state in opt.state.values()
+                           for value in state.values() if torch.is_tensor(value) and value.is_floating_point()]
+
+
+def image_overrides(image_root, classifier_cache, run_dir, *extra):
+    return ["experiment=mnist_fmnist_noniid", f"data.root={image_root}", "data.download=false",
+            "data.image_size=8", "federation.communities=[{data: tiny}, {data: mine}]",
+            "federation.devices_per_community=2", "data.classes_per_device=2", "data.batch_size=4",
+            "federation.global_rounds=2", "federation.local_iters=2", "model.g_channels=4", "model.d_channels=4",
+            "model.latent_dim=4", "trainer.progress_bar=false", f"output_dir={run_dir}", "metrics.num_samples=40",
+            "metrics.kid_subset_size=20", "metrics.classifier_epochs=1", f"metrics.cache_dir={classifier_cache}",
+            "metrics.inception=false", "metrics.eval_every=10", *extra]
+
+
+@pytest.mark.parametrize("model", ["fedgen_fr", "md_gan", "fed_vae"])
+def test_bf16_mixed_runs_convolutions_in_bf16_and_keeps_fp32_masters(tmp_path, image_root, classifier_cache, model):
+    inspect = InspectSteps()
+    cfg = load_config(image_overrides(image_root, classifier_cache, tmp_path / "run", "trainer.precision=bf16-mixed",
+                                      f"model.name={model}"))
+    train(cfg, extra_callbacks=[inspect])
+    forward = [dtypes for dtypes in inspect.mode.seen]
+    assert forward, "no convolution ran in the training step"
+    assert all(x == torch.bfloat16 and w == torch.bfloat16 for x, w in forward), set(forward)
+    assert set(inspect.parameters.values()) == {torch.float32}
+    assert inspect.adam_state and set(inspect.adam_state) == {torch.float32}
+
+
+def test_fp32_runs_convolutions_in_fp32(tmp_path, image_root, classifier_cache):
+    inspect = InspectSteps()
+    cfg = load_config(image_overrides(image_root, classifier_cache, tmp_path / "run", "trainer.precision=32-true"))
+    train(cfg, extra_callbacks=[inspect])
+    assert inspect.mode.seen and {x for x, _ in inspect.mode.seen} == {torch.float32}
+
+
+def test_bad_precision_exits_2_naming_the_key(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "trainer.precision=bf16", f"output_dir={run_dir}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fedgen: ") and "(trainer.precision)" in err[0]
+    assert "bf16-mixed" in err[0] and not run_dir.exists()
