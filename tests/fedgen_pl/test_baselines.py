@@ -8,10 +8,14 @@ import torch
 from callbacks import GlobalAggregation
 from fedgen_pl.cli import main
 from tests.conftest import SMALL_GRID, build_system, label_related_overrides
+from pytorch_lightning.plugins.precision import Precision
 
 
 class _Trainer:
     should_stop = False
+
+
+    precision_plugin = Precision()      # fp32: no autocast around the round
     loggers = []
 
 

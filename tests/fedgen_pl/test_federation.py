@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from fedgen_pl.aggregation import async_edge_weights
 from fedgen_pl.clock import NEVER, VirtualClock
 from tests.conftest import build_system
+from pytorch_lightning.plugins.precision import Precision
 
 
 def test_async_weights_hand_computed():
@@ -104,6 +105,8 @@ def _train(system, steps):
 
     class _Trainer:
         should_stop = False
+
+        precision_plugin = Precision()      # fp32: no autocast around the round
         loggers = []
 
     aggregation, trace = GlobalAggregation(), []

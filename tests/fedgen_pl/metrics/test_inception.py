@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fedgen_pl.metrics.generation import GenerationEvaluator
+from fedgen_pl.metrics.generation import GenerationEvaluator, reference_set
 from fedgen_pl.metrics.inception import TFInceptionFeatures, inception_weights_file
 from tests.conftest import needs_real_data
 
@@ -36,13 +36,14 @@ def test_inception_wrapper_runs_on_a_handful_of_images():
 
 
 @needs_real_data
-def test_real_inception_statistics_are_cached_on_disk(mnist_fmnist_scenario, tmp_path):
+def test_real_inception_features_are_cached_on_disk(mnist_fmnist_scenario, tmp_path):
     dm, classifier, _ = mnist_fmnist_scenario
     first, second = _CountingFeatures(), _CountingFeatures()
     second.load_state_dict(first.state_dict())
-    kwargs = dict(num_samples=200, kid_subset_size=100, conditional=True, inception_cache=tmp_path)
+    kwargs = dict(num_samples=200, kid_subset_size=100, conditional=True, inception_cache=tmp_path,
+                  inception_samples=300)
     a = GenerationEvaluator(dm, classifier, first, **kwargs)
-    assert first.images == 200 and len(list(tmp_path.glob("*.pt"))) == 1     # global scope only, then saved
+    assert first.images == 300 and len(list(tmp_path.glob("*.pt"))) == 1     # global scope only, then saved
     b = GenerationEvaluator(dm, classifier, second, **kwargs)
     assert second.images == 0                                                 # read back, nothing recomputed
 
@@ -50,6 +51,25 @@ def test_real_inception_statistics_are_cached_on_disk(mnist_fmnist_scenario, tmp
         return torch.rand(len(labels), 1, 28, 28, generator=generator) * 2 - 1
 
     ra, rb = a.evaluate(sample, ["global"]), b.evaluate(sample, ["global"])
-    assert ra["global/fid_inception"] == rb["global/fid_inception"] and second.images == 200
-    GenerationEvaluator(dm, classifier, _CountingFeatures(), **{**kwargs, "num_samples": 150})
+    assert ra["global/fid_inception"] == rb["global/fid_inception"] and second.images == 300
+    assert ra["global/kid_inception"] == rb["global/kid_inception"]
+    assert "global/fid_inception" not in a.evaluate(sample, ["global"], inception=False)
+    GenerationEvaluator(dm, classifier, _CountingFeatures(), **{**kwargs, "inception_samples": 150})
     assert len(list(tmp_path.glob("*.pt"))) == 2            # another real set, another entry
+
+
+@needs_real_data
+def test_reference_set_mixes_distinct_datasets_in_training_proportions(mnist_fmnist_scenario):
+    """MNIST + two FashionMNIST communities holding disjoint halves: the reference draws MNIST and
+    FashionMNIST test images (each once), in the communities' training proportions."""
+    dm, _, _ = mnist_fmnist_scenario
+    x, y, domains = reference_set(dm, 3000, "test", seed=0)
+    assert len(x) == 3000 and x.dtype == torch.uint8
+    mnist = (domains == 0).sum().item()
+    counts = torch.tensor(dm.spec.device_sample_counts, dtype=torch.float)
+    expected = 3000 * counts[:5].sum() / counts.sum()        # community 0 (MNIST) has devices 0-4
+    assert abs(mnist - expected) <= 1
+    assert set(domains.tolist()) == {0, 1}                   # FashionMNIST images are community 1's domain
+    assert len({tuple(v) for v in x.flatten(1).tolist()}) > 2990     # without replacement (few exact twins)
+    everything, _, _ = reference_set(dm, 10 ** 6, "test", seed=0)
+    assert len(everything) == 20000                          # all of both test splits, once
