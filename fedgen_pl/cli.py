@@ -142,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
                                           "Gaussian-grid comparison (reusing finished runs) and print Markdown tables")
     sub.add_argument("--schedule", choices=("quick", "full"), default="quick")
     sub.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    sub.add_argument("--tables", nargs="+", choices=("table1", "table2", "grid"), default=["table1", "table2", "grid"])
-    sub.add_argument("--splits", nargs="+", choices=("iid", "noniid"), default=["iid", "noniid"],
-                     help="Table 1 and 2: which data splits (default both)")
+    sub.add_argument("--tables", nargs="+", choices=("table1", "table2", "grid", "literature"),
+                     default=["table1", "table2", "grid"])
+    sub.add_argument("--splits", nargs="+", choices=("iid", "noniid", "mnist", "fmnist"),
+                     default=["iid", "noniid", "mnist", "fmnist"],
+                     help="Table 1 and 2: iid, noniid; the literature table: mnist, fmnist (default: all of a table's)")
     sub.add_argument("--methods", nargs="+", default=None, metavar="COLUMN",
                      help="only these columns, by name (e.g. 'FR sync' 'M-D GAN'; default all)")
     sub.add_argument("--out", default=None, help="runs and table.md go here (default runs/table-<schedule>-<time>)")

@@ -43,6 +43,19 @@ TABLE2_METHODS = [
     ("LR async", ["model.name=fedgen_lr", *ASYNC, "federation.local_iters=40",   # sync: 10
                   "model.gan_loss=non_saturating"]),
 ]
+# The literature protocol (PRISM, ICLR 2025): flat federations of 10 devices; the three-tier methods on the
+# same 10 devices behind two edges (configs/experiment/prism_*.yaml). The split is the dataset.
+LITERATURE_METHODS = [
+    ("Cent. GAN", ["model.name=centralized_gan"]),
+    ("Fed. GAN", ["model.name=fed_gan"]),
+    ("M-D GAN", ["model.name=md_gan"]),
+    ("FR sync", ["model.name=fedgen_fr", "experiment=prism_{split}_communities"]),
+    ("FR async", ["model.name=fedgen_fr", "experiment=prism_{split}_communities", *ASYNC, "federation.local_iters=20"]),
+]
+LITERATURE_SPLITS = ("mnist", "fmnist")
+# PRISM's Table (non-i.i.d., no DP; InceptionV3 FID on 10,000 samples), for the literature tables.
+PRISM = {"mnist": {"MD-GAN": 37.80, "PRISM": 9.70, "PRISM*": 6.96},
+         "fmnist": {"MD-GAN": 55.51, "PRISM": 32.75, "PRISM*": 29.01}}
 GRID_METHODS = [*TABLE1_METHODS[:-1], ("FR async", ["model.name=fedgen_fr", *ASYNC])]  # gaussian_grid_async's rounds
 
 # The paper's numbers (docs/method.md §13).
@@ -56,7 +69,10 @@ PAPER = {
 }
 # Our metric behind each of the paper's rows (the paper does not name its networks).
 ROWS = {"IS": "global/is_classifier", "FID": "global/fid_classifier", "Acc": "global/acc",
-        "FID (Inception)": "global/fid_inception", "class consistency": "global/class_consistency"}
+        "FID (Inception)": "global/fid_inception", "class consistency": "global/class_consistency",
+        "KID (Inception)": "global/kid_inception", "FID (Inception), EMA": "ema/global/fid_inception",
+        "FID, EMA": "ema/global/fid_classifier", "Acc, EMA": "ema/global/acc"}
+LITERATURE_ROWS = ("FID (Inception)", "FID (Inception), EMA", "KID (Inception)", "FID", "FID, EMA", "Acc", "Acc, EMA")
 
 
 SPLITS = ("iid", "noniid")
@@ -67,7 +83,15 @@ NEUTRAL_KEYS = ("experiment", "output_dir", "resume", "trainer", "logger", "metr
 
 
 def methods_of(table: str) -> list[tuple[str, list[str]]]:
-    return {"table1": TABLE1_METHODS, "table2": TABLE2_METHODS, "grid": GRID_METHODS}[table]
+    return {"table1": TABLE1_METHODS, "table2": TABLE2_METHODS, "grid": GRID_METHODS,
+            "literature": LITERATURE_METHODS}[table]
+
+
+def splits_of(table: str, splits: tuple[str, ...]) -> tuple[str, ...]:
+    """The splits asked for that the table has (the literature table's splits are its datasets)."""
+    own = LITERATURE_SPLITS if table == "literature" else SPLITS
+    chosen = tuple(s for s in splits if s in own)
+    return chosen or own
 
 
 def runs_for(table: str, schedule: str, seeds: list[int], overrides: list[str] = (),
@@ -76,9 +100,18 @@ def runs_for(table: str, schedule: str, seeds: list[int], overrides: list[str] =
     (they win), ``methods`` keeps only those columns."""
     runs = []
     chosen = [(c, o) for c, o in methods_of(table) if methods is None or c in methods]
-    if table in ("table1", "table2"):
+    if table == "literature":
+        for split in splits_of(table, splits):
+            for column, method in chosen:
+                experiment = [o.format(split=split) for o in method if o.startswith("experiment=")] or \
+                    [f"experiment=prism_{split}"]
+                for seed in seeds:
+                    runs.append(((table, split, column, seed),
+                                 [*experiment, f"schedule={schedule}", f"seed={seed}",
+                                  *[o for o in method if not o.startswith("experiment=")], *overrides]))
+    elif table in ("table1", "table2"):
         prefix = "mnist_fmnist" if table == "table1" else "mnist_inverse"
-        for split in splits:
+        for split in splits_of(table, splits):
             for column, method in chosen:
                 for seed in seeds:
                     runs.append(((table, split, column, seed),
@@ -178,10 +211,13 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
                 lines.append(f"| {metric} | " + " | ".join(cells) + " |")
             lines.append("")
             continue
+        if table == "literature":
+            lines += _literature_rows(summaries, chosen, seeds, splits_of(table, splits))
+            continue
         title = "Table 1, MNIST + FashionMNIST" if table == "table1" else "Table 2, MNIST / inverse MNIST"
         lines += [f"**{title}**", "", "| split | metric | " + " | ".join(c for _, c in chosen) + " |",
                   "|---|---|" + "---|" * len(chosen)]
-        for split in splits:
+        for split in splits_of(table, splits):
             paper = PAPER[(table, split)]
             names = list(paper) + [r for r in ("FID (Inception)", "class consistency") if any(
                 ROWS[r] in summaries[(table, split, c, s)]["metrics"] for _, c in chosen for s in seeds)]
@@ -202,6 +238,30 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
     for key in sorted(summaries):
         lines.append(f"- {key[0]} {key[1]} {key[2]} seed {key[3]}: `{run_dir_for(root, key)}`")
     return "\n".join(lines)
+
+
+def _literature_rows(summaries: dict, chosen: list, seeds: list[int], splits: tuple[str, ...]) -> list[str]:
+    """The literature protocol's table: Inception FID (10k) and KID, the classifier's FID and Acc, with
+    the EMA beside the raw generator, and the bytes per round; PRISM's published numbers under it."""
+    lines = ["**Literature protocol (PRISM, ICLR 2025): 10 devices, label-sorted shards**", "",
+             "| data | metric | " + " | ".join(c for _, c in chosen) + " |", "|---|---|" + "---|" * len(chosen)]
+    for split in splits:
+        for row in LITERATURE_ROWS:
+            values = [[summaries[("literature", split, c, s)]["metrics"].get(ROWS[row]) for s in seeds] for _, c in chosen]
+            values = [[v for v in column if v is not None] for column in values]
+            if not any(values):
+                continue
+            scale, digits, unit = (100.0, 2, "%") if row.startswith("Acc") else (1.0, 2, "")
+            cells = [_cell(v, scale, digits) + (unit if v else "") for v in values]
+            lines.append(f"| {split} | {row} `{ROWS[row].split('/')[-1]}` | " + " | ".join(cells) + " |")
+        per_round = [[(summaries[("literature", split, c, s)]["bytes_device_edge"]
+                       + summaries[("literature", split, c, s)]["bytes_edge_cloud"])
+                      / max(summaries[("literature", split, c, s)]["rounds"], 1) / 2 ** 20 for s in seeds]
+                     for _, c in chosen]
+        lines.append(f"| {split} | MiB per round (all tiers) | " + " | ".join(_cell(v, digits=1) for v in per_round) + " |")
+    lines += ["", "PRISM's published Inception FID (10k samples, non-i.i.d., no DP): " + "; ".join(
+        f"{split}: " + ", ".join(f"{name} {value}" for name, value in PRISM[split].items()) for split in splits), ""]
+    return lines
 
 
 def _grid_value(metrics: dict, name: str) -> float:
@@ -232,7 +292,7 @@ def figures(root: Path, tables: list[str], seeds: list[int], splits, methods) ->
     seed, written = seeds[0], []
     for table in tables:
         columns = [c for c, _ in methods_of(table) if methods is None or c in methods]
-        for split in (("grid",) if table == "grid" else splits):
+        for split in (("grid",) if table == "grid" else splits_of(table, splits)):
             plot = "global_samples.png" if table == "grid" else "samples_global.png"
             images = [(c, run_dir_for(root, (table, split, c, seed)) / "plots" / plot) for c in columns]
             name = "grid_samples.png" if table == "grid" else f"{table}_{split}_samples.png"

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from fedgen_pl.config import load_config
 from fedgen_pl.table import PAPER, ensure_runs, render, run_dir_for, runs_for
 
 
@@ -155,3 +156,34 @@ def test_a_run_of_a_named_experiment_with_the_same_settings_is_reused(tmp_path):
                                 "clock.delay_high=30"]), run_dir / "config.yaml")
     with pytest.raises(ConfigError, match="clock.delay_high"):
         ensure_runs(tmp_path, "quick", [0], ["table1"], splits=("noniid",), methods=["FR async"])
+
+
+def test_literature_table_runs_flat_methods_on_ten_devices_and_fr_behind_two_edges():
+    runs = runs_for("literature", "full", [0])
+    assert {key[1] for key, _ in runs} == {"mnist", "fmnist"}
+    by_column = {(key[1], key[2]): load_config(o) for key, o in runs}
+    for data, name in (("mnist", "mnist"), ("fmnist", "fashion_mnist")):
+        for column in ("Cent. GAN", "Fed. GAN", "M-D GAN"):
+            cfg = by_column[(data, column)]
+            assert [c.data for c in cfg.federation.communities] == [name] and cfg.federation.devices_per_community == 10
+        for column in ("FR sync", "FR async"):
+            cfg = by_column[(data, column)]
+            assert [c.data for c in cfg.federation.communities] == [name, name]
+            assert cfg.federation.devices_per_community == 5
+        for cfg in (by_column[(data, c)] for c in ("Cent. GAN", "FR sync")):
+            assert cfg.data.partition == "sorted_shards" and cfg.data.shards_per_device == 4
+            assert cfg.metrics.inception is True and cfg.metrics.inception_samples == 10000    # the full schedule
+    assert by_column[("mnist", "FR async")].federation["update"] == "async"
+
+
+def test_literature_render_has_inception_rows_bytes_and_prism(tmp_path):
+    summaries = {}
+    for i, (key, _) in enumerate(runs_for("literature", "full", [0, 1], splits=("mnist",))):
+        summaries[key] = {"metrics": {"global/fid_inception": 40.0 + i, "global/kid_inception": 0.01,
+                                      "global/fid_classifier": 20.0, "global/acc": 0.9},
+                          "bytes_device_edge": 3 * 2 ** 20, "bytes_edge_cloud": 2 ** 20, "rounds": 2}
+    text = render(summaries, ["literature"], [0, 1], tmp_path, "full", splits=("mnist",))
+    assert "| mnist | FID (Inception) `fid_inception` | 40.50 ± 0.71 | 42.50 ± 0.71 |" in text
+    assert "| mnist | MiB per round (all tiers) | 2.0 ± 0.0 |" in text
+    assert "MD-GAN 37.8" in text and "PRISM* 6.96" in text
+    assert "EMA" not in text.split("PRISM's published")[0].split("\n", 3)[-1]     # no EMA rows without EMA runs
