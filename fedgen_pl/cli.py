@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = commands.add_parser("eval", help="compute every metric of a checkpoint",
                               description="compute every metric of a saved run and write metrics.json beside "
                                           "the checkpoint; overrides (key=value) change metric settings, e.g. "
-                                          "metrics.num_samples=10000 metrics.inception=true")
+                                          "metrics.inception=true metrics.inception_samples=10000")
     sub.add_argument("checkpoint", help="a .ckpt file, or a run directory (uses checkpoints/last.ckpt)")
     sub.add_argument("overrides", nargs="*", help="metrics.* overrides")
     sub.set_defaults(fn=_eval)
