@@ -16,7 +16,8 @@ the 8 minutes a GPU window leaves):
 - ``tables``: full-schedule runs as concurrent processes sharing the GPU, one group per window
   (``--tables``): ``table1`` (both splits, five methods, seed 0, ``fake_labels=device``; the default),
   ``table1-community`` (the non-i.i.d. split under ``fake_labels=community``), ``table2`` (four methods,
-  both splits). Each checkpoints every 25 rounds; a run found in ``--resume-from``
+  both splits), ``literature`` (PRISM's protocol, five methods on MNIST and FashionMNIST; 10,000-sample
+  archives). Each checkpoints every 25 rounds; a run found in ``--resume-from``
   continues. Finished runs export a 2000-sample archive of their final generator (scored for
   ``fid_inception`` later on CPU: ``benchmarks/score_archive.py``).
 
@@ -141,6 +142,7 @@ TABLE_GROUPS = {
     "table1": ("table1", [], ("iid", "noniid")),                                         # 10 runs
     "table1-community": ("table1", ["federation.fake_labels=community"], ("noniid",)),   # 5 runs
     "table2": ("table2", [], ("iid", "noniid")),                                         # 8 runs
+    "literature": ("literature", [], ("mnist", "fmnist")),   # 10 runs; 10,000-sample archives (PRISM's FID size)
 }
 
 
@@ -216,7 +218,7 @@ def part_tables(out: Path, smoke: bool, deadline: float, resume_from: Path | Non
         if summary.is_file():
             info["metrics"] = json.loads(summary.read_text()).get("metrics", {})
             info["wall_time_s"] = json.loads(summary.read_text()).get("wall_time_s")
-            export_archive(run_dir, 20 if smoke else 2000, env)
+            export_archive(run_dir, 20 if smoke else 10000 if name.startswith("device_literature") else 2000, env)
         else:
             checkpoint = run_dir / "checkpoints" / "last.ckpt"
             info["round"] = _checkpoint_round(checkpoint) if checkpoint.is_file() else 0
