@@ -51,7 +51,7 @@ def _eval(args) -> int:
 def _sample(args) -> int:
     from fedgen_pl.evaluate import sample_checkpoint
 
-    for path in sample_checkpoint(args.checkpoint, args.n, args.out, args.seed):
+    for path in sample_checkpoint(args.checkpoint, args.n, args.out, args.seed, args.ema):
         print(path)
     return 0
 
@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
     sub.add_argument("--out", default=None, help="output stem (default: samples_<N> beside the checkpoint)")
     sub.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
+    sub.add_argument("--ema", action="store_true", help="sample the EMA of the global model (a run with model.ema_decay > 0)")
     sub.set_defaults(fn=_sample)
     sub = commands.add_parser("table", help="reproduce the paper's tables",
                               description="run every configuration behind the paper's Table 1, Table 2 and the "

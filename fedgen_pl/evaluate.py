@@ -65,14 +65,24 @@ def evaluate_checkpoint(path, overrides: list[str] | None = None) -> tuple[dict,
 
 
 @torch.no_grad()
-def sample_checkpoint(path, n: int, out: str | None = None, seed: int = 0) -> list[Path]:
+def sample_checkpoint(path, n: int, out: str | None = None, seed: int = 0, ema: bool = False) -> list[Path]:
     """``n`` samples, labels cycling through the label space: ``<stem>.npz`` (x, y, label_names) and
-    ``<stem>.png``."""
-    from fedgen_pl.plots import image_grid, scatter_grid
-
+    ``<stem>.png``; with ``ema``, of the EMA of the global model (default stem ``samples_<n>_ema``)."""
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     model, path = load_model(path)
+    if not ema:
+        return _sample_model(model, path, n, out, seed)
+    if model.ema is None:
+        raise InputError("this run has no EMA of its global model (trained with model.ema_decay=0); sample it "
+                         "without --ema", where=str(path))
+    with model.ema_weights():
+        return _sample_model(model, path, n, out or str(path.parent / f"samples_{n}_ema"), seed)
+
+
+def _sample_model(model, path: Path, n: int, out: str | None, seed: int) -> list[Path]:
+    from fedgen_pl.plots import image_grid, scatter_grid
+
     spec = model.spec
     generator = torch.Generator(device=model.device).manual_seed(seed)
     if hasattr(model, "paired_samples"):     # domain-conditional: cycle through the domains

@@ -54,3 +54,41 @@ def test_no_ema_by_default():
     system.configure_model()
     assert system.ema is None
     assert not any(name.startswith("ema.") for name in system.state_dict())
+
+
+def test_a_run_with_ema_evaluates_samples_and_exports_it(tmp_path, image_root, classifier_cache, capsys):
+    import json
+
+    import numpy as np
+
+    from fedgen_pl.cli import main
+
+    run_dir = tmp_path / "run"
+    overrides = ["experiment=mnist_fmnist_noniid", f"data.root={image_root}", "data.download=false",
+                 "data.image_size=8", "federation.communities=[{data: tiny}, {data: mine}]",
+                 "federation.devices_per_community=2", "data.classes_per_device=2", "data.batch_size=4",
+                 "federation.global_rounds=3", "federation.local_iters=1", "model.g_channels=4", "model.d_channels=4",
+                 "model.latent_dim=4", "trainer.progress_bar=false", f"output_dir={run_dir}", "metrics.num_samples=40",
+                 "metrics.kid_subset_size=20", "metrics.classifier_epochs=1", f"metrics.cache_dir={classifier_cache}",
+                 "metrics.inception=false", "metrics.eval_every=1", "model.ema_decay=0.9"]
+    assert main(["train", *overrides]) == 0
+    metrics = json.loads((run_dir / "summary.json").read_text())["metrics"]
+    raw = {k for k in metrics if not k.startswith("ema/")}
+    assert {f"ema/{k}" for k in raw} == set(metrics) - raw           # every metric for the EMA too
+    assert metrics["ema/global/fid_classifier"] != metrics["global/fid_classifier"]
+    assert (run_dir / "plots" / "ema" / "samples_global.png").is_file()
+    assert main(["eval", str(run_dir)]) == 0
+    evaluated = json.loads((run_dir / "checkpoints" / "metrics.json").read_text())
+    assert abs(evaluated["ema/global/fid_classifier"] - metrics["ema/global/fid_classifier"]) < 1e-9
+    assert main(["sample", str(run_dir), "--n", "7", "--ema"]) == 0
+    ema = np.load(run_dir / "checkpoints" / "samples_7_ema.npz")["x"]
+    assert main(["sample", str(run_dir), "--n", "7"]) == 0
+    assert not np.array_equal(ema, np.load(run_dir / "checkpoints" / "samples_7.npz")["x"])
+
+    plain = tmp_path / "plain"
+    assert main(["train", *[o for o in overrides if not o.startswith(("model.ema", "output_dir"))],
+                 f"output_dir={plain}", "federation.global_rounds=1"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(plain), "--n", "3", "--ema"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fedgen: ") and "model.ema_decay" in err[0]
