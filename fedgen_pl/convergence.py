@@ -26,14 +26,15 @@ def smoothed(values: list[float]) -> list[float]:
 def convergence_round(rounds: list[int], fids: list[float], total_rounds: int | None = None,
                       window: float = 0.2, tolerance: float = 0.05) -> int | None:
     """The first evaluated round after which the smoothed FID improves by less than ``tolerance`` over
-    the next ``window`` of the run; None if there is none (rounds with a full window ahead only)."""
+    the next ``window`` x ``total_rounds`` rounds; None if there is none. Only rounds whose whole window
+    has been evaluated count, so a run still going gives None until it can decide."""
     if len(rounds) != len(fids) or not rounds:
         raise ValueError("convergence_round: rounds and fids must be non-empty and of one length")
     total = total_rounds or rounds[-1]
     span = window * total
     curve = smoothed(list(fids))
     for i, r in enumerate(rounds):
-        if r + span > total:
+        if r + span > min(total, rounds[-1]):      # its window not trained (or not evaluated) yet
             return None
         ahead = [f for q, f in zip(rounds[i + 1:], curve[i + 1:]) if q <= r + span]
         if ahead and min(ahead) >= (1 - tolerance) * curve[i]:

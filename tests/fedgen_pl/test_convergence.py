@@ -32,3 +32,10 @@ def test_one_lucky_evaluation_does_not_decide():
 def test_mismatched_inputs_are_refused():
     with pytest.raises(ValueError):
         convergence_round([1, 2], [3.0])
+
+
+def test_a_run_still_going_decides_only_rounds_whose_window_it_has_seen():
+    rounds = list(range(100, 601, 100))                     # a 1000-round run, evaluated up to 600
+    fids = [400, 200, 100, 60, 50, 49]
+    assert convergence_round(rounds, fids, total_rounds=1000) is None      # 500 needs rounds up to 700
+    assert convergence_round(rounds + [700], fids + [48], total_rounds=1000) == 500
