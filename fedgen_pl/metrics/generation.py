@@ -251,16 +251,17 @@ class GenerationEvaluator:
     def evaluate_model(self, model, inception: bool = True) -> dict[str, float]:
         """Every metric of ``model``'s global generator; ``global/class_consistency`` too when the model
         draws paired samples (the label-related scenario); ``inception=False`` skips the Inception metrics.
-        With an EMA of the global model (``model.ema_decay``) the same metrics of the EMA follow, as
-        ``ema/<scope>/<metric>``."""
+        With an EMA of the global model (``model.ema_decay``) the global scope's metrics of the EMA follow,
+        as ``ema/global/<metric>`` (the global scope only: the tables read it, and evaluation stays cheap)."""
         results = self._evaluate_generator(model, inception)
         if getattr(model, "ema", None) is not None:
             with model.ema_weights():
-                results.update({f"ema/{name}": value for name, value in self._evaluate_generator(model, inception).items()})
+                results.update({f"ema/{name}": value
+                                for name, value in self._evaluate_generator(model, inception, ["global"]).items()})
         return results
 
-    def _evaluate_generator(self, model, inception: bool) -> dict[str, float]:
-        results = self.evaluate(model.sample_global, inception=inception)
+    def _evaluate_generator(self, model, inception: bool, scopes: list[str] | None = None) -> dict[str, float]:
+        results = self.evaluate(model.sample_global, scopes, inception=inception)
         if hasattr(model, "paired_samples"):
             generator = torch.Generator(device=self.device).manual_seed(self.seed + 2)
             results["global/class_consistency"] = self.class_consistency(

@@ -23,8 +23,8 @@ def test_train_writes_run_outputs(tmp_path, capsys):
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 3 and summary["iterations"] == 6
-    assert set(summary["metrics"]) == {"global/modes_covered", "global/high_quality_share",
-                                       "global/on_label_share"}
+    grid = {"global/modes_covered", "global/high_quality_share", "global/on_label_share"}
+    assert set(summary["metrics"]) == grid | {f"ema/{k}" for k in grid}       # the EMA's beside (model.ema_decay)
 
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     weight_rows = [r for r in rows if r.get("cloud/weight_0")]
@@ -64,9 +64,9 @@ def test_smoke_train_on_images_writes_sample_grid(tmp_path, image_root, classifi
     assert (run_dir / "plots" / "partition_histogram.png").is_file()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2
-    expected = {f"{scope}/{name}" for scope in ("global", "community_0", "community_1", "community_2")
-                for name in ("fid_classifier", "kid_classifier", "is_classifier", "acc")}
-    assert set(summary["metrics"]) == expected
+    names = ("fid_classifier", "kid_classifier", "is_classifier", "acc")
+    expected = {f"{scope}/{name}" for scope in ("global", "community_0", "community_1", "community_2") for name in names}
+    assert set(summary["metrics"]) == expected | {f"ema/global/{name}" for name in names}
     assert 0 <= summary["metrics"]["global/acc"] <= 1 and summary["classifier"]["train_samples"] == 600
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     assert len([r for r in rows if r.get("global/fid_classifier")]) == 2      # every round (eval_every=1)
