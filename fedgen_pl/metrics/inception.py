@@ -35,7 +35,7 @@ class TFInceptionFeatures(nn.Module):
     pool features: 3 channels, bilinear resize to 299x299, TF scaling, then the TorchScript network.
 
     ``precision="bf16"`` runs the network under bf16 autocast in channels-last layout (weights stay fp32;
-    2.4x faster on an AVX512-BF16 CPU, and the FID within 1% of fp32's: benchmarks/RESULTS.md)."""
+    1.9-2.9x faster on an AVX512-BF16 CPU, the FID within 1% of fp32's: benchmarks/RESULTS.md)."""
 
     num_features = 2048
 
