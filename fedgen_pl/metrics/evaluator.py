@@ -55,6 +55,11 @@ def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
     log.info("metrics: real statistics of %d scopes x %d samples in %.1f s (classifier test accuracy %.4f)",
              len(evaluator.real), cfg.metrics.num_samples, time.time() - started, record["test_accuracy"])
     evaluator.classifier_record = record
+    # which real set the Inception statistics come from, recorded in summary.json beside the numbers
+    evaluator.inception_record = None if inception is None else {
+        "reference": cfg.metrics.inception_reference, "precision": cfg.metrics.inception_precision,
+        "samples": {scope: len(x) for scope, (x, _, _) in evaluator.inception_real.items()},
+        "network": type(inception).__name__}
     return evaluator
 
 

