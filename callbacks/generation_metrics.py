@@ -57,7 +57,7 @@ class GenerationMetrics(pl.Callback):
             self.eval_seconds += time.time() - started
             pl_module.log_metrics(self.latest)
             paths = sample_grids(pl_module, self.plot_dir, self.per_label)
-            if getattr(pl_module, "ema", None) is not None:
+            if getattr(pl_module, "has_ema", False):
                 with pl_module.ema_weights():
                     paths += sample_grids(pl_module, self.plot_dir / "ema", self.per_label)
             log_images(trainer, "samples", paths, step=pl_module.iteration)

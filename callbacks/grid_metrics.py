@@ -52,7 +52,7 @@ class GaussianGridMetrics(pl.Callback):
             metrics, samples, labels = self.evaluate(pl_module)
             # the names of metrics.csv and `fedgen eval`, in summary.json and the printed summary alike
             self.latest = {f"global/{k}": v for k, v in metrics.items()}
-            if getattr(pl_module, "ema", None) is not None:
+            if getattr(pl_module, "has_ema", False):
                 with pl_module.ema_weights():
                     self.latest.update({f"ema/global/{k}": v for k, v in self.evaluate(pl_module)[0].items()})
             pl_module.log_metrics(self.latest)

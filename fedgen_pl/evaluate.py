@@ -73,7 +73,7 @@ def sample_checkpoint(path, n: int, out: str | None = None, seed: int = 0, ema: 
     model, path = load_model(path)
     if not ema:
         return _sample_model(model, path, n, out, seed)
-    if model.ema is None:
+    if not model.has_ema:
         raise InputError("this run has no EMA of its global model (trained with model.ema_decay=0); sample it "
                          "without --ema", where=str(path))
     with model.ema_weights():

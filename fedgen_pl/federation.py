@@ -302,6 +302,12 @@ class FederationModule(pl.LightningModule):
             self.ema = AveragedModel(self.global_model(), multi_avg_fn=ema_average(decay),
                                      use_buffers=True).requires_grad_(False)
 
+    @property
+    def has_ema(self) -> bool:
+        """An EMA that has taken in at least one round (one restored from a checkpoint written before the
+        EMA existed has not: it starts at the next round, and is not evaluated until then)."""
+        return self.ema is not None and bool(self.ema.n_averaged > 0)
+
     @contextmanager
     def ema_weights(self):
         """Within the block the global model holds the EMA's weights (sampling, evaluation), then its own."""
@@ -332,7 +338,7 @@ class FederationModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         weights = checkpoint["state_dict"]
         if self.ema is not None and "ema.n_averaged" not in weights:
-            # a checkpoint from before the EMA: the average starts at the next round
+            # a checkpoint from before the EMA: the average starts at the next round (has_ema is False until then)
             weights.update({f"ema.{name}": value.clone() for name, value in self.ema.state_dict().items()})
             weights["ema.n_averaged"] = torch.zeros_like(weights["ema.n_averaged"])
         state = checkpoint["federation_state"]

@@ -254,7 +254,7 @@ class GenerationEvaluator:
         With an EMA of the global model (``model.ema_decay``) the global scope's metrics of the EMA follow,
         as ``ema/global/<metric>`` (the global scope only: the tables read it, and evaluation stays cheap)."""
         results = self._evaluate_generator(model, inception)
-        if getattr(model, "ema", None) is not None:
+        if getattr(model, "has_ema", False):
             with model.ema_weights():
                 results.update({f"ema/{name}": value
                                 for name, value in self._evaluate_generator(model, inception, ["global"]).items()})

@@ -1,6 +1,7 @@
 """Exact resume after SIGKILL, checkpoint fallback, resume=latest, and what may change on resume."""
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -144,6 +145,14 @@ def test_a_checkpoint_from_an_older_version_loads_with_todays_defaults(tmp_path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     del checkpoint["hyper_parameters"]["config"]["federation"]["fake_labels"]
     del checkpoint["hyper_parameters"]["config"]["trainer"]["compile"]
+    # ... and the EMA (model.ema_decay, default on since): a checkpoint from before it has no ema.* weights
+    del checkpoint["hyper_parameters"]["config"]["model"]["ema_decay"]
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("ema.")}
     torch.save(checkpoint, path)
     assert main(["eval", str(run)]) == 0
+    evaluated = json.loads((run / "checkpoints" / "metrics.json").read_text())
+    assert not any(k.startswith("ema/") for k in evaluated)          # no average taken yet: none reported
     assert main(["train", f"resume={run}", "federation.global_rounds=2"]) == 0
+    resumed = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    assert int(resumed["ema.n_averaged"]) == 1                       # the EMA started at round 2
+    assert any(k.startswith("ema/") for k in json.loads((run / "summary.json").read_text())["metrics"])
