@@ -181,6 +181,18 @@ def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str], 
     return summaries
 
 
+def run_settings(root: Path, summaries: dict) -> dict[str, list]:
+    """The precision and EMA decay the table's runs were trained with (from their config.yaml)."""
+    found: dict[str, set] = {"precision": set(), "EMA decay": set()}
+    for key in summaries:
+        path = run_dir_for(root, key) / "config.yaml"
+        if path.is_file():
+            cfg = with_defaults(OmegaConf.load(path))
+            found["precision"].add(str(cfg.trainer.precision))
+            found["EMA decay"].add(float(cfg.model.ema_decay))
+    return {name: sorted(values) for name, values in found.items() if values}
+
+
 def _cell(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     if not values:
         return "–"
@@ -194,8 +206,9 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
            overrides: list[str] = (), splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None,
            origin: dict | None = None) -> str:
     origin = origin or provenance()
-    lines = [f"Schedule `{schedule}`, seeds {seeds}, overrides `{' '.join(overrides) or '(none)'}`; runs under "
-             f"`{root}`. Commit `{origin['commit']}`, {origin['date']}, {origin['hardware']}.", "",
+    settings = "".join(f", {name} {', '.join(f'`{v}`' for v in values)}" for name, values in origin.get("settings", {}).items())
+    lines = [f"Schedule `{schedule}`, seeds {seeds}, overrides `{' '.join(overrides) or '(none)'}`{settings}; runs "
+             f"under `{root}`. Commit `{origin['commit']}`, {origin['date']}, {origin['hardware']}.", "",
              "Cells: ours as mean ± std over seeds (paper in brackets). Networks: IS = `is_classifier`, FID = "
              "`fid_classifier` (the scenario classifier's features), Acc = `acc` (the same classifier); the paper "
              "does not name its networks.", ""]
@@ -313,7 +326,7 @@ def main(schedule: str, seeds: list[int], tables: list[str], out: str | None, ov
     if unknown:
         raise ConfigError(f"--methods: unknown column(s) {unknown}; the tables {tables} have {sorted(set(known))}")
     summaries = ensure_runs(root, schedule, seeds, tables, overrides, tuple(splits), methods)
-    origin = provenance()
+    origin = {**provenance(), "settings": run_settings(root, summaries)}
     text = render(summaries, tables, seeds, root, schedule, overrides, tuple(splits), methods, origin)
     root.mkdir(parents=True, exist_ok=True)
     pictures = figures(root, tables, seeds, splits, methods)

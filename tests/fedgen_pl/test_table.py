@@ -83,9 +83,12 @@ def test_overrides_reach_every_run_and_win():
 def test_table_records_overrides_commit_and_hardware(tmp_path):
     from fedgen_pl.table import main
 
-    for key, _ in runs_for("grid", "quick", [0]):
+    from omegaconf import OmegaConf
+
+    for key, overrides in runs_for("grid", "quick", [0], ["federation.tau_edge=0"]):
         d = run_dir_for(tmp_path, key)
         d.mkdir(parents=True)
+        OmegaConf.save(load_config(overrides), d / "config.yaml")
         (d / "summary.json").write_text(json.dumps({"metrics": {"modes_covered": 9, "high_quality_share": 1.0}}))
     main("quick", [0], ["grid"], str(tmp_path), ["federation.tau_edge=0"])
     record = json.loads((tmp_path / "table.json").read_text())
@@ -93,6 +96,7 @@ def test_table_records_overrides_commit_and_hardware(tmp_path):
     assert record["commit"] and record["hardware"] and "cores" in record["hardware"]
     text = (tmp_path / "table.md").read_text()
     assert "`federation.tau_edge=0`" in text and record["commit"] in text
+    assert "precision `32-true`, EMA decay `0.99`" in text          # every table names both
 
 
 def test_a_run_with_other_settings_is_refused(tmp_path):
