@@ -50,6 +50,18 @@ def build_system(*overrides):
     return system, datamodule
 
 
+def tiny_image_run(image_root, classifier_cache, run_dir, *extra):
+    """`fedgen train` overrides for a 2-round run on the tiny 8x8 image datasets (``image_root``), two
+    communities of two devices, Inception off; ``extra`` come last and win."""
+    return ["experiment=mnist_fmnist_noniid", f"data.root={image_root}", "data.download=false",
+            "data.image_size=8", "federation.communities=[{data: tiny}, {data: mine}]",
+            "federation.devices_per_community=2", "data.classes_per_device=2", "data.batch_size=4",
+            "federation.global_rounds=2", "federation.local_iters=2", "model.g_channels=4", "model.d_channels=4",
+            "model.latent_dim=4", "trainer.progress_bar=false", f"output_dir={run_dir}", "metrics.num_samples=40",
+            "metrics.kid_subset_size=20", "metrics.classifier_epochs=1", f"metrics.cache_dir={classifier_cache}",
+            "metrics.inception=false", "metrics.eval_every=10", *extra]
+
+
 def clone_batch(batch):
     """A copy of a dispatch (the in-flight buffers are overwritten by the next dispatch)."""
     from dataclasses import fields

@@ -4,7 +4,7 @@ beside the raw generator, checkpoints."""
 import torch
 
 from fedgen_pl.federation import ema_average
-from tests.conftest import build_system
+from tests.conftest import build_system, tiny_image_run
 
 
 def test_ema_average_equals_hand_computation_after_three_rounds():
@@ -64,13 +64,8 @@ def test_a_run_with_ema_evaluates_samples_and_exports_it(tmp_path, image_root, c
     from fedgen_pl.cli import main
 
     run_dir = tmp_path / "run"
-    overrides = ["experiment=mnist_fmnist_noniid", f"data.root={image_root}", "data.download=false",
-                 "data.image_size=8", "federation.communities=[{data: tiny}, {data: mine}]",
-                 "federation.devices_per_community=2", "data.classes_per_device=2", "data.batch_size=4",
-                 "federation.global_rounds=3", "federation.local_iters=1", "model.g_channels=4", "model.d_channels=4",
-                 "model.latent_dim=4", "trainer.progress_bar=false", f"output_dir={run_dir}", "metrics.num_samples=40",
-                 "metrics.kid_subset_size=20", "metrics.classifier_epochs=1", f"metrics.cache_dir={classifier_cache}",
-                 "metrics.inception=false", "metrics.eval_every=1", "model.ema_decay=0.9"]
+    overrides = tiny_image_run(image_root, classifier_cache, run_dir, "federation.global_rounds=3",
+                               "federation.local_iters=1", "metrics.eval_every=1", "model.ema_decay=0.9")
     assert main(["train", *overrides]) == 0
     metrics = json.loads((run_dir / "summary.json").read_text())["metrics"]
     raw = {k for k in metrics if k.startswith("global/")}

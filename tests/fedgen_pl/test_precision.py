@@ -8,6 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fedgen_pl.cli import main
 from fedgen_pl.train import train
 from fedgen_pl.config import load_config
+from tests.conftest import tiny_image_run
 
 
 class ConvolutionDtypes(TorchDispatchMode):
@@ -47,20 +48,10 @@ class InspectSteps(pl.Callback):
                            for value in state.values() if torch.is_tensor(value) and value.is_floating_point()]
 
 
-def image_overrides(image_root, classifier_cache, run_dir, *extra):
-    return ["experiment=mnist_fmnist_noniid", f"data.root={image_root}", "data.download=false",
-            "data.image_size=8", "federation.communities=[{data: tiny}, {data: mine}]",
-            "federation.devices_per_community=2", "data.classes_per_device=2", "data.batch_size=4",
-            "federation.global_rounds=2", "federation.local_iters=2", "model.g_channels=4", "model.d_channels=4",
-            "model.latent_dim=4", "trainer.progress_bar=false", f"output_dir={run_dir}", "metrics.num_samples=40",
-            "metrics.kid_subset_size=20", "metrics.classifier_epochs=1", f"metrics.cache_dir={classifier_cache}",
-            "metrics.inception=false", "metrics.eval_every=10", *extra]
-
-
 @pytest.mark.parametrize("model", ["fedgen_fr", "md_gan", "fed_vae"])
 def test_bf16_mixed_runs_convolutions_in_bf16_and_keeps_fp32_masters(tmp_path, image_root, classifier_cache, model):
     inspect = InspectSteps()
-    cfg = load_config(image_overrides(image_root, classifier_cache, tmp_path / "run", "trainer.precision=bf16-mixed",
+    cfg = load_config(tiny_image_run(image_root, classifier_cache, tmp_path / "run", "trainer.precision=bf16-mixed",
                                       f"model.name={model}"))
     train(cfg, extra_callbacks=[inspect])
     forward = [dtypes for dtypes in inspect.mode.seen]
@@ -72,7 +63,7 @@ def test_bf16_mixed_runs_convolutions_in_bf16_and_keeps_fp32_masters(tmp_path, i
 
 def test_fp32_runs_convolutions_in_fp32(tmp_path, image_root, classifier_cache):
     inspect = InspectSteps()
-    cfg = load_config(image_overrides(image_root, classifier_cache, tmp_path / "run", "trainer.precision=32-true"))
+    cfg = load_config(tiny_image_run(image_root, classifier_cache, tmp_path / "run", "trainer.precision=32-true"))
     train(cfg, extra_callbacks=[inspect])
     assert inspect.mode.seen and {x for x, _ in inspect.mode.seen} == {torch.float32}
 

