@@ -92,7 +92,7 @@ def federated_step(system):
     def step():
         system.step_event(opt_g, opt_d)
         if system.round_complete:
-            system.cloud.run_round(system)
+            system.end_round()
 
     return step
 

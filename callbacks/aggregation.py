@@ -1,4 +1,4 @@
-"""The end of a round, as a Lightning callback: the cloud's round (``fedgen_pl.cloud.Cloud.run_round``),
+"""The end of a round, as a Lightning callback: the cloud's round (the model's ``end_round``),
 its log, then one round-end signal that the evaluation, checkpoint and progress callbacks subscribe to
 (``on_round_end(trainer, pl_module)``, called in the order of the trainer's callback list)."""
 
@@ -18,7 +18,7 @@ class GlobalAggregation(pl.Callback):
             return
         # under the step's precision (bf16-mixed: autocast): the round's hooks and its first dispatch are training too
         with trainer.precision_plugin.train_step_context():
-            record = pl_module.cloud.run_round(pl_module)
+            record = pl_module.end_round()
         self.history.append(record)
         metrics = {f"cloud/weight_{k}": w for k, w in enumerate(record["cloud_weights"])}
         metrics.update({f"cloud/community_loss_{k}": v for k, v in enumerate(record["community_loss"])})

@@ -85,7 +85,7 @@ def _sample_model(model, path: Path, n: int, out: str | None, seed: int) -> list
 
     spec = model.spec
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    if hasattr(model, "paired_samples"):     # domain-conditional: cycle through the domains
+    if model.recipe.conditioning == "domain":     # domain-conditional: cycle through the domains
         labels = torch.arange(n, device=model.device) % spec.num_communities
         samples = model.sample_global(labels, generator, domains=labels).float().cpu()
         names = spec.community_names

@@ -1,10 +1,11 @@
-"""What every federated model shares: the devices-to-members grouping, the virtual clock, rounds,
-the seeded random stream, logging, communication accounting and checkpoint state.
+"""What both model families share: the plain ``Federation`` (the clock loop, rounds, the seeded random
+stream, bytes, fault counters and their checkpoint state) and ``FederationModule``, the Lightning glue
+around it (the training step, logging, the EMA of the global model, checkpoints).
 
-A model subclasses ``FederationModule``, builds its networks, and implements ``step_event`` (process the
-clock's next event), ``global_state`` / ``community_state`` / ``apply_global`` (what the cloud
-aggregates) and ``step_metrics``. ``FederatedGAN`` (system.py) and ``FedVAE`` (vae.py) are the two
-families.
+A family (``FederatedGAN`` in gan.py, ``FedVAE`` in vae.py) builds its networks from its recipe row
+(recipes.py) and fills in five methods: ``local_update`` (the devices that report, and their edges),
+``step_metrics``, ``dispatch`` (fresh work to idle devices), ``end_round`` (the cloud's round) and
+``global_model`` (what the cloud's aggregate lands in).
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from contextlib import contextmanager
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-from fedgen_pl.aggregation import RoundStats
+from fedgen_pl.aggregation import RoundStats, aggregate
 from fedgen_pl.clock import VirtualClock
-from fedgen_pl.cloud import Cloud
-from fedgen_pl.config import cloud_lr, with_defaults
-from fedgen_pl.errors import ConfigError
+from fedgen_pl.config import with_defaults
+from fedgen_pl.recipes import recipe_of
 from fedgen_pl.spec import FederationSpec
 
 
@@ -79,116 +79,101 @@ class Grouping(torch.nn.Module):
         return y if self.uniform else y[self.slots]
 
 
-class FederationModule(pl.LightningModule):
-    generator_groups = "community"       # which member serves each device: community | single | device
-    step_optimizers = 2                  # optimisers passed to step_event
+class Federation(nn.Module):
+    """The federation's bookkeeping, one plain object per run: which generator serves each device, the
+    virtual clock, completed rounds and training steps, the seeded random stream of training, the bytes
+    sent per link, the fault counters, and per generator the round's loss sum and update count (L*_k).
+    Tensors are buffers (they follow the module's device); the rest is ``host_state``."""
 
-    def __init__(self, config: dict, spec: dict):
+    def __init__(self, cfg: DictConfig, spec: FederationSpec, generator_groups: str):
         super().__init__()
-        self.save_hyperparameters()
-        self.automatic_optimization = False
-        self.cfg: DictConfig = with_defaults(config)        # a checkpoint from an older version lacks newer keys
-        self.spec = FederationSpec.from_dict(spec)
-        N = self.spec.num_devices
-        self.num_communities, self.num_devices = self.spec.num_communities, N
-        community = self.spec.community_of_device
+        self.cfg, self.spec = cfg, spec
+        N = spec.num_devices
+        community = spec.community_of_device
         self.register_buffer("community_of_device", torch.tensor(community), persistent=False)
         self.device_groups = {"community": community, "single": [0] * N, "device": list(range(N))}
-        self.generators = Grouping(self.device_groups[self.generator_groups])
+        self.generators = Grouping(self.device_groups[generator_groups])
         K = self.num_generators = self.generators.num_groups
-        counts = torch.tensor(self.spec.device_sample_counts, dtype=torch.float32)
+        counts = torch.tensor(spec.device_sample_counts, dtype=torch.float32)
         self.register_buffer("generator_sample_counts", torch.zeros(K).index_add_(0, self.generators.group, counts),
                              persistent=False)
         self.register_buffer("generator_version", torch.zeros(K, dtype=torch.long))  # member updates so far
-
-        # Round state (saved in checkpoints through on_save_checkpoint).
-        self.round = 0          # completed global rounds
-        self.iteration = 0      # clock events processed (training steps)
         self.register_buffer("round_loss_sum", torch.zeros(K))      # per member (edge)
         self.register_buffer("round_updates", torch.zeros(K))
         self.register_buffer("nonfinite_per_device", torch.zeros(N, dtype=torch.long))   # updates skipped
-        self.clock = VirtualClock(self.generators.sizes, self.cfg.federation["update"],
-                                  self.cfg.federation.local_iters, self.cfg.clock, int(self.cfg.seed))
+        self.round = 0          # completed global rounds
+        self.iteration = 0      # clock events processed (training steps)
+        self.clock = VirtualClock(self.generators.sizes, cfg.federation["update"], cfg.federation.local_iters,
+                                  cfg.clock, int(cfg.seed))
         self.bytes = {"device_to_edge": 0, "edge_to_device": 0, "edge_to_cloud": 0, "cloud_to_edge": 0}
         self.counters = {"timeouts": 0, "dropouts": 0, "nonfinite_skipped": 0,
                          "nonfinite_generator_skipped": 0, "cloud_left_out": 0}
-        self.rng: torch.Generator | None = None
+        self._rng: torch.Generator | None = None
         self._pending_rng_state: tuple[str, Tensor] | None = None
-        self.data = None        # the DataModule (set in on_fit_start, or by attach_data)
-        self.cloud = self.build_cloud()
-        self.ema: AveragedModel | None = None   # built by configure_model once the family's networks exist
 
-    # Keys about the class labels of generated samples, with their defaults: meaningful only for models
-    # whose fakes carry class labels (FederatedGAN's feature-related family).
-    CLASS_LABEL_KEYS = {"federation.fake_labels": "device", "model.conditional_discriminator": True,
-                        "model.unheld_label_fakes": "judge"}
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        """Refuse settings this model family cannot honour (called before anything is built)."""
-        for key, default in cls.CLASS_LABEL_KEYS.items():
-            value = OmegaConf.select(cfg, key)
-            if value != default:
-                raise ConfigError(f"'{value}' has no meaning for model.name={cfg.model.name} (its samples carry no "
-                                  f"class label to draw); leave it at {str(default).lower()}", where=key)
-
-    # -- the step loop: one clock event per training step -----------------------------------------------
-    def step_event(self, *optimizers):
-        """Advance the clock to its next event, let the devices that report update (``local_update``),
-        count faults, and dispatch fresh work to idle devices. Returns the family's step statistics."""
+    # -- the clock loop: one event per training step --------------------------------------------------
+    def step(self, local_update, dispatch):
+        """Advance the clock to its next event, let the devices that report update (``local_update(event)``),
+        count faults, and send fresh work to idle devices (``dispatch(devices)``). Returns the update's
+        statistics (None when no feedback arrived)."""
         # Idle devices get work: at the start, and after a finished run is resumed with more rounds
         # (in between, every step ends by dispatching, so this sends nothing).
-        self.dispatch(self.clock.idle_devices())
+        dispatch(self.clock.idle_devices())
         event = self.clock.next_event()
-        stats = self.local_update(event, *optimizers) if event.arrived.any() else None
+        stats = local_update(event) if event.arrived.any() else None
         self.counters["timeouts"] += int(event.timed_out.sum())
         self.counters["dropouts"] = self.clock.dropouts
-        self.dispatch(self.clock.idle_devices())
+        dispatch(self.clock.idle_devices())
         self.iteration += 1
         return stats
 
-    def local_update(self, event, *optimizers):
-        """The family's update of the devices (and edges) in ``event.arrived`` / ``event.updating``."""
-        raise NotImplementedError
+    def rng(self, device: torch.device) -> torch.Generator:
+        """The seeded generator behind every random draw of training, on ``device``."""
+        if self._rng is None or self._rng.device != device:
+            self._rng = torch.Generator(device=device)
+            self._rng.manual_seed(int(self.cfg.seed) + 17)
+            if self._pending_rng_state is not None:
+                device_type, state = self._pending_rng_state
+                if device_type != device.type:
+                    raise RuntimeError(f"this checkpoint's random state was saved on {device_type}; resume it "
+                                       f"with trainer.accelerator={'gpu' if device_type == 'cuda' else 'cpu'} "
+                                       f"to continue the exact random sequence")
+                self._rng.set_state(state)
+                self._pending_rng_state = None
+        return self._rng
 
-    def step_metrics(self, stats) -> dict:
-        raise NotImplementedError
-
+    # -- rounds ------------------------------------------------------------------------------------
     @property
     def asynchronous(self) -> bool:
         return self.cfg.federation["update"] == "async"
 
-    def attach_data(self, datamodule) -> None:
-        """The DataModule the dispatches draw from (done by ``on_fit_start`` under a Trainer)."""
-        self.data = datamodule.to(self.device)
+    @property
+    def training_finished(self) -> bool:
+        return self.round >= self.cfg.federation.global_rounds
 
-    def generator_rng(self) -> torch.Generator:
-        """The seeded generator behind every random draw of training, on the module's device."""
-        if self.rng is None or self.rng.device != self.device:
-            self.rng = torch.Generator(device=self.device)
-            self.rng.manual_seed(int(self.cfg.seed) + 17)
-            if self._pending_rng_state is not None:
-                device_type, state = self._pending_rng_state
-                if device_type != self.device.type:
-                    raise RuntimeError(f"this checkpoint's random state was saved on {device_type}; resume it "
-                                       f"with trainer.accelerator={'gpu' if device_type == 'cuda' else 'cpu'} "
-                                       f"to continue the exact random sequence")
-                self.rng.set_state(state)
-                self._pending_rng_state = None
-        return self.rng
+    def round_stats(self, tau_cloud: float, cloud_lr: float) -> RoundStats:
+        """L*_k = mean over the round's updates of G_k of sum_j w_kj L_kj (method §4); a member that made no
+        update this round (every step skipped as non-finite) does not take part."""
+        return RoundStats(community_loss=self.round_loss_sum / self.round_updates.clamp(min=1),
+                          sample_counts=self.generator_sample_counts, tau_cloud=tau_cloud, cloud_lr=cloud_lr,
+                          participating=self.round_updates > 0)
 
-    def count_round_bytes(self) -> None:
-        """The cloud round's traffic: every edge sends G_k and L*_k up and receives G."""
-        K = self.num_generators
-        self.bytes["edge_to_cloud"] += K * (self.generator_bytes() + 4)
-        self.bytes["cloud_to_edge"] += K * self.generator_bytes()
+    def record_updates(self, stepped: Tensor, losses: Tensor) -> None:
+        """Members that took a step (bool ``[K]``) and their losses: the round's L*_k sums and versions."""
+        self.generator_version += stepped.long()
+        self.round_loss_sum += torch.where(stepped, losses, 0.0)
+        self.round_updates += stepped.float()
 
-    def dispatch(self, devices: np.ndarray) -> np.ndarray:
-        """Send fresh work to ``devices`` (bool [N]; those offline are skipped by the clock)."""
-        return self.clock.dispatch(devices)
-
-    def generator_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.global_generator.state_dict().values())
+    def finish_round(self, bytes_sent: dict[str, int]) -> None:
+        """Every member now holds the new global model: the next round starts (at the tick the last
+        member finished), with the round's traffic counted."""
+        self.generator_version += 1
+        self.round_loss_sum.zero_()
+        self.round_updates.zero_()
+        self.round += 1
+        for link, count in bytes_sent.items():
+            self.bytes[link] += count
+        self.clock.start_round()
 
     def report_nonfinite(self, devices: Tensor, generators: Tensor | None = None) -> None:
         """Count the devices and generators skipped for non-finite values, or stop (trainer.nonfinite)."""
@@ -208,11 +193,126 @@ class FederationModule(pl.LightningModule):
                                  f"{'; '.join(where)}. Stopped (trainer.nonfinite=stop); lower the learning rates, "
                                  f"or set trainer.nonfinite=skip to skip such updates and count them")
 
-    def _backward(self, loss: Tensor) -> None:
+    # -- checkpoints: the part of the state that is not a tensor ----------------------------------------
+    def host_state(self, device: torch.device) -> dict:
+        return {"round": self.round, "iteration": self.iteration, "rng": (device.type, self.rng(device).get_state()),
+                "clock": self.clock.state_dict(), "bytes": dict(self.bytes), "counters": dict(self.counters)}
+
+    def load_host_state(self, state: dict) -> None:
+        self.round, self.iteration = state["round"], state["iteration"]
+        self._rng, self._pending_rng_state = None, state["rng"]
+        self.clock.load_state_dict(state["clock"])
+        self.bytes, self.counters = dict(state["bytes"]), dict(state["counters"])
+
+
+# Buffers that moved from the model into its Federation: a checkpoint written before keeps them at the top.
+MOVED_BUFFERS = ("generator_version", "round_loss_sum", "round_updates", "nonfinite_per_device")
+
+
+class FederationModule(pl.LightningModule):
+    """The Lightning glue of a model family around its ``Federation`` (manual optimisation)."""
+
+    def __init__(self, config: dict, spec: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        self.recipe = recipe_of(config["model"]["name"])      # the model's parts (recipes.py)
+        self.automatic_optimization = False
+        self.cfg: DictConfig = with_defaults(config)        # a checkpoint from an older version lacks newer keys
+        self.spec = FederationSpec.from_dict(spec)
+        self.federation = Federation(self.cfg, self.spec, self.recipe.generators)
+        self.num_communities, self.num_devices = self.spec.num_communities, self.spec.num_devices
+        self.num_generators = self.federation.num_generators
+        self.data = None        # the DataModule (set in on_fit_start, or by attach_data)
+        self.ema: AveragedModel | None = None   # built by configure_model once the family's networks exist
+
+    # -- what a family fills in ---------------------------------------------------------------------
+    def local_update(self, event, optimizers: list):
+        """The family's update of the devices (and edges) in ``event.arrived`` / ``event.updating``."""
+        raise NotImplementedError
+
+    def step_metrics(self, stats) -> dict:
+        raise NotImplementedError
+
+    def dispatch(self, devices: np.ndarray) -> np.ndarray:
+        """Send fresh work to ``devices`` (bool [N]; those offline are skipped by the clock)."""
+        return self.federation.clock.dispatch(devices)
+
+    def end_round(self) -> dict:
+        """The cloud's round (called by ``callbacks.GlobalAggregation``); returns the round's record."""
+        raise NotImplementedError
+
+    def global_model(self) -> nn.Module:
+        """The network the cloud's aggregate lands in and ``sample_global`` draws from."""
+        raise NotImplementedError
+
+    # -- the federation's state, read by callbacks, the summary and tests -------------------------------
+    @property
+    def round(self) -> int:
+        return self.federation.round
+
+    @property
+    def iteration(self) -> int:
+        return self.federation.iteration
+
+    @property
+    def clock(self) -> VirtualClock:
+        return self.federation.clock
+
+    @property
+    def bytes(self) -> dict[str, int]:
+        return self.federation.bytes
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.federation.counters
+
+    @property
+    def round_complete(self) -> bool:
+        return self.federation.clock.round_finished()
+
+    @property
+    def local_iter(self) -> int:
+        """Edge updates of the slowest community in the current round."""
+        return int(self.federation.clock.updates.min())
+
+    @property
+    def training_finished(self) -> bool:
+        return self.federation.training_finished
+
+    def generator_rng(self) -> torch.Generator:
+        return self.federation.rng(self.device)
+
+    def attach_data(self, datamodule) -> None:
+        """The DataModule the dispatches draw from (done by ``on_fit_start`` under a Trainer)."""
+        self.data = datamodule.to(self.device)
+
+    def backprop(self, loss: Tensor) -> None:
         if self._trainer is None:  # used outside a Trainer (tests, benchmarks)
             loss.backward()
         else:
             self.manual_backward(loss)
+
+    def step_event(self, *optimizers):
+        """One training step: the clock's next event (``Federation.step``)."""
+        return self.federation.step(lambda event: self.local_update(event, list(optimizers)), self.dispatch)
+
+    def aggregate_round(self, rule, tau_cloud: float, cloud_lr: float, global_state: dict,
+                        community_state: dict) -> tuple[dict, dict]:
+        """The cloud's aggregation (``rule``) over the members that took part: the new global state and the
+        round's record."""
+        stats = self.federation.round_stats(tau_cloud, cloud_lr)
+        new_state, weights = aggregate(rule, global_state, community_state, stats)
+        self.counters["cloud_left_out"] = self.counters.get("cloud_left_out", 0) + int((~stats.participating).sum())
+        return new_state, {"community_loss": stats.community_loss.tolist(), "cloud_weights": weights.tolist()}
+
+    def close_round(self, bytes_sent: dict[str, int]) -> None:
+        """After the new global model is in every member: the EMA takes it in, the next round starts and
+        parked devices get fresh work."""
+        if self.ema is not None:
+            self.ema.update_parameters(self.global_model())
+        self.federation.finish_round(bytes_sent)
+        if not self.training_finished and self.data is not None:
+            self.dispatch(self.federation.clock.idle_devices())
 
     # -- Lightning glue ----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -220,8 +320,7 @@ class FederationModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        stats = self.step_event(*optimizers[: self.step_optimizers])
+        stats = self.step_event(*(optimizers if isinstance(optimizers, list) else [optimizers]))
         if stats is not None and self.iteration % self.cfg.trainer.log_every_n_iters == 0:
             self.log_metrics(self.step_metrics(stats))
 
@@ -233,66 +332,7 @@ class FederationModule(pl.LightningModule):
         for logger in self.loggers:
             logger.log_metrics(values, step=self.iteration)
 
-    # -- rounds ------------------------------------------------------------------------------------
-    @property
-    def round_complete(self) -> bool:
-        return self.clock.round_finished()
-
-    @property
-    def local_iter(self) -> int:
-        """Edge updates of the slowest community in the current round."""
-        return int(self.clock.updates.min())
-
-    @property
-    def training_finished(self) -> bool:
-        return self.round >= self.cfg.federation.global_rounds
-
-    def build_cloud(self) -> Cloud:
-        """The cloud tier of this model (a Flower-style strategy object, fedgen_pl/cloud.py): the configured
-        rule, tau_cloud and cloud_lr, and this family's round-end hooks."""
-        f = self.cfg.federation
-        return Cloud(f.aggregation, f.tau_cloud, cloud_lr(self.cfg), self.round_end_hooks())
-
-    def round_end_hooks(self) -> list:
-        """What else the cloud does once the new global model is in place (none here)."""
-        return []
-
-    def round_stats(self) -> RoundStats:
-        return self.cloud.round_stats(self)
-
-    def global_state(self) -> dict[str, Tensor]:
-        """What the cloud aggregates, by name (unstacked)."""
-        raise NotImplementedError
-
-    def community_state(self) -> dict[str, Tensor]:
-        """The same tensors of every member, stacked ``[K, *shape]``."""
-        raise NotImplementedError
-
-    def apply_global(self, new_global_state: dict[str, Tensor]) -> None:
-        """Load the aggregate into the global model and send it down to every member."""
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def finish_round(self, new_global_state: dict[str, Tensor]) -> None:
-        """The global model <- the aggregate, every member <- it, the EMA takes it in, and start the next
-        round (at the tick the last member finished); parked devices get fresh work."""
-        self.apply_global(new_global_state)
-        if self.ema is not None:
-            self.ema.update_parameters(self.global_model())
-        self.generator_version += 1
-        self.round_loss_sum.zero_()
-        self.round_updates.zero_()
-        self.round += 1
-        self.count_round_bytes()
-        self.clock.start_round()
-        if not self.training_finished and self.data is not None:
-            self.dispatch(self.clock.idle_devices())
-
     # -- the EMA of the global model (model.ema_decay; docs/method.md §10) --------------------------------
-    def global_model(self) -> nn.Module:
-        """The network the cloud's aggregate lands in and ``sample_global`` draws from."""
-        return self.global_generator
-
     def configure_model(self) -> None:
         """Lightning calls this before a checkpoint is restored (``fit``, ``load_from_checkpoint``): the
         exponential moving average of the global model over rounds, when ``model.ema_decay`` > 0
@@ -327,25 +367,20 @@ class FederationModule(pl.LightningModule):
                                                          for community in partition],
             "global_rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state_to_plain(np.random.get_state()),
                            "python": _to_lists(random.getstate())},
-            "round": self.round,
-            "iteration": self.iteration,
-            "rng": (self.device.type, self.generator_rng().get_state()),
-            "clock": self.clock.state_dict(),
-            "bytes": dict(self.bytes),
-            "counters": dict(self.counters),
+            **self.federation.host_state(self.device),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         weights = checkpoint["state_dict"]
+        for name in MOVED_BUFFERS:
+            if name in weights:
+                weights[f"federation.{name}"] = weights.pop(name)
         if self.ema is not None and "ema.n_averaged" not in weights:
             # a checkpoint from before the EMA: the average starts at the next round (has_ema is False until then)
             weights.update({f"ema.{name}": value.clone() for name, value in self.ema.state_dict().items()})
             weights["ema.n_averaged"] = torch.zeros_like(weights["ema.n_averaged"])
         state = checkpoint["federation_state"]
-        self.round, self.iteration = state["round"], state["iteration"]
-        self.rng, self._pending_rng_state = None, state["rng"]
-        self.clock.load_state_dict(state["clock"])
-        self.bytes, self.counters = dict(state["bytes"]), dict(state["counters"])
+        self.federation.load_host_state(state)
         if "global_rng" in state:     # only user code draws from these; restored for completeness
             torch.set_rng_state(state["global_rng"]["torch"])
             np.random.set_state(_numpy_state_from_plain(state["global_rng"]["numpy"]))

@@ -29,13 +29,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.func import functional_call
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import OmegaConf
 
 from fedgen_pl.errors import ConfigError
-from fedgen_pl.tiers import device_losses, discriminator_loss, sample_feedback
+from fedgen_pl.tiers import device_iteration
 
 client_app = ClientApp()
 server_app = ServerApp()
@@ -112,7 +113,9 @@ def device_step(message: Message, context: Context) -> Message:
     """One local iteration of this device (method §2, steps 1-3): D_kj steps on its real batch and
     G_k(z_d), then scores G_k(z_g) with the updated D_kj and returns L_kj and d l_kj / d G_k(z_g)."""
     from datamodules import FederatedDataModule
-    from fedgen_pl.models import model_class
+    from fedgen_pl.gan import real_labels
+    from fedgen_pl.networks import build_discriminator
+    from fedgen_pl.recipes import recipe_of
 
     run = message.content["run"]
     cfg = OmegaConf.create(json.loads(str(run["config"])))
@@ -133,15 +136,15 @@ def device_step(message: Message, context: Context) -> Message:
         datamodule = FederatedDataModule(cfg)
         datamodule.setup("fit")
     m = cfg.model
-    family = model_class(m.name)                   # the model family's discriminator and real-batch labels
+    conditioning = recipe_of(m.name).conditioning  # the recipe's discriminator and real-batch labels
     restarted = 0.0
     if "discriminator" in context.state:            # this device's D and Adam state from its last step
         saved = from_record(context.state["discriminator"])
-        discriminator = family.discriminator_for(m, spec)
+        discriminator = build_discriminator(m, spec, conditioning)
         discriminator.load_state_dict({k[2:]: v for k, v in saved.items() if k.startswith("d.")})
     else:
         torch.manual_seed(int(cfg.seed) * 100003 + g)
-        discriminator = family.discriminator_for(m, spec)
+        discriminator = build_discriminator(m, spec, conditioning)
         if "d_init" in message.content:              # test mode: the in-process run's first weights
             discriminator.load_state_dict(from_record(message.content["d_init"]))
         saved = {}
@@ -164,26 +167,26 @@ def device_step(message: Message, context: Context) -> Message:
         index = (work["real_index"].long() if "real_index" in work
                  else datamodule.device_offsets[g] + (u * datamodule.device_sizes[g]).long())
         real_x, labels = datamodule.normalise(datamodule.train_x[index]), datamodule.train_y[index]
-    real_y = family.real_labels_for_discriminator(labels, community)
+    real_y = real_labels(conditioning, labels, community)
 
-    # 1-2. D_kj on the real batch and G_k(z_d)
-    logits = discriminator(torch.cat([real_x, work["fake_d"]]), torch.cat([real_y, work["y_d"]]))
-    d_loss = discriminator_loss(logits[None, :B], logits[None, B:])
-    optimizer.zero_grad(set_to_none=True)
-    d_loss.sum().backward()
-    finite = bool(torch.isfinite(d_loss).all()) and all(
-        p.grad is None or bool(torch.isfinite(p.grad).all()) for p in discriminator.parameters())
-    if finite:
-        optimizer.step()
-    # 3. L_kj and the feedback with the updated D_kj
-    fake_g = work["fake_g"][None].clone().requires_grad_(True)
-    for p in discriminator.parameters():
-        p.requires_grad_(False)
-    logits = discriminator(fake_g[0], work["y_g"])[None]
-    device_loss, objective = device_losses(logits, cfg.model.gan_loss)
-    feedback = sample_feedback(objective, fake_g)[0]
-    for p in discriminator.parameters():
-        p.requires_grad_(True)
+    # Method §2, steps 1-3, for this one device (a batch of one row): the engine's own device_iteration.
+    def discriminate(x: torch.Tensor, labels: torch.Tensor, frozen: bool) -> torch.Tensor:
+        params = {name: p.detach() if frozen else p for name, p in discriminator.named_parameters()}
+        return functional_call(discriminator, params, (x[0], labels[0]))[None]
+
+    def update(d_loss: torch.Tensor) -> bool:
+        optimizer.zero_grad(set_to_none=True)
+        d_loss.sum().backward()
+        finite = bool(torch.isfinite(d_loss).all()) and all(
+            p.grad is None or bool(torch.isfinite(p.grad).all()) for p in discriminator.parameters())
+        if finite:
+            optimizer.step()
+        return finite
+
+    d_loss, device_loss, feedback, finite = device_iteration(
+        discriminate, update, real_x[None], real_y[None], work["fake_d"][None], work["y_d"][None],
+        work["fake_g"][None], work["y_g"][None], cfg.model.gan_loss)
+    feedback = feedback[0]
 
     state = {f"d.{k}": v for k, v in discriminator.state_dict().items()}
     for i, s in optimizer.state_dict()["state"].items():
@@ -325,9 +328,8 @@ class FlowerDevices:
         return got
 
     def feedback(self, module, work, fake_g: torch.Tensor, arrived: torch.Tensor, devices: torch.Tensor | None):
-        """The arrived devices' replies as the module's DeviceReply (rows: ``devices``, or all N)."""
-        from fedgen_pl.system import DeviceReply
-
+        """The arrived devices' replies as ``tiers.device_iteration`` returns them: d_loss, L_kj and the
+        feedback in rows (``devices``, or all N), and which devices' D stepped (``[N]``)."""
         rows = list(range(module.num_devices)) if devices is None else devices.tolist()
         n = len(rows)
         d_loss, device_loss = torch.zeros(n), torch.zeros(n)
@@ -345,7 +347,7 @@ class FlowerDevices:
             if stats["restarted"] > 0:
                 module.counters["device_restarts"] += 1
         target = fake_g.device
-        return DeviceReply(d_loss.to(target), device_loss.to(target), feedback.to(target), stepped.to(target))
+        return d_loss.to(target), device_loss.to(target), feedback.to(target), stepped.to(target)
 
     def summary(self) -> dict:
         def stats(values):
@@ -376,7 +378,7 @@ class WallClock:
     def __init__(self, transport: FlowerDevices, module):
         self.transport, self.module = transport, module
         self.virtual = module.clock          # checkpoints keep its format, so eval, sample and report read them
-        sizes = module.generators.sizes
+        sizes = module.federation.generators.sizes
         self.community = np.repeat(np.arange(len(sizes)), sizes)
         self.num_devices, self.num_communities = len(self.community), len(sizes)
         self.update = module.cfg.federation["update"]

@@ -232,7 +232,14 @@ def _arch(model_cfg, spec) -> str:
     return "mlp" if len(spec.data_shape) == 1 else "dcgan"
 
 
-def build_generator(model_cfg, spec) -> nn.Module:
+def build_generator(model_cfg, spec, conditioning: str = "class") -> nn.Module:
+    """A generator: conditional on class labels (``model.conditional``), or on the community's domain code
+    (``conditioning="domain"``, the label-related models)."""
+    if conditioning == "domain":
+        m = model_cfg
+        return DomainDCGANGenerator(m.latent_dim, spec.data_shape, spec.num_communities, m.g_channels, m.g_norm,
+                                    m.domain_conditioning, m.film_output_gain_init, m.film_output_shift,
+                                    m.film_output_gain_scale)
     num_labels = spec.num_labels if model_cfg.conditional else 0
     arch = _arch(model_cfg, spec)
     if arch == "mlp" and len(spec.data_shape) == 1:
@@ -243,7 +250,10 @@ def build_generator(model_cfg, spec) -> nn.Module:
     raise ValueError(f"model.arch={model_cfg.arch}: no generator for data of shape {spec.data_shape}")
 
 
-def build_discriminator(model_cfg, spec) -> nn.Module:
+def build_discriminator(model_cfg, spec, conditioning: str = "class") -> nn.Module:
+    """A device's discriminator (also built on a deployed device), conditioned as ``build_generator``."""
+    if conditioning == "domain":
+        return DCGANDiscriminator(spec.data_shape, spec.num_communities, model_cfg.d_channels, model_cfg.d_features)
     num_labels = spec.num_labels if model_cfg.conditional and model_cfg.conditional_discriminator else 0
     arch = _arch(model_cfg, spec)
     if arch == "mlp" and len(spec.data_shape) == 1:

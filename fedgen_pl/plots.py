@@ -78,7 +78,7 @@ def sample_grids(model, plot_dir: Path, per_label: int = 8) -> list[Path]:
     plot_dir = Path(plot_dir)
     generator = torch.Generator(device=model.device).manual_seed(4321)
     spec = model.spec
-    if hasattr(model, "paired_samples"):
+    if model.recipe.conditioning == "domain":
         paired = model.paired_samples(12, generator)
         return [image_grid(paired.flatten(0, 1), plot_dir / "samples_global.png", nrow=12,
                            title=f"global generator, round {model.round}: one column per z",

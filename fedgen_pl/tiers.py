@@ -1,7 +1,8 @@
 """The device-side and edge-side maths of one local iteration (method §2), as pure functions over
 tensors: what a device computes from its discriminator's logits, and what an edge does with the
-feedback. The in-process engine (``FederatedGAN.process_feedback``) batches them over devices; a
-multi-machine backend calls the same functions on each device and edge. Rows are devices (``[n, B]``
+feedback. ``device_iteration`` is the whole of a device's side: the in-process engine
+(``FederatedGAN.local_update``) calls it batched over the devices that report, the Flower ClientApp for its
+one device, so the two cannot drift apart. Rows are devices (``[n, B]``
 logits: n devices, B samples each).
 """
 
@@ -61,3 +62,24 @@ def edge_generator_loss(regenerated: Tensor, weights: Tensor, feedback: Tensor) 
     ``sum_j w_kj d l_kj / d theta`` (the chain rule through the regenerated samples)."""
     w = weights.view(-1, *[1] * (feedback.dim() - 1)).to(feedback.dtype)
     return (regenerated * (w * feedback)).sum()
+
+
+def device_iteration(discriminate, update, real_x: Tensor, real_y: Tensor, fake_d: Tensor, y_d: Tensor,
+                     fake_g: Tensor, y_g: Tensor, gan_loss: str, judged_d: Tensor | None = None,
+                     judged_g: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Method §2, steps 1-3, for devices in rows (``[n, B, ...]``):
+
+    1-2. D_kj's loss on its real batch and on G_k(z_d) (one call over both), and ``update(d_loss)``: the
+         backward pass and the optimiser step, returning which devices stepped;
+    3.   with the updated D_kj, the printed L_kj and the feedback d l_kj / d G_k(z_g).
+
+    ``discriminate(x, labels, frozen)`` returns each row's logits ``[n, B']`` (``frozen``: no gradient to
+    D's parameters); ``judged_*`` leave out the fakes of labels a device holds no data for.
+    Returns (d_loss ``[n]``, L_kj ``[n]``, feedback ``[n, B, *shape]``, what ``update`` returned)."""
+    B = real_x.shape[1]
+    logits = discriminate(torch.cat([real_x, fake_d], 1), torch.cat([real_y, y_d], 1), False)
+    d_loss = discriminator_loss(logits[:, :B], logits[:, B:], judged_d)
+    stepped = update(d_loss)
+    fake_g = fake_g.detach().requires_grad_(True)
+    device_loss, objective = device_losses(discriminate(fake_g, y_g, True), gan_loss, judged_g)
+    return d_loss, device_loss, sample_feedback(objective, fake_g), stepped

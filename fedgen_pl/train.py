@@ -27,6 +27,7 @@ from fedgen_pl.config import ConfigError
 from fedgen_pl.errors import RunDirError
 from fedgen_pl.metrics.evaluator import build_evaluator
 from fedgen_pl.models import model_class
+from fedgen_pl.recipes import check_recipe_config
 
 log = logging.getLogger("fedgen")
 
@@ -77,7 +78,7 @@ def resolve_names(cfg: DictConfig):
     get_aggregation(cfg.federation.aggregation)
     for i, community in enumerate(cfg.federation.communities):
         check_dataset(cfg, community.data, f"federation.communities[{i}].data")
-    cls.check_config(cfg)
+    check_recipe_config(cfg)
     return cls
 
 
@@ -169,7 +170,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None, device_transport
     model = model_cls(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
     if device_transport is not None:
         model.device_transport = device_transport
-        model.clock = device_transport.clock_for(model)       # real replies drive the step loop
+        model.federation.clock = device_transport.clock_for(model)       # real replies drive the step loop
 
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)

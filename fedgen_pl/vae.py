@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedgen_pl.cloud import Cloud
+from fedgen_pl.aggregation import get_aggregation
 from fedgen_pl.federation import FederationModule
 from fedgen_pl.networks import DCGANGenerator
 from fedgen_pl.optim import StackedAdam
@@ -58,8 +58,7 @@ class VAE(nn.Module):
 
 
 class FedVAE(FederationModule):
-    generator_groups = "device"      # every device trains its own VAE
-    step_optimizers = 1
+    """Every device trains its own VAE (recipe ``fed_vae``: one member per device, FedAvg in the cloud)."""
 
     def __init__(self, config: dict, spec: dict):
         super().__init__(config, spec)
@@ -74,9 +73,6 @@ class FedVAE(FederationModule):
     def global_model(self) -> nn.Module:
         return self.global_vae
 
-    def build_cloud(self) -> Cloud:
-        return Cloud("fedavg", 0.0, 1.0, self.round_end_hooks())      # FedAvg of the VAEs by sample counts
-
     def configure_optimizers(self):
         return StackedAdam(self.device_vaes.parameters(), self.num_devices, lr=self.cfg.model.g_lr,
                            betas=(0.9, 0.999))
@@ -90,9 +86,9 @@ class FedVAE(FederationModule):
         reconstruction, kl = (vaes or self.device_vaes)(x, labels, eps)
         return (reconstruction + kl).mean(1)
 
-    def local_update(self, event, opt) -> dict:
-        """Every device that reports takes one ELBO step on its own data (the clock loop is
-        FederationModule.step_event)."""
+    def local_update(self, event, optimizers: list) -> dict:
+        """Every device that reports takes one ELBO step on its own data."""
+        opt = optimizers[0]
         arrived = torch.from_numpy(event.arrived).to(self.device)
         rng, B = self.generator_rng(), self.cfg.data.batch_size
         x, y = self.data.sample_real(B, rng)
@@ -100,17 +96,15 @@ class FedVAE(FederationModule):
         loss = self.negative_elbo(x, y, eps)
         opt.zero_grad(set_to_none=True)
         finite_loss = torch.isfinite(loss.detach())
-        self._backward(torch.where(arrived & finite_loss, loss, torch.zeros_like(loss)).sum())
+        self.backprop(torch.where(arrived & finite_loss, loss, torch.zeros_like(loss)).sum())
         # Non-finite guard (trainer.nonfinite): a device with a NaN/inf loss or gradient does not step.
         step = arrived & finite_loss & self.device_vaes.finite_grads()
         clear = bool((step == arrived).all())       # the one host sync of the step
         if not clear:
-            self.report_nonfinite(arrived & ~step)
+            self.federation.report_nonfinite(arrived & ~step)
         opt.step(active=None if clear and bool(event.arrived.all()) else step)
         with torch.no_grad():
-            self.generator_version += step.long()
-            self.round_loss_sum += torch.where(step, loss.detach(), torch.zeros_like(loss))
-            self.round_updates += step.float()
+            self.federation.record_updates(step, loss.detach())
         return {"arrived": step, "loss": loss.detach()}
 
     def step_metrics(self, stats: dict) -> dict:
@@ -118,36 +112,34 @@ class FedVAE(FederationModule):
         return {"train/negative_elbo": (stats["loss"] * arrived).sum() / arrived.sum().clamp(min=1)}
 
     # -- the cloud -------------------------------------------------------------------------------------
-    def global_state(self) -> dict[str, Tensor]:
-        return {k: v for k, v in self.global_vae.state_dict().items() if self._shared(k)}
-
-    def community_state(self) -> dict[str, Tensor]:
-        return {k: v for k, v in self.device_vaes.stacked_state().items() if self._shared(k)}
-
-    def apply_global(self, new_global_state: dict[str, Tensor]) -> None:
-        self.global_vae.load_state_dict(new_global_state, strict=False)
+    @torch.no_grad()
+    def end_round(self) -> dict:
+        """FedAvg of the devices' shared parameters (all, or the decoders), sent back down; with private
+        encoders the global encoder is only a summary for checkpoints (the sample-weighted mean, never sent)."""
+        shared = {k: v for k, v in self.device_vaes.stacked_state().items() if self._shared(k)}
+        new_state, record = self.aggregate_round(get_aggregation("fedavg"), 0.0, 1.0,
+                                                 {k: v for k, v in self.global_vae.state_dict().items()
+                                                  if self._shared(k)}, shared)
+        self.global_vae.load_state_dict(new_state, strict=False)
         stacked = self.device_vaes.stacked_state()
-        for name, value in new_global_state.items():
+        for name, value in new_state.items():
             stacked[name].copy_(value.unsqueeze(0).expand_as(stacked[name]))
         if self.cfg.model.vae_average == "decoder":
-            # The global encoder is only a summary for checkpoints: the sample-weighted mean of the
-            # private encoders (never sent down).
-            weights = self.generator_sample_counts / self.generator_sample_counts.sum()
+            counts = self.federation.generator_sample_counts
+            weights = counts / counts.sum()
             for name, value in self.global_vae.state_dict().items():
                 if not self._shared(name) and torch.is_floating_point(value):
                     value.copy_((stacked[name] * weights.view(-1, *[1] * value.dim())).sum(0))
+        self.close_round(self.round_bytes())
+        return {"round": self.round, **record}
 
-    def generator_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.global_state().values())
-
-    def count_round_bytes(self) -> None:
-        """Every device sends its shared parameters up and gets the average back."""
-        model = self.generator_bytes()
+    def round_bytes(self) -> dict[str, int]:
+        """Every device sends its shared parameters up and gets the average back (via the edges: only the
+        K edge averages travel between edge and cloud)."""
+        model = sum(t.numel() * t.element_size() for k, t in self.global_vae.state_dict().items() if self._shared(k))
         hops = self.num_communities if self.cfg.federation.fedavg_via_edges else self.num_devices
-        self.bytes["device_to_edge"] += self.num_devices * model
-        self.bytes["edge_to_device"] += self.num_devices * model
-        self.bytes["edge_to_cloud"] += hops * model
-        self.bytes["cloud_to_edge"] += hops * model
+        return {"device_to_edge": self.num_devices * model, "edge_to_device": self.num_devices * model,
+                "edge_to_cloud": hops * model, "cloud_to_edge": hops * model}
 
     # -- sampling ------------------------------------------------------------------------------------
     @torch.no_grad()

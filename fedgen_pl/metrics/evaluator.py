@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from fedgen_pl.config import kid_subset_size
+from fedgen_pl.recipes import LABEL_RELATED
 from fedgen_pl.metrics.classifier import load_or_train
 from fedgen_pl.metrics.generation import GenerationEvaluator
 from fedgen_pl.metrics.inception import load_inception
@@ -21,8 +22,6 @@ log = logging.getLogger("fedgen")
 
 def class_conditional(cfg: DictConfig) -> bool:
     """Whether the generator takes class labels (so ``acc`` is defined)."""
-    from fedgen_pl.models import LABEL_RELATED    # the model registry sits above metrics
-
     return bool(cfg.model.conditional) and cfg.model.name not in LABEL_RELATED
 
 

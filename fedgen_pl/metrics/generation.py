@@ -262,7 +262,7 @@ class GenerationEvaluator:
 
     def _evaluate_generator(self, model, inception: bool, scopes: list[str] | None = None) -> dict[str, float]:
         results = self.evaluate(model.sample_global, scopes, inception=inception)
-        if hasattr(model, "paired_samples"):
+        if model.recipe.conditioning == "domain":
             generator = torch.Generator(device=self.device).manual_seed(self.seed + 2)
             results["global/class_consistency"] = self.class_consistency(
                 model.paired_samples(self.consistency_samples, generator))

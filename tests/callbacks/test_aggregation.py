@@ -26,16 +26,16 @@ def test_callback_aggregates_and_broadcasts(cloud_lr):
     for _ in range(2):
         system.step_event(opt_g, opt_d)
     assert system.round_complete
-    stats = system.round_stats()
+    stats = system.federation.round_stats(0.5, 1.0 if cloud_lr == "1" else 3.0)
     a = torch.softmax(0.5 * stats.community_loss, 0)
     lr = 1.0 if cloud_lr == "1" else 3.0
-    expected = {name: g + lr * (a.view(-1, *[1] * g.dim()) * (system.community_state()[name] - g)).sum(0)
-                for name, g in system.global_state().items()}
+    expected = {name: g + lr * (a.view(-1, *[1] * g.dim()) * (system.community_generators.stacked_state()[name] - g)).sum(0)
+                for name, g in dict(system.global_generator.state_dict()).items()}
     callback.on_train_batch_end(_Trainer(), system, None, None, 0)
     assert system.round == 1 and system.local_iter == 0 and not system.round_complete
-    for name, value in system.global_state().items():
+    for name, value in dict(system.global_generator.state_dict()).items():
         torch.testing.assert_close(value, expected[name])
         for k in range(system.num_communities):
-            torch.testing.assert_close(system.community_state()[name][k], value)
+            torch.testing.assert_close(system.community_generators.stacked_state()[name][k], value)
     torch.testing.assert_close(torch.tensor(callback.history[0]["cloud_weights"]), a)
-    assert float(system.round_updates.sum()) == 0
+    assert float(system.federation.round_updates.sum()) == 0

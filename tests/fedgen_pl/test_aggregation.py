@@ -110,9 +110,9 @@ def test_round_community_loss_is_mean_of_edge_values():
     per_step = []
     for _ in range(3):
         s = system.step_event(opt_g, opt_d)
-        per_step.append(torch.stack([(s.edge_weights * s.device_loss)[system.community_of_device == k].sum()
+        per_step.append(torch.stack([(s.edge_weights * s.device_loss)[system.federation.community_of_device == k].sum()
                                      for k in range(system.num_communities)]))
-    torch.testing.assert_close(system.round_stats().community_loss, torch.stack(per_step).mean(0))
+    torch.testing.assert_close(system.federation.round_stats(1.0, 1.0).community_loss, torch.stack(per_step).mean(0))
 
 
 def test_aggregate_renormalises_over_the_participants():

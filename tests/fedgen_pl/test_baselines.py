@@ -36,14 +36,14 @@ def test_fed_gan_averages_generators_and_discriminators_by_counts():
     opt_g, opt_d = system.configure_optimizers()[:2]
     for _ in range(2):
         system.step_event(opt_g, opt_d)
-    g_members = {k: v.clone() for k, v in system.community_state().items()}
+    g_members = {k: v.clone() for k, v in system.community_generators.stacked_state().items()}
     d_members = {k: v.clone() for k, v in system.device_discriminators.stacked_state().items()}
     GlobalAggregation().on_train_batch_end(_Trainer(), system, None, None, 0)
     w = counts / counts.sum()
     for name, stacked in g_members.items():
         expected = (stacked * w.view(-1, *[1] * (stacked.dim() - 1))).sum(0)
-        torch.testing.assert_close(system.global_state()[name], expected)
-        torch.testing.assert_close(system.community_state()[name][4], expected)
+        torch.testing.assert_close(dict(system.global_generator.state_dict())[name], expected)
+        torch.testing.assert_close(system.community_generators.stacked_state()[name][4], expected)
     for name, stacked in d_members.items():
         expected = (stacked * w.view(-1, *[1] * (stacked.dim() - 1))).sum(0)
         torch.testing.assert_close(system.device_discriminators.stacked_state()[name][0], expected)

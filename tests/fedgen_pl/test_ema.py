@@ -7,6 +7,12 @@ from fedgen_pl.federation import ema_average
 from tests.conftest import build_system, tiny_image_run
 
 
+def finish_round(system, state: dict) -> None:
+    """A round whose aggregate is ``state``: G <- state, then the round closes (the EMA takes G in)."""
+    system.global_generator.load_state_dict(state)
+    system.close_round({})
+
+
 def test_ema_average_equals_hand_computation_after_three_rounds():
     """ema_1 = G_1; ema_r = d_r ema_{r-1} + (1 - d_r) G_r with d_r = min(decay, r / (r + 9))."""
     system = build_system("model.ema_decay=0.5")[0]
@@ -14,8 +20,8 @@ def test_ema_average_equals_hand_computation_after_three_rounds():
     model = system.global_model()
     states = []
     for r in range(1, 4):
-        new = {name: torch.randn_like(value) for name, value in system.global_state().items()}
-        system.finish_round(new)
+        new = {name: torch.randn_like(value) for name, value in dict(system.global_generator.state_dict()).items()}
+        finish_round(system, new)
         states.append(new)
     d2, d3 = min(0.5, 2 / 11), min(0.5, 3 / 12)        # 0.1818..., 0.25
     for name in states[0]:
@@ -36,8 +42,8 @@ def test_ema_decay_caps_the_warm_up():
 def test_ema_weights_swap_in_and_back():
     system = build_system("model.ema_decay=0.9")[0]
     system.configure_model()
-    system.finish_round({k: torch.zeros_like(v) for k, v in system.global_state().items()})
-    system.finish_round({k: torch.ones_like(v) for k, v in system.global_state().items()})
+    finish_round(system, {k: torch.zeros_like(v) for k, v in dict(system.global_generator.state_dict()).items()})
+    finish_round(system, {k: torch.ones_like(v) for k, v in dict(system.global_generator.state_dict()).items()})
     labels = torch.zeros(4, dtype=torch.long)
     raw = system.sample_global(labels, torch.Generator().manual_seed(0))
     with system.ema_weights():

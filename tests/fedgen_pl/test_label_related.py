@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from datamodules import FederatedDataModule
 from fedgen_pl.cli import main
 from fedgen_pl.config import load_config
-from fedgen_pl.label_related import LabelRelatedGAN, invariance_loss
+from fedgen_pl.gan import FederatedGAN
+from fedgen_pl.label_related import invariance_loss, train_domain_classifier
 from fedgen_pl.networks import DomainDCGANGenerator
 from tests.conftest import label_related_overrides
 
@@ -48,13 +49,13 @@ def test_domain_classifier_loss_falls_on_separable_domains(tmp_path, classifier_
     dm = FederatedDataModule(cfg)
     dm.setup()
     torch.manual_seed(0)
-    model = LabelRelatedGAN(OmegaConf.to_container(cfg), dm.spec.to_dict())
+    model = FederatedGAN(OmegaConf.to_container(cfg), dm.spec.to_dict())
     model.attach_data(dm)
     with torch.no_grad():     # make G's domains separable: domain 1 draws bright images, domain 0 dark
         model.global_generator.up2.weight[4:5] = 0
         model.global_generator.up2.bias.zero_()
         model.global_generator.up2.weight[5:6] = 5.0    # the input channel carrying domain 1's code
-    losses = model.train_domain_classifier()
+    losses = train_domain_classifier(model)
     assert len(losses) == 40
     assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5]), losses
 

@@ -40,7 +40,7 @@ class InspectSteps(pl.Callback):
 
     def on_fit_start(self, trainer, pl_module):
         pl_module.training_step = self._inspected(pl_module.training_step)
-        pl_module.cloud.run_round = self._inspected(pl_module.cloud.run_round)
+        pl_module.end_round = self._inspected(pl_module.end_round)
 
     def on_train_end(self, trainer, pl_module):
         self.parameters = {name: p.dtype for name, p in pl_module.named_parameters()}

@@ -33,7 +33,7 @@ def test_nan_device_is_skipped_counted_and_never_reaches_the_generator(tmp_path)
     assert summary["rounds"] == 3
     assert summary["faults"]["nonfinite_skipped"] == 6          # every one of its 6 local iterations
     model = poison.module
-    assert model.nonfinite_per_device.tolist() == [0, 0, 0, 6, 0, 0]
+    assert model.federation.nonfinite_per_device.tolist() == [0, 0, 0, 6, 0, 0]
     for name, value in model.global_generator.state_dict().items():
         assert torch.isfinite(value).all(), name
     for name, value in model.device_discriminators.stacked_params().items():

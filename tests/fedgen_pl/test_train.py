@@ -8,7 +8,7 @@ import torch
 
 from fedgen_pl.cli import main
 from fedgen_pl.metrics.inception import inception_weights_file
-from fedgen_pl.system import FederatedGAN
+from fedgen_pl.gan import FederatedGAN
 from tests.conftest import SMALL_GRID, tiny_image_run
 
 FAST = [*SMALL_GRID, "federation.global_rounds=3", "federation.local_iters=2", "metrics.eval_every=1",
