@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/step_speed.py --scaling 3x5 10x15 100x15 --batch 32   # (c)
 
 (a) the vectorised local iteration (stacked networks + vmap, ``FederatedGAN.step_event``) against a
-    per-device Python loop of the same maths (``fedgen_pl.reference.LoopFederation``);
+    per-device Python loop of the same maths (``tests.reference.LoopFederation``);
 (b) the same iteration against one centralized GAN step with the same networks and the same total real
     batch (devices x batch), the same losses and two latent batches (z_d, z_g);
 (c) time per iteration and peak memory as the number of devices grows;
@@ -29,6 +29,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +41,8 @@ from omegaconf import OmegaConf
 from datamodules import FederatedDataModule
 from fedgen_pl.config import load_config
 from fedgen_pl.models import model_class
-from fedgen_pl.reference import LoopFederation
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests/ holds the loop
+from tests.reference import LoopFederation  # noqa: E402
 
 
 BASE_OVERRIDES: list[str] = []      # set by gpu_suite.py: where the data is on the GPU machine

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.func import functional_call
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import OmegaConf
@@ -42,6 +42,7 @@ client_app = ClientApp()
 server_app = ServerApp()
 
 SUPPORTED_MODELS = ("fedgen_fr", "fedgen_lr", "md_gan")    # every device has its own D; no D averaging
+NODE_DATA: dict[str, object] = {}    # the ClientApp's data for the run it serves (one entry)
 
 
 # -- the wire: tensors <-> Flower records ------------------------------------------------------------
@@ -129,12 +130,16 @@ def device_step(message: Message, context: Context) -> Message:
     from fedgen_pl.spec import FederationSpec
 
     spec = FederationSpec.from_dict(json.loads(str(run["spec"])))
-    own = None
-    if "data-dir" in context.node_config:          # this node's own data, nothing else
-        own = node_batch_source(Path(str(context.node_config["data-dir"])), spec)
-    else:                                          # its share of the partition of (experiment, seed)
-        datamodule = FederatedDataModule(cfg)
-        datamodule.setup("fit")
+    key = json.dumps([str(run["config"]), str(cfg.data.root), str(context.node_config.get("data-dir"))])
+    if key not in NODE_DATA:                       # built once per run and process, not per message
+        NODE_DATA.clear()
+        if "data-dir" in context.node_config:      # this node's own data, nothing else
+            NODE_DATA[key] = node_batch_source(Path(str(context.node_config["data-dir"])), spec)
+        else:                                      # its share of the partition of (experiment, seed)
+            NODE_DATA[key] = FederatedDataModule(cfg)
+            NODE_DATA[key].setup("fit")
+    own = NODE_DATA[key] if isinstance(NODE_DATA[key], tuple) else None
+    datamodule = None if own is not None else NODE_DATA[key]
     m = cfg.model
     conditioning = recipe_of(m.name).conditioning  # the recipe's discriminator and real-batch labels
     restarted = 0.0
@@ -487,63 +492,33 @@ class WallClock:
         raise RuntimeError("a deployed run cannot be resumed yet: its devices' state lives on the nodes")
 
 
-class InProcessGrid:
-    """Flower's Grid API over direct calls of the ClientApp, every node with its own context, all in this
-    process: the ServerApp's logic without SuperLink, SuperNodes or processes (tests, benchmarks,
-    debugging). Faults to inject: ``silent`` nodes never reply; a ``slow`` node's reply is held back for
-    that many pulls; an exception in the ClientApp becomes an error reply, as in Flower's runtime."""
-
-    def __init__(self, node_configs: dict[int, dict], silent: set[int] = frozenset(), slow: dict | None = None):
-        from flwr.supercore.task_identity import TaskIdentity
-
-        try:
-            TaskIdentity.run_id
-        except RuntimeError:                     # messages need a run id outside Flower's processes
-            TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-        self.contexts = {node: Context(run_id=1, node_id=node, node_config=config, state=RecordDict(), run_config={})
-                         for node, config in node_configs.items()}
-        self.silent, self.slow, self.replies, self.sent = set(silent), dict(slow or {}), {}, 0
-        self.held: dict[str, int] = {}
-        self.log: list[tuple[int, Message]] = []          # every message pushed, with its node
-
-    def get_node_ids(self):
-        return list(self.contexts)
-
-    def push_messages(self, messages):
-        ids = []
-        for message in messages:
-            message.metadata.__dict__["_message_id"] = message.object_id
-            self.sent += 1
-            node = message.metadata.dst_node_id
-            self.log.append((node, message))
-            if node not in self.silent:
-                try:
-                    reply = client_app(message, self.contexts[node])
-                except Exception as err:      # as Flower's runtime does: an exception becomes an error reply
-                    reply = Message(Error(code=0, reason=repr(err)), reply_to=message)
-                self.replies[message.object_id] = reply
-                self.held[message.object_id] = self.slow.get(node, 0)
-            ids.append(message.object_id)
-        return ids
-
-    def pull_messages(self, ids):
-        out = []
-        for i in list(ids):
-            if i in self.replies:
-                if self.held[i] > 0:
-                    self.held[i] -= 1
-                else:
-                    out.append(self.replies.pop(i))
-        return out
+# How the Flower path treats the config keys (tests/fedgen_pl/test_flower_app.py enumerates every key).
+# The ServerApp runs the whole engine but the devices' side, so every key is honoured as in-process except:
+# - REFUSED: a device-side setting the ClientApp does not implement; only this value can be deployed;
+# - REPLACED_BY_REAL_TIME: the virtual clock's simulation of arrival times; real replies replace it
+#   (``deploy.exchange_timeout_s`` is the sync timeout), and a non-default value is logged once.
+REFUSED = {"federation.fake_labels": "device", "model.unheld_label_fakes": "judge", "clock.lr_scale": False}
+REPLACED_BY_REAL_TIME = ("clock.delay", "clock.delay_low", "clock.delay_high", "clock.delay_median",
+                         "clock.delay_sigma", "clock.straggler_fraction", "clock.straggler_slowdown", "clock.dropout",
+                         "clock.rejoin_ticks", "clock.timeout", "clock.max_lr_scale")
 
 
 def check_deployable(cfg) -> None:
     if cfg.model.name not in SUPPORTED_MODELS:
         raise ConfigError(f"the Flower backend runs {', '.join(SUPPORTED_MODELS)} for now, not '{cfg.model.name}'; "
                           "use fedgen train for the others", where="model.name")
-    if cfg.federation.fake_labels != "device" or cfg.model.unheld_label_fakes != "judge":
-        raise ConfigError("the Flower backend supports the default fake-label protocol only",
-                          where="federation.fake_labels")
+    for key, deployable in REFUSED.items():
+        value = OmegaConf.select(cfg, key)
+        if value != deployable:
+            raise ConfigError(f"'{value}' is not implemented on deployed devices; leave it at "
+                              f"{str(deployable).lower()} for the Flower backend, or use fedgen train", where=key)
+    from fedgen_pl.config import load_config
+
+    defaults = load_config([])
+    changed = [k for k in REPLACED_BY_REAL_TIME if OmegaConf.select(cfg, k) != OmegaConf.select(defaults, k)]
+    if changed:
+        print(f"[fedgen] deploy: {', '.join(changed)} simulate arrival times in-process; real replies replace "
+              f"them here", flush=True)
 
 
 @server_app.main()

@@ -77,3 +77,40 @@ def test_config_imports_nothing_of_the_project_but_errors():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def longest_chain(graph: dict[str, set[str]]) -> list[str]:
+    """The longest import chain (the graph has no cycle): its length is the number of import floors."""
+    best: dict[str, list[str]] = {}
+
+    def chain(v: str) -> list[str]:
+        if v not in best:
+            below = [chain(w) for w in graph[v]]
+            best[v] = [v, *max(below, key=len, default=[])]
+        return best[v]
+
+    return max((chain(v) for v in graph), key=len)
+
+
+def test_the_longest_chain_of_a_small_graph():
+    assert longest_chain({"a": {"b", "c"}, "b": {"c"}, "c": set(), "d": {"c"}}) == ["a", "b", "c"]
+
+
+def test_at_most_ten_import_floors():
+    chain = longest_chain(import_graph())
+    print("longest import chain:", " -> ".join(chain))
+    assert len(chain) <= 10, " -> ".join(chain)
+
+
+def test_metrics_do_not_import_the_models():
+    graph, models = import_graph(), {"fedgen_pl.models", "fedgen_pl.gan", "fedgen_pl.vae"}
+
+    def reaches(v: str, seen: set[str]) -> set[str]:
+        for w in graph[v] - seen:
+            seen.add(w)
+            reaches(w, seen)
+        return seen
+
+    for name in graph:
+        if name.startswith("fedgen_pl.metrics"):
+            assert not reaches(name, set()) & models, name

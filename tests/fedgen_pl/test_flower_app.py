@@ -12,9 +12,10 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedgen_pl.config import load_config  # noqa: E402
 from fedgen_pl.errors import ConfigError  # noqa: E402
-from fedgen_pl.flower_app import FlowerDevices, InProcessGrid  # noqa: E402
+from fedgen_pl.flower_app import REFUSED, REPLACED_BY_REAL_TIME, FlowerDevices, check_deployable  # noqa: E402
 from fedgen_pl.train import train  # noqa: E402
 from tests.conftest import SMALL_GRID  # noqa: E402
+from tests.flower_grid import InProcessGrid  # noqa: E402
 
 TWO_BY_TWO = [*SMALL_GRID, "federation.communities=[{data: gaussian_grid, classes: [0, 1]}, "
               "{data: gaussian_grid, classes: [2]}]", "federation.devices_per_community=2",
@@ -258,3 +259,37 @@ def test_a_node_with_its_own_data_trains_on_it_and_its_fakes_follow_its_labels(t
     with pytest.raises(ConfigError, match="deploy.test_mode"):
         test_cfg = load_config([*TWO_BY_TWO, "deploy.test_mode=true"])
         FlowerDevices(InProcessGrid(nodes), test_cfg, poll_s=0).learn_topology(timeout_s=5)
+
+
+def _keys(node: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in node.items():
+        if isinstance(value, dict) and key != "schedules":
+            out += _keys(value, f"{prefix}{key}.")
+        else:
+            out.append(prefix + key)
+    return out
+
+
+def test_every_config_key_is_honoured_or_refused_by_the_flower_path():
+    """The ServerApp runs the in-process engine, so a key is honoured there unless the ClientApp would drop
+    it: such keys are refused (a non-deployable value exits naming the key) or, for the virtual clock's
+    simulated arrival times, replaced by real ones. A new key of the device side must be placed here."""
+    from omegaconf import OmegaConf
+
+    keys = set(_keys(OmegaConf.to_container(load_config([]))))
+    assert set(REFUSED) <= keys and set(REPLACED_BY_REAL_TIME) <= keys
+    clock_keys = {k for k in keys if k.startswith("clock.")}
+    assert clock_keys == set(REFUSED) & clock_keys | set(REPLACED_BY_REAL_TIME)   # every clock key is placed
+    device_side = {"federation.fake_labels", "model.unheld_label_fakes", "model.arch", "model.gan_loss",
+                   "model.conditional", "model.conditional_discriminator", "model.d_channels", "model.d_features",
+                   "model.hidden_dim", "model.d_lr", "model.beta1", "model.beta2"}
+    assert device_side <= keys
+    for key, deployable in REFUSED.items():
+        other = {"federation.fake_labels": "community", "model.unheld_label_fakes": "skip", "clock.lr_scale": True}[key]
+        assert other != deployable
+        cfg = load_config([*TWO_BY_TWO, f"{key}={str(other).lower()}"])
+        with pytest.raises(ConfigError) as error:
+            check_deployable(cfg)
+        assert key in str(error.value)
+    check_deployable(load_config(TWO_BY_TWO))        # the defaults deploy

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fedgen_pl.reference import LoopFederation
+from tests.reference import LoopFederation
 from tests.conftest import build_system, clone_batch
 
 
