@@ -1,4 +1,4 @@
-"""The cloud round (fedgen_pl/cloud.py): a community without a finite step takes no part in it."""
+"""The cloud round (the model's end_round): a community without a finite step takes no part in it."""
 
 import json
 
