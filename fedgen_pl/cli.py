@@ -72,8 +72,20 @@ def _report(args) -> int:
 
 
 def _config(args) -> int:
+    from fedgen_pl.config import KEYS, defaults_yaml
     from fedgen_pl.train import resolve_names
 
+    if args.defaults:              # what configs/default.yaml holds (generated from the key table)
+        print(defaults_yaml(), end="")
+        return 0
+    if args.keys:                  # the key table: name, type, default, allowed values or range, doc
+        for key in KEYS:
+            allowed = ", ".join(map(str, key.choices)) or " ".join(
+                f"{op} {bound}" for op, bound in ((">=", key.ge), (">", key.gt), ("<=", key.le), ("<", key.lt))
+                if bound is not None)
+            kind = key.type.__name__ if isinstance(key.type, type) else str(key.type).replace("typing.", "")
+            print(f"{key.name}\t{kind}\t{key.default}\t{allowed or '-'}\t{key.doc}")
+        return 0
     cfg = load_config(args.overrides)
     resolve_names(cfg)
     print(OmegaConf.to_yaml(cfg), end="")
@@ -121,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name, help=text, description=f"{text}; overrides are key=value "
                                   "(e.g. experiment=gaussian_grid seed=3 federation.local_iters=20)")
         sub.add_argument("overrides", nargs="*", help="key=value configuration overrides")
+        if name == "config":
+            sub.add_argument("--defaults", action="store_true", help="print configs/default.yaml as generated "
+                             "from the key table (fedgen_pl/config.py KEYS)")
+            sub.add_argument("--keys", action="store_true", help="print every key: name, type, default, allowed "
+                             "values or range, doc (tab-separated)")
         sub.set_defaults(fn=fn)
     sub = commands.add_parser("eval", help="compute every metric of a checkpoint",
                               description="compute every metric of a saved run and write metrics.json beside "

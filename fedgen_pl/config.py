@@ -1,16 +1,16 @@
 """Configuration: a typed OmegaConf schema, YAML layers and loud validation.
 
-Layers, later wins: ``configs/default.yaml`` (every key, documented) -> the experiment's YAML ->
-that experiment's ``schedules.<schedule>`` block -> ``key=value`` overrides from the command line.
-The schema below fixes the types; ``default.yaml`` holds the values. Unknown keys, wrong types and
-impossible values raise ``ConfigError`` naming the key, before anything is built.
+Layers, later wins: the defaults -> the experiment's YAML -> that experiment's ``schedules.<schedule>``
+block -> ``key=value`` overrides from the command line. Every key is declared once, in ``KEYS`` below: type,
+default, one-line doc, allowed values, range; ``configs/default.yaml`` is generated from it. Unknown keys,
+wrong types and impossible values raise ``ConfigError`` naming the key, before anything is built.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -25,7 +25,40 @@ CONFIG_DIR = REPO_ROOT / "configs"
 
 
 
-# -- schema (types only; values live in configs/default.yaml) -------------------------------------
+# -- the keys: one place each -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its type, default, one-line doc, allowed values and range. The schema, the
+    defaults, ``configs/default.yaml`` (``fedgen config --defaults`` writes it; a test compares), ``fedgen
+    config --keys`` and the range errors all come from here. Rules that tie keys together: ``validate``."""
+
+    name: str
+    type: Any
+    default: Any
+    doc: str
+    choices: tuple = ()
+    ge: float | None = None      # value >= ge
+    gt: float | None = None      # value > gt
+    le: float | None = None      # value <= le
+    lt: float | None = None      # value < lt
+
+    def problem(self, value) -> str | None:
+        """Why ``value`` is not allowed (None when it is)."""
+        if self.choices and value not in self.choices:
+            return f"'{value}' is not allowed; choose one of {', '.join(map(_yaml_value, self.choices))}"
+        low = (self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+        high = (self.le is None or value <= self.le) and (self.lt is None or value < self.lt)
+        if low and high:
+            return None
+        lower = f">= {self.ge}" if self.ge is not None else f"> {self.gt}" if self.gt is not None else None
+        upper = f"<= {self.le}" if self.le is not None else f"< {self.lt}" if self.lt is not None else None
+        if lower and upper:
+            left = f"[{self.ge}" if self.ge is not None else f"({self.gt}"
+            right = f"{self.le}]" if self.le is not None else f"{self.lt})"
+            return f"must be in {left}, {right}, got {value}"
+        return f"must be {lower or upper}, got {value}"
 
 
 @dataclass
@@ -34,173 +67,276 @@ class CommunityConfig:
     classes: Optional[List[int]] = None
 
 
-@dataclass
-class FederationConfig:
-    communities: List[CommunityConfig] = MISSING
-    devices_per_community: Any = MISSING
-    local_iters: int = MISSING
-    global_rounds: int = MISSING
-    update: str = MISSING
-    tau_edge: float = MISSING
-    tau_cloud: float = MISSING
-    cloud_lr: Any = MISSING
-    aggregation: str = MISSING
-    fedavg_via_edges: bool = MISSING
-    fake_labels: str = MISSING
-
-
-@dataclass
-class ModelConfig:
-    name: str = MISSING
-    arch: str = MISSING
-    gan_loss: str = MISSING
-    conditional: bool = MISSING
-    conditional_discriminator: bool = MISSING
-    unheld_label_fakes: str = MISSING
-    latent_dim: int = MISSING
-    hidden_dim: int = MISSING
-    g_channels: int = MISSING
-    d_channels: int = MISSING
-    d_features: int = MISSING
-    g_norm: str = MISSING
-    g_lr: float = MISSING
-    d_lr: float = MISSING
-    beta1: float = MISSING
-    beta2: float = MISSING
-    lambda_inv: float = MISSING
-    lambda_spe: float = MISSING
-    classifier_steps: int = MISSING
-    classifier_lr: float = MISSING
-    regularizer_batch: int = MISSING
-    vae_average: str = MISSING
-    domain_conditioning: str = MISSING
-    film_output_gain_init: float = MISSING
-    film_output_shift: bool = MISSING
-    film_output_gain_scale: float = MISSING
-    ema_decay: float = MISSING
-
-
-@dataclass
-class DataConfig:
-    batch_size: int = MISSING
-    root: Optional[str] = None
-    download: bool = MISSING
-    download_dir: str = MISSING
-    image_size: int = MISSING
-    channels: int = MISSING
-    label_space: str = MISSING
-    partition: str = MISSING
-    classes_per_device: int = MISSING
-    shards_per_device: int = MISSING
-    dirichlet_alpha: float = MISSING
-    dirichlet_min_size: int = MISSING
-    quantity_skew: float = MISSING
-    gaussian_std: float = MISSING
-    gaussian_samples_per_mode: int = MISSING
-
-
-@dataclass
-class ClockConfig:
-    delay: str = MISSING
-    delay_low: int = MISSING
-    delay_high: int = MISSING
-    delay_median: float = MISSING
-    delay_sigma: float = MISSING
-    straggler_fraction: float = MISSING
-    straggler_slowdown: float = MISSING
-    dropout: float = MISSING
-    rejoin_ticks: int = MISSING
-    timeout: int = MISSING
-    lr_scale: bool = MISSING
-    max_lr_scale: float = MISSING
-
-
-@dataclass
-class MetricsConfig:
-    eval_every: int = MISSING
-    grid_samples_per_label: int = MISSING
-    num_samples: int = MISSING
-    kid_subset_size: Any = MISSING
-    kid_subsets: int = MISSING
-    inception: Any = MISSING
-    inception_scopes: str = MISSING
-    inception_samples: Any = MISSING
-    inception_reference: str = MISSING
-    inception_precision: str = MISSING
-    classifier_epochs: int = MISSING
-    classifier_train_samples: Optional[int] = None
-    cache_dir: str = MISSING
-
-
-@dataclass
-class TrainerConfig:
-    accelerator: str = MISSING
-    precision: str = MISSING
-    log_every_n_iters: int = MISSING
-    checkpoint_every_rounds: int = MISSING
-    progress_bar: bool = MISSING
-    nonfinite: str = MISSING
-    member_execution: str = MISSING
-    compile: str = MISSING
-
-
-@dataclass
-class DeployConfig:
-    exchange_timeout_s: float = MISSING
-    test_mode: bool = MISSING
-    superlink_port: int = MISSING
-    supernode_port: int = MISSING
-
-
-@dataclass
-class LoggerConfig:
-    wandb: bool = MISSING
-    wandb_mode: str = MISSING
-    wandb_project: str = MISSING
-
-
-@dataclass
-class Config:
-    experiment: str = MISSING
-    seed: int = MISSING
-    output_dir: Optional[str] = None
-    resume: Optional[str] = None
-    plugins: List[str] = field(default_factory=list)
-    schedule: str = MISSING
-    schedules: Dict[str, Any] = field(default_factory=dict)
-    federation: FederationConfig = field(default_factory=FederationConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    clock: ClockConfig = field(default_factory=ClockConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    deploy: DeployConfig = field(default_factory=DeployConfig)
-
-
-CHOICES = {
-    "schedule": ("quick", "full"),
-    "federation.update": ("sync", "async"),
-    "federation.fake_labels": ("device", "community"),
-    "model.unheld_label_fakes": ("judge", "skip"),
-    "model.arch": ("auto", "mlp", "dcgan"),
-    "model.gan_loss": ("non_saturating", "saturating"),
-    "model.g_norm": ("group", "none"),
-    "model.vae_average": ("all", "decoder"),
-    "model.domain_conditioning": ("concat", "film", "film_output"),
-    "data.label_space": ("union", "shared"),
-    "metrics.inception_scopes": ("global", "all"),
-    "metrics.inception_reference": ("test", "train"),
-    "metrics.inception_precision": ("32", "bf16"),
-    "data.partition": ("iid", "shards", "sorted_shards", "dirichlet"),
-    "clock.delay": ("constant", "uniform", "lognormal", "tiers"),
-    "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
-    "trainer.precision": ("32-true", "32", "16-mixed", "bf16-mixed"),
-    "trainer.nonfinite": ("skip", "stop"),
-    "trainer.member_execution": ("auto", "vmap", "loop"),
-    "trainer.compile": ("none", "default", "reduce-overhead"),
-    "logger.wandb_mode": ("offline", "online", "disabled"),
+KEYS: list[Key] = [
+    Key('experiment', str, 'mnist_fmnist_noniid',
+        'configs/experiment/<name>.yaml, or a path to your own YAML'),
+    Key('seed', int, 0, 'seeds data generation, partitions, initialisation and sampling', ge=0, lt=2**32),
+    Key('output_dir', Optional[str], None, 'run directory; null = runs/<experiment>-<YYYYmmdd-HHMMSS>'),
+    Key('resume', Optional[str], None,
+        'continue a killed run: a run directory, a .ckpt file, or latest (newest run of this experiment)'),
+    Key('plugins', List[str], [],
+        'modules or .py files to import first (they register datasets, aggregation rules)'),
+    Key('schedule', str, 'quick',
+        'quick (CPU-sized) | full (the reproduction tables): picks schedules.<name>',
+        choices=('quick', 'full')),
+    Key('schedules', Dict[str, Any], {},
+        'per-schedule overrides, set by experiments: {quick: {...}, full: {...}}'),
+    Key('federation.communities', List[CommunityConfig], [],
+        'one entry per community, {data: NAME, classes: [..] optional}; K = length'),
+    Key('federation.devices_per_community', Any, 5, 'devices per community: one int, or a list of K ints'),
+    Key('federation.local_iters', int, 5, 'I_lo: local iterations of every community per global round', ge=1),
+    Key('federation.global_rounds', int, 200, 'I_gl: global rounds (cloud aggregations)', ge=1),
+    Key('federation.update', str, 'sync', 'sync (Eq. 4) | async (Eq. 5)', choices=('sync', 'async')),
+    Key('federation.tau_edge', float, 1.0,
+        'edge weights softmax_j(tau_edge * L_kj); 1 = Eq. 4 as printed, 0 = plain mean'),
+    Key('federation.tau_cloud', float, 1.0, 'cloud weights softmax_k(tau_cloud * L*_k); 0 = plain mean'),
+    Key('federation.cloud_lr', Any, 'auto',
+        'G += cloud_lr * sum_k a_k (G_k - G); auto = K, 1 = Eq. 1 as printed'),
+    Key('federation.aggregation', str, 'loss_softmax',
+        'registered aggregation rule: loss_softmax (Eq. 1) | fedavg | your own'),
+    Key('federation.fedavg_via_edges', bool, False,
+        'fed_gan / fed_cgan / fed_vae: average through the edge tier (else devices -> cloud)'),
+    Key('federation.fake_labels', str, 'device',
+        "labels of a device's fakes: device (its own label histogram; the edge knows it) | community "
+        "(uniform over the community's labels; centralized: over all labels)",
+        choices=('device', 'community')),
+    Key('model.name', str, 'fedgen_fr',
+        'fedgen_fr | fedgen_lr (label-related) | centralized_gan | md_gan | fed_gan | reg_cgan | '
+        'fed_cgan | fed_vae'),
+    Key('model.arch', str, 'auto',
+        'auto (mlp for vectors, dcgan for images) | mlp | dcgan', choices=('auto', 'mlp', 'dcgan')),
+    Key('model.gan_loss', str, 'non_saturating',
+        'generator objective: non_saturating (-log D(G(z))) | saturating (log(1 - D(G(z))))',
+        choices=('non_saturating', 'saturating')),
+    Key('model.conditional', bool, True,
+        'class-conditional generators and discriminators (docs/method.md §6)'),
+    Key('model.conditional_discriminator', bool, True,
+        'false: device discriminators do not see labels (the generator stays conditional)'),
+    Key('model.unheld_label_fakes', str, 'judge',
+        'fakes of labels a discriminator holds no data for: judge them | skip them (out of its loss '
+        'and its feedback)', choices=('judge', 'skip')),
+    Key('model.latent_dim', int, 8, 'size of z', ge=1),
+    Key('model.hidden_dim', int, 128, 'width of the MLP networks (Gaussian grid)', ge=1),
+    Key('model.g_channels', int, 32,
+        'DCGAN generator width (its first conv has 2x this many channels)', ge=1),
+    Key('model.d_channels', int, 32,
+        'DCGAN discriminator width (its second conv has 2x this many channels)', ge=1),
+    Key('model.d_features', int, 0,
+        'DCGAN discriminator hidden layer after the convs (0 = none, plain DCGAN)', ge=0),
+    Key('model.g_norm', str, 'group',
+        'DCGAN generator normalisation: group (per-sample GroupNorm) | none', choices=('group', 'none')),
+    Key('model.g_lr', float, 0.001, 'Adam learning rate of the community generators', gt=0),
+    Key('model.d_lr', float, 0.001, 'Adam learning rate of the device discriminators', gt=0),
+    Key('model.beta1', float, 0.5, 'Adam beta1 (generators and discriminators)', ge=0, lt=1),
+    Key('model.beta2', float, 0.999, 'Adam beta2 (generators and discriminators)', ge=0, lt=1),
+    Key('model.lambda_inv', float, 0.1,
+        'fedgen_lr: weight of the domain-invariant loss L_inv (0 = off)', ge=0),
+    Key('model.lambda_spe', float, 0.1,
+        'fedgen_lr: weight of the domain-specific loss L_spe (0 = off)', ge=0),
+    Key('model.classifier_steps', int, 5,
+        "fedgen_lr: steps of the cloud's domain classifier C per round", ge=0),
+    Key('model.classifier_lr', float, 0.001, 'fedgen_lr: Adam learning rate of C', gt=0),
+    Key('model.regularizer_batch', int, 16,
+        "fedgen_lr: latent vectors per domain for L_inv, L_spe and C's training", ge=1),
+    Key('model.domain_conditioning', str, 'concat',
+        'fedgen_lr, reg_cgan, fed_cgan: how G gets the domain code: concat (RegCGAN) | film (per-'
+        'domain gain and shift per layer) | film_output (ablation: output layer only)',
+        choices=('concat', 'film', 'film_output')),
+    Key('model.film_output_gain_init', float, 1.0,
+        'film, film_output: initial per-domain gain of the output layer; 0 lets each domain pick its '
+        'sign (1 = identity)'),
+    Key('model.film_output_gain_scale', float, 1.0,
+        'film, film_output: the output gain is this x its parameter, so under Adam it learns this '
+        'many times faster', gt=0),
+    Key('model.film_output_shift', bool, True,
+        'film, film_output: a per-domain shift at the output layer (false: gain only, no per-domain '
+        'constant image)'),
+    Key('model.vae_average', str, 'all',
+        'fed_vae: average the whole VAE (all) or the decoder only (encoders stay private)',
+        choices=('all', 'decoder')),
+    Key('model.ema_decay', float, 0.99,
+        'EMA of the global model over rounds (warm-up: min(this, r / (r + 9))), evaluated and sampled'
+        ' beside it (ema/global/..., plots/ema/); 0 = off', ge=0, lt=1),
+    Key('data.batch_size', int, 64, 'real and generated samples per device per local iteration', ge=1),
+    Key('data.root', Optional[str], None,
+        'your data directory: torchvision layout (MNIST/raw/...) or <name>/ with idx or npz files'),
+    Key('data.download', bool, True,
+        'let torchvision download a dataset when no local source has it (needs a network)'),
+    Key('data.download_dir', str, '~/.cache/fedgen-pl/data',
+        'where torchvision downloads go when data.root is not set'),
+    Key('data.image_size', int, 28, 'images are converted to image_size x image_size ...', ge=8),
+    Key('data.channels', int, 1, '... with this many channels (1 or 3)', choices=(1, 3)),
+    Key('data.label_space', str, 'union',
+        'union: labels are (dataset, class) pairs (20 for MNIST + FashionMNIST); shared: class index',
+        choices=('union', 'shared')),
+    Key('data.partition', str, 'iid',
+        'devices within a community: iid | shards (label skew) | sorted_shards (McMahan et al.) | '
+        'dirichlet (label skew)', choices=('iid', 'shards', 'sorted_shards', 'dirichlet')),
+    Key('data.classes_per_device', int, 2, 'shards: classes held by every device', ge=1),
+    Key('data.shards_per_device', int, 4,
+        "sorted_shards: label-sorted shards of equal size per device (McMahan et al.; PRISM's "
+        'non-i.i.d. split)', ge=1),
+    Key('data.dirichlet_alpha', float, 0.5, 'dirichlet: concentration; smaller = more skew', gt=0),
+    Key('data.dirichlet_min_size', int, 10,
+        'dirichlet: redraw until every device holds at least this many samples', ge=1),
+    Key('data.quantity_skew', float, 0.0,
+        'device sizes ~ lognormal(0, quantity_skew); shards: only where devices share a class; 0 = '
+        'equal', ge=0),
+    Key('data.gaussian_std', float, 0.2, 'Gaussian grid: standard deviation of every mode', gt=0),
+    Key('data.gaussian_samples_per_mode', int, 5000,
+        'Gaussian grid: training points drawn per mode (split over its devices)', ge=1),
+    Key('clock.delay', str, 'constant',
+        'per-dispatch delay: constant (delay_low) | uniform | lognormal | tiers',
+        choices=('constant', 'uniform', 'lognormal', 'tiers')),
+    Key('clock.delay_low', int, 10, 'constant: the delay; uniform and tiers: the smallest delay', ge=1),
+    Key('clock.delay_high', int, 60, 'uniform and tiers: the largest delay'),
+    Key('clock.delay_median', float, 30.0, 'lognormal: median delay', gt=0),
+    Key('clock.delay_sigma', float, 0.5, 'lognormal: sigma of log-delay', ge=0),
+    Key('clock.straggler_fraction', float, 0.2, 'tiers: share of devices that are stragglers', ge=0, le=1),
+    Key('clock.straggler_slowdown', float, 4.0,
+        "tiers: a straggler's speed factor (its delays are this many times longer)", ge=1),
+    Key('clock.dropout', float, 0.0,
+        'probability that a dispatch is lost; the device goes offline ...', ge=0, lt=1),
+    Key('clock.rejoin_ticks', int, 200, '... and rejoins this many ticks later', ge=1),
+    Key('clock.timeout', int, 300,
+        'sync: an edge stops waiting for missing devices this many ticks after dispatch', ge=1),
+    Key('clock.lr_scale', bool, False,
+        "async: scale D_kj's learning rate by exp(staleness of its last feedback)"),
+    Key('clock.max_lr_scale', float, 10.0, 'async: cap of that scale', ge=1),
+    Key('metrics.eval_every', int, 10,
+        'evaluate the global generator every this many rounds (and at the end)', ge=1),
+    Key('metrics.grid_samples_per_label', int, 300,
+        'Gaussian grid: samples per label for modes_covered etc. (9 x 300 = 2700)', ge=1),
+    Key('metrics.num_samples', int, 2000,
+        'images: real and generated samples per scope (global, each community)', ge=10),
+    Key('metrics.kid_subset_size', Any, 'auto',
+        'images: KID subset size: auto = min(1000, num_samples), or an int <= num_samples'),
+    Key('metrics.kid_subsets', int, 20, 'images: KID is the mean over this many random subsets', ge=1),
+    Key('metrics.inception', Any, 'auto',
+        'images: fid_inception with the TF-FID InceptionV3: auto (on with a GPU) | true | false',
+        choices=('auto', True, False)),
+    Key('metrics.inception_scopes', str, 'global',
+        'images: fid_inception for the global scope only | all scopes', choices=('global', 'all')),
+    Key('metrics.inception_samples', Any, 'num_samples',
+        'images: generated samples for fid_inception / kid_inception (10000 for the literature tables)'),
+    Key('metrics.inception_reference', str, 'test',
+        'images: the real images of the Inception statistics: test split (as PRISM) | train split; '
+        'cached', choices=('test', 'train')),
+    Key('metrics.inception_precision', str, 'bf16',
+        'images: Inception under bf16 autocast + channels-last (CPU: 1.9-2.9x faster, FID within 1%: '
+        'benchmarks/RESULTS.md) | 32', choices=('32', 'bf16')),
+    Key('metrics.classifier_epochs', int, 2,
+        'images: epochs of the scenario classifier (trained once, then cached)', ge=1),
+    Key('metrics.classifier_train_samples', Optional[int], None,
+        'images: train the classifier on this many samples (null = all; tests use fewer)'),
+    Key('metrics.cache_dir', str, '~/.cache/fedgen-pl',
+        'classifier cache (keyed by datasets, label space and code version)'),
+    Key('trainer.accelerator', str, 'auto',
+        'auto | cpu | gpu (Lightning accelerator; one device)',
+        choices=('auto', 'cpu', 'gpu', 'cuda', 'mps')),
+    Key('trainer.precision', str, '32-true',
+        'Lightning precision: 32-true | 16-mixed | bf16-mixed',
+        choices=('32-true', '32', '16-mixed', 'bf16-mixed')),
+    Key('trainer.log_every_n_iters', int, 10,
+        'log per-iteration losses every n local iterations (each log syncs the host)', ge=1),
+    Key('trainer.checkpoint_every_rounds', int, 10, 'write last.ckpt every n rounds (and at the end)', ge=1),
+    Key('trainer.progress_bar', bool, True, "show Lightning's progress bar"),
+    Key('trainer.member_execution', str, 'auto',
+        "devices' networks: vmap (one batched call) | loop (one call each) | auto (loop for conv nets"
+        ' on CPU, else vmap)', choices=('auto', 'vmap', 'loop')),
+    Key('trainer.compile', str, 'none',
+        "torch.compile the devices' and generators' networks: none | default (inductor) | reduce-"
+        'overhead (+ CUDA graphs)', choices=('none', 'default', 'reduce-overhead')),
+    Key('trainer.nonfinite', str, 'skip',
+        'a NaN/inf loss or gradient of a device: skip its update and count it | stop with its name',
+        choices=('skip', 'stop')),
+    Key('deploy.exchange_timeout_s', float, 120.0,
+        'sync: how long an edge waits for its devices; later feedback is left out and counted as a '
+        'timeout', gt=0),
+    Key('deploy.test_mode', bool, False,
+        "the server sends each device its real batch's indices and D's first weights: the run equals "
+        'the in-process one'),
+    Key('deploy.superlink_port', int, 19091,
+        "deploy-local: the SuperLink's HTTP port on 127.0.0.1", ge=1024, lt=65536),
+    Key('deploy.supernode_port', int, 19100,
+        "deploy-local: the first SuperNode's Runtime API port (one per device, counting up)",
+        ge=1024, lt=65536),
+    Key('logger.wandb', bool, False, 'also log to Weights & Biases'),
+    Key('logger.wandb_mode', str, 'offline',
+        'offline (no account needed; `wandb sync` later) | online',
+        choices=('offline', 'online', 'disabled')),
+    Key('logger.wandb_project', str, 'fedgen-pl', 'W&B project name'),
+]
+SECTIONS = {     # the comment of a section's line in default.yaml
+    "clock": "the virtual clock (integer ticks) behind sync and async updates",
+    "deploy": "the tiers on separate machines through Flower (fedgen deploy-local; docs/method.md §14)",
 }
+KEY = {key.name: key for key in KEYS}
+CHOICES = {key.name: key.choices for key in KEYS if key.choices}
+
+
+def _schema() -> type:
+    """The typed OmegaConf schema: a dataclass per section, every key MISSING until the defaults layer."""
+    sections: dict[str, list] = {}
+    top = []
+    for key in KEYS:
+        section, _, name = key.name.rpartition(".")
+        default = field(default=None) if key.default is None else field(default=MISSING)
+        (sections.setdefault(section, []) if section else top).append((name, key.type, default))
+    for section, fields in sections.items():
+        schema = make_dataclass(f"{section.capitalize()}Config", fields)
+        top.append((section, schema, field(default_factory=schema)))
+    return make_dataclass("Config", top)
+
+
+Config = _schema()
+
+
+def defaults() -> DictConfig:
+    """Every key's default as a config layer."""
+    tree: dict = {}
+    for key in KEYS:
+        *path, name = key.name.split(".")
+        node = tree
+        for part in path:
+            node = node.setdefault(part, {})
+        node[name] = key.default
+    return OmegaConf.create(tree)
+
+
+DEFAULTS_HEADER = """\
+# Every key fedgen-pl knows, with its default. Generated from fedgen_pl/config.py (KEYS) by
+# `fedgen config --defaults > configs/default.yaml`; edit KEYS, not this file. An experiment
+# (configs/experiment/<name>.yaml) overrides some keys, its `schedules.<schedule>` block more, and the
+# command line last:
+#   fedgen train experiment=gaussian_grid seed=3 federation.local_iters=20
+"""
+
+
+def _yaml_value(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, dict)):
+        return "[]" if isinstance(value, list) else "{}"
+    return str(value)
+
+
+def defaults_yaml() -> str:
+    """``configs/default.yaml``: every key, its default and its doc, one line each."""
+    lines, section = [DEFAULTS_HEADER.rstrip("\n")], None
+    for key in KEYS:
+        parent, _, name = key.name.rpartition(".")
+        if parent != section:
+            section = parent
+            lines.append("")
+            if parent:
+                head = f"{parent}:"
+                lines.append(f"{head:<34} # {SECTIONS[parent]}" if parent in SECTIONS else head)
+        text = f"{'  ' if parent else ''}{name}: {_yaml_value(key.default)}"
+        lines.append(f"{text:<34} # {key.doc}")
+    return "\n".join(lines) + "\n"
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -259,7 +395,7 @@ def _merge(base: DictConfig, layer, source: str) -> DictConfig:
 def with_defaults(saved) -> DictConfig:
     """A saved run's configuration (a checkpoint's, a config.yaml) with today's defaults under it: keys added
     since the run was made take their default, which keeps the run's behaviour."""
-    cfg = _merge(OmegaConf.structured(Config), load_yaml(CONFIG_DIR / "default.yaml"), "configs/default.yaml")
+    cfg = _merge(OmegaConf.structured(Config), defaults(), "the defaults (fedgen_pl/config.py KEYS)")
     saved = OmegaConf.create(saved) if not isinstance(saved, DictConfig) else saved
     return _merge(cfg, saved, "the run's saved configuration")
 
@@ -301,14 +437,12 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
     if cli.get("resume") is not None:
         raise ConfigError("a run to resume is loaded from its checkpoint: use fedgen_pl.resume.resume_config "
                           "(fedgen train resume=RUN does)", where="resume")
-    cfg = OmegaConf.structured(Config)
-    cfg = _merge(cfg, load_yaml(CONFIG_DIR / "default.yaml"), "configs/default.yaml")
+    cfg = _merge(OmegaConf.structured(Config), defaults(), "the defaults (fedgen_pl/config.py KEYS)")
     experiment = str(cli.get("experiment", cfg.experiment))
     path = experiment_path(experiment)
     cfg = _merge(cfg, experiment_layers(path), str(path))
     schedule = str(cli.get("schedule", cfg.schedule))
-    if schedule not in CHOICES["schedule"]:
-        raise ConfigError(f"schedule: '{schedule}' is not allowed; choose one of {CHOICES['schedule']}")
+    _require(KEY["schedule"].problem(schedule) is None, "schedule", KEY["schedule"].problem(schedule) or "")
     if schedule in cfg.schedules:
         cfg = _merge(cfg, cfg.schedules[schedule], f"{path} schedules.{schedule}")
     cfg = _merge(cfg, cli, "command line")
@@ -391,20 +525,13 @@ def cloud_lr(cfg: DictConfig) -> float:
 
 
 def validate(cfg: DictConfig) -> None:
-    _require(isinstance(cfg.seed, int) and 0 <= cfg.seed < 2**32, "seed",
-             f"must be an integer in 0..{2**32 - 1} (it seeds numpy and torch), got {cfg.seed}")
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        _require(value in allowed, key, f"'{value}' is not allowed; choose one of {', '.join(allowed)}")
+    """Every key against its own allowed values and range (``KEYS``), then the rules that tie keys together."""
+    for key in KEYS:
+        problem = key.problem(OmegaConf.select(cfg, key.name))
+        _require(problem is None, key.name, problem or "")
     for name in cfg.schedules:
-        _require(name in CHOICES["schedule"], f"schedules.{name}",
-                 f"unknown schedule; experiments may define {CHOICES['schedule']}")
-
-    _require(cfg.deploy.exchange_timeout_s > 0, "deploy.exchange_timeout_s",
-             f"must be > 0 seconds, got {cfg.deploy.exchange_timeout_s}")
-    for key in ("deploy.superlink_port", "deploy.supernode_port"):
-        _require(1024 <= OmegaConf.select(cfg, key) < 65536, key,
-                 f"must be a port in 1024..65535, got {OmegaConf.select(cfg, key)}")
+        _require(name in KEY["schedule"].choices, f"schedules.{name}",
+                 f"unknown schedule; experiments may define {', '.join(KEY['schedule'].choices)}")
 
     fed = cfg.federation
     k = len(fed.communities)
@@ -420,8 +547,6 @@ def validate(cfg: DictConfig) -> None:
     for count in counts:
         _require(isinstance(count, int) and not isinstance(count, bool) and count >= 1,
                  "federation.devices_per_community", f"must be an int >= 1 or a list of them, got {count!r}")
-    _require(fed.local_iters >= 1, "federation.local_iters", f"must be >= 1, got {fed.local_iters}")
-    _require(fed.global_rounds >= 1, "federation.global_rounds", f"must be >= 1, got {fed.global_rounds}")
     for key in ("tau_edge", "tau_cloud"):
         _require(math.isfinite(fed[key]), f"federation.{key}", f"must be a finite number, got {fed[key]}")
     lr = fed.cloud_lr
@@ -442,56 +567,19 @@ def validate(cfg: DictConfig) -> None:
                      f"federation.communities[{i}].classes", f"has duplicates: {list(community.classes)}")
 
     m = cfg.model
-    for key in ("lambda_inv", "lambda_spe"):
-        _require(m[key] >= 0, f"model.{key}", f"must be >= 0 (0 switches the term off), got {m[key]}")
-    _require(m.classifier_steps >= 0, "model.classifier_steps", f"must be >= 0, got {m.classifier_steps}")
-    _require(m.classifier_lr > 0, "model.classifier_lr", f"must be > 0, got {m.classifier_lr}")
-    _require(m.film_output_gain_init == 1.0 or m.domain_conditioning in ("film", "film_output"),
-             "model.film_output_gain_init", f"only applies to domain_conditioning=film or film_output, "
-             f"got {m.film_output_gain_init} with {m.domain_conditioning}")
-    _require(m.film_output_shift or m.domain_conditioning in ("film", "film_output"), "model.film_output_shift",
+    film = m.domain_conditioning in ("film", "film_output")
+    _require(m.film_output_gain_init == 1.0 or film, "model.film_output_gain_init",
+             f"only applies to domain_conditioning=film or film_output, got {m.film_output_gain_init} with "
+             f"{m.domain_conditioning}")
+    _require(m.film_output_shift or film, "model.film_output_shift",
              f"only applies to domain_conditioning=film or film_output, got {m.domain_conditioning}")
-    _require(m.film_output_gain_scale > 0 and (m.film_output_gain_scale == 1.0 or m.domain_conditioning in (
-        "film", "film_output")), "model.film_output_gain_scale",
-             f"must be > 0 and only applies to domain_conditioning=film or film_output, got "
-             f"{m.film_output_gain_scale} with {m.domain_conditioning}")
-    _require(m.regularizer_batch >= 1, "model.regularizer_batch", f"must be >= 1, got {m.regularizer_batch}")
-    for key in ("latent_dim", "hidden_dim", "g_channels", "d_channels"):
-        _require(m[key] >= 1, f"model.{key}", f"must be >= 1, got {m[key]}")
-    for key in ("g_lr", "d_lr"):
-        _require(m[key] > 0, f"model.{key}", f"must be > 0, got {m[key]}")
-    _require(m.d_features >= 0, "model.d_features", f"must be >= 0 (0 = no hidden layer), got {m.d_features}")
-    for key in ("beta1", "beta2"):
-        _require(0 <= m[key] < 1, f"model.{key}", f"must be in [0, 1), got {m[key]}")
-    _require(0 <= m.ema_decay < 1, "model.ema_decay", f"must be in [0, 1) (0 = no EMA), got {m.ema_decay}")
-
-    d = cfg.data
-    _require(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
-    _require(d.image_size >= 8, "data.image_size", f"must be >= 8, got {d.image_size}")
-    _require(d.channels in (1, 3), "data.channels", f"must be 1 or 3, got {d.channels}")
-    _require(d.classes_per_device >= 1, "data.classes_per_device", f"must be >= 1, got {d.classes_per_device}")
-    _require(d.shards_per_device >= 1, "data.shards_per_device", f"must be >= 1, got {d.shards_per_device}")
-    _require(d.dirichlet_alpha > 0, "data.dirichlet_alpha", f"must be > 0, got {d.dirichlet_alpha}")
-    _require(d.dirichlet_min_size >= 1, "data.dirichlet_min_size", f"must be >= 1, got {d.dirichlet_min_size}")
-    _require(d.quantity_skew >= 0, "data.quantity_skew", f"must be >= 0 (0 = equal sizes), got {d.quantity_skew}")
-    _require(d.gaussian_std > 0, "data.gaussian_std", f"must be > 0, got {d.gaussian_std}")
-    _require(d.gaussian_samples_per_mode >= 1, "data.gaussian_samples_per_mode",
-             f"must be >= 1, got {d.gaussian_samples_per_mode}")
-    _require(cfg.metrics.eval_every >= 1, "metrics.eval_every", f"must be >= 1, got {cfg.metrics.eval_every}")
+    _require(m.film_output_gain_scale == 1.0 or film, "model.film_output_gain_scale",
+             f"only applies to domain_conditioning=film or film_output, got {m.film_output_gain_scale} with "
+             f"{m.domain_conditioning}")
     c = cfg.clock
-    _require(c.delay_low >= 1, "clock.delay_low", f"must be >= 1 tick, got {c.delay_low}")
-    _require(c.delay_high >= c.delay_low, "clock.delay_high", f"must be >= clock.delay_low ({c.delay_low}), got {c.delay_high}")
-    _require(c.delay_median > 0 and c.delay_sigma >= 0, "clock.delay_median",
-             f"lognormal needs delay_median > 0 and delay_sigma >= 0, got {c.delay_median}, {c.delay_sigma}")
-    _require(0 <= c.straggler_fraction <= 1, "clock.straggler_fraction", f"must be in [0, 1], got {c.straggler_fraction}")
-    _require(c.straggler_slowdown >= 1, "clock.straggler_slowdown", f"must be >= 1, got {c.straggler_slowdown}")
-    _require(0 <= c.dropout < 1, "clock.dropout", f"must be in [0, 1), got {c.dropout}")
-    _require(c.rejoin_ticks >= 1, "clock.rejoin_ticks", f"must be >= 1, got {c.rejoin_ticks}")
-    _require(c.timeout >= 1, "clock.timeout", f"must be >= 1 tick, got {c.timeout}")
-    _require(c.max_lr_scale >= 1, "clock.max_lr_scale", f"must be >= 1, got {c.max_lr_scale}")
+    _require(c.delay_high >= c.delay_low, "clock.delay_high",
+             f"must be >= clock.delay_low ({c.delay_low}), got {c.delay_high}")
     mc = cfg.metrics
-    _require(mc.inception in ("auto", True, False), "metrics.inception", f"must be auto, true or false, got {mc.inception!r}")
-    _require(mc.num_samples >= 10, "metrics.num_samples", f"must be >= 10, got {mc.num_samples}")
     _require(mc.kid_subset_size == "auto" or (isinstance(mc.kid_subset_size, int) and not isinstance(
         mc.kid_subset_size, bool) and 1 <= mc.kid_subset_size <= mc.num_samples), "metrics.kid_subset_size",
              f"must be auto (= min(1000, metrics.num_samples)) or an int in 1..metrics.num_samples "
@@ -499,13 +587,5 @@ def validate(cfg: DictConfig) -> None:
     _require(mc.inception_samples == "num_samples" or (isinstance(mc.inception_samples, int) and not isinstance(
         mc.inception_samples, bool) and mc.inception_samples >= 10), "metrics.inception_samples",
              f"must be num_samples or an int >= 10, got {mc.inception_samples!r}")
-    _require(mc.kid_subsets >= 1, "metrics.kid_subsets", f"must be >= 1, got {mc.kid_subsets}")
-    _require(mc.classifier_epochs >= 1, "metrics.classifier_epochs", f"must be >= 1, got {mc.classifier_epochs}")
     _require(mc.classifier_train_samples is None or mc.classifier_train_samples >= 100,
              "metrics.classifier_train_samples", f"must be null (all) or >= 100, got {mc.classifier_train_samples}")
-    _require(cfg.metrics.grid_samples_per_label >= 1, "metrics.grid_samples_per_label",
-             f"must be >= 1, got {cfg.metrics.grid_samples_per_label}")
-    t = cfg.trainer
-    _require(t.log_every_n_iters >= 1, "trainer.log_every_n_iters", f"must be >= 1, got {t.log_every_n_iters}")
-    _require(t.checkpoint_every_rounds >= 1, "trainer.checkpoint_every_rounds",
-             f"must be >= 1, got {t.checkpoint_every_rounds}")

@@ -94,7 +94,9 @@ def resume_config(overrides: list[str]) -> DictConfig:
     cli = _parse_overrides(overrides)
     target = str(cli.resume)
     if target == "latest":
-        default_experiment = OmegaConf.load(Path(__file__).resolve().parent.parent / "configs" / "default.yaml").experiment
+        from fedgen_pl.config import KEY
+
+        default_experiment = KEY["experiment"].default
         run = latest_run(str(cli.get("experiment", default_experiment)))
     else:
         run = Path(target).expanduser()

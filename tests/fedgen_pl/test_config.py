@@ -8,7 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from fedgen_pl.cli import main
-from fedgen_pl.config import CONFIG_DIR, Config, ConfigError, cloud_lr, devices_per_community, load_config
+from fedgen_pl.config import (CONFIG_DIR, KEYS, Config, ConfigError, cloud_lr, defaults_yaml,
+                              devices_per_community, load_config)
 from tests.conftest import SMALL_GRID
 
 
@@ -22,21 +23,31 @@ def _schema_keys(node, prefix=""):
             yield full
 
 
-def test_default_yaml_documents_every_schema_key():
-    text = (CONFIG_DIR / "default.yaml").read_text()
-    documented = {}
-    stack = []
-    for line in text.splitlines():
-        m = re.match(r"^( *)([a-z_0-9]+):(.*)$", line)
-        if not m:
-            continue
-        depth = len(m.group(1)) // 2
-        stack = stack[:depth] + [m.group(2)]
-        documented[".".join(stack)] = "#" in m.group(3)
-    schema = OmegaConf.structured(Config)
-    for key in _schema_keys(schema):
-        assert key in documented, f"{key} missing from configs/default.yaml"
-        assert documented[key], f"{key} has no comment in configs/default.yaml"
+def test_default_yaml_is_generated_from_the_key_table():
+    """configs/default.yaml is `fedgen config --defaults`: every key, its default and its doc, from KEYS."""
+    assert (CONFIG_DIR / "default.yaml").read_text() == defaults_yaml()
+
+
+def test_every_schema_key_has_one_entry_with_a_doc():
+    names = [key.name for key in KEYS]
+    assert len(names) == len(set(names))
+    assert set(_schema_keys(OmegaConf.structured(Config))) == set(names)
+    assert all(key.doc for key in KEYS)
+
+
+@pytest.mark.parametrize("key", [key for key in KEYS if key.choices or key.ge is not None or key.gt is not None],
+                         ids=lambda key: key.name)
+def test_the_key_table_checks_every_declared_choice_and_bound(key):
+    """The default is allowed; a value outside the choices or just past the bound is refused naming the key."""
+    assert key.problem(key.default) is None
+    if key.choices:
+        bad = "not-a-choice" if key.type is not int else max(c for c in key.choices if isinstance(c, int)) + 1
+    else:
+        bad = key.ge - 1 if key.ge is not None else key.gt
+        bad = int(bad) if key.type is int else float(bad)
+    overrides = [f"{key.name}={bad}"] + (["experiment=gaussian_grid"] if key.name != "experiment" else [])
+    with pytest.raises(ConfigError, match=rf"\({re.escape(key.name)}\)"):
+        load_config(overrides)
 
 
 def test_layers_and_overrides():
