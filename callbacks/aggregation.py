@@ -1,6 +1,7 @@
-"""The end of a round, as a Lightning callback: the cloud's round (the model's ``end_round``),
-its log, then one round-end signal that the evaluation, checkpoint and progress callbacks subscribe to
-(``on_round_end(trainer, pl_module)``, called in the order of the trainer's callback list)."""
+"""The end of a round, as a Lightning callback: after the training step that ran the cloud's round (the
+model's ``end_round``), its log, then one round-end signal that the evaluation, checkpoint and progress
+callbacks subscribe to (``on_round_end(trainer, pl_module)``, called in the order of the trainer's
+callback list)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,9 @@ class GlobalAggregation(pl.Callback):
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not pl_module.round_complete:
+        record, pl_module.finished_round = pl_module.finished_round, None
+        if record is None:
             return
-        # under the step's precision (bf16-mixed: autocast): the round's hooks and its first dispatch are training too
-        with trainer.precision_plugin.train_step_context():
-            record = pl_module.end_round()
         self.history.append(record)
         metrics = {f"cloud/weight_{k}": w for k, w in enumerate(record["cloud_weights"])}
         metrics.update({f"cloud/community_loss_{k}": v for k, v in enumerate(record["community_loss"])})

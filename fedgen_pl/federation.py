@@ -224,6 +224,7 @@ class FederationModule(pl.LightningModule):
         self.num_generators = self.federation.num_generators
         self.data = None        # the DataModule (set in on_fit_start, or by attach_data)
         self.ema: AveragedModel | None = None   # built by configure_model once the family's networks exist
+        self.finished_round: dict | None = None  # the record of the round the last step completed
 
     # -- what a family fills in ---------------------------------------------------------------------
     def local_update(self, event, optimizers: list):
@@ -238,7 +239,7 @@ class FederationModule(pl.LightningModule):
         return self.federation.clock.dispatch(devices)
 
     def end_round(self) -> dict:
-        """The cloud's round (called by ``callbacks.GlobalAggregation``); returns the round's record."""
+        """The cloud's round (called by ``training_step`` once the clock completes a round); returns its record."""
         raise NotImplementedError
 
     def global_model(self) -> nn.Module:
@@ -319,10 +320,14 @@ class FederationModule(pl.LightningModule):
         self.attach_data(self.trainer.datamodule)
 
     def training_step(self, batch, batch_idx):
+        """One clock event and, when it completes the round, the cloud's round (``callbacks.GlobalAggregation``
+        then logs it and signals the round's end to the other callbacks)."""
         optimizers = self.optimizers()
         stats = self.step_event(*(optimizers if isinstance(optimizers, list) else [optimizers]))
         if stats is not None and self.iteration % self.cfg.trainer.log_every_n_iters == 0:
             self.log_metrics(self.step_metrics(stats))
+        if self.round_complete:
+            self.finished_round = self.end_round()
 
     def log_metrics(self, metrics: dict) -> None:
         """Send metrics to every logger against the step count, with round and virtual time alongside."""

@@ -13,8 +13,8 @@ training step is one clock event, ``local_update``, which reads like method §2:
 2. each updates D_kj and feeds back L_kj and d l_kj / d G_k(z_g) (``tiers.device_iteration``, batched);
 3. each edge weighs its devices' feedback (Eq. 4 or 5) and steps G_k through its regenerated samples.
 
-All of it runs vectorised over devices and communities. At the end of a round ``callbacks.GlobalAggregation``
-calls ``end_round``: the cloud aggregates the G_k into G (Eq. 1 or FedAvg) and sends it down.
+All of it runs vectorised over devices and communities. When the clock completes a round, the training
+step calls ``end_round``: the cloud aggregates the G_k into G (Eq. 1 or FedAvg) and sends it down.
 """
 
 from __future__ import annotations

@@ -154,3 +154,16 @@ def mnist_fmnist_scenario(classifier_cache):
     dm.setup()
     classifier, record = load_or_train(dm, classifier_cache, train_samples=6000, epochs=2)
     return dm, classifier, record
+
+
+def assert_eval_reproduces(run_dir, names) -> None:
+    """``fedgen eval`` on the run's last checkpoint recomputes the summary's metrics ``names`` exactly: the
+    numbers a run reports are the ones its final model gives (not only values in a plausible range)."""
+    import json
+
+    from fedgen_pl.evaluate import evaluate_checkpoint
+
+    summary = json.loads((run_dir / "summary.json").read_text())["metrics"]
+    evaluated, _ = evaluate_checkpoint(run_dir)
+    for name in names:
+        assert abs(evaluated[name] - summary[name]) < 1e-9, (name, evaluated[name], summary[name])

@@ -31,6 +31,8 @@ def test_callback_aggregates_and_broadcasts(cloud_lr):
     lr = 1.0 if cloud_lr == "1" else 3.0
     expected = {name: g + lr * (a.view(-1, *[1] * g.dim()) * (system.community_generators.stacked_state()[name] - g)).sum(0)
                 for name, g in dict(system.global_generator.state_dict()).items()}
+    if system.round_complete:      # as training_step does
+        system.finished_round = system.end_round()
     callback.on_train_batch_end(_Trainer(), system, None, None, 0)
     assert system.round == 1 and system.local_iter == 0 and not system.round_complete
     for name, value in dict(system.global_generator.state_dict()).items():

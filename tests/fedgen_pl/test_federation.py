@@ -113,6 +113,8 @@ def _train(system, steps):
     for _ in range(steps):
         stats = system.step_event(opt_g, opt_d)
         trace.append((system.clock.tick, None if stats is None else stats.arrived.nonzero().flatten().tolist()))
+        if system.round_complete:      # as training_step does
+            system.finished_round = system.end_round()
         aggregation.on_train_batch_end(_Trainer(), system, None, None, 0)
     return trace
 

@@ -9,7 +9,7 @@ import torch
 from fedgen_pl.cli import main
 from fedgen_pl.metrics.inception import inception_weights_file
 from fedgen_pl.gan import FederatedGAN
-from tests.conftest import SMALL_GRID, tiny_image_run
+from tests.conftest import SMALL_GRID, assert_eval_reproduces, tiny_image_run
 
 FAST = [*SMALL_GRID, "federation.global_rounds=3", "federation.local_iters=2", "metrics.eval_every=1",
         "trainer.checkpoint_every_rounds=1", "trainer.progress_bar=false", "trainer.log_every_n_iters=1"]
@@ -69,7 +69,8 @@ def test_smoke_train_on_images_writes_sample_grid(tmp_path, image_root, classifi
     names = ("fid_classifier", "kid_classifier", "is_classifier", "acc")
     expected = {f"{scope}/{name}" for scope in ("global", "community_0", "community_1", "community_2") for name in names}
     assert set(summary["metrics"]) == expected | {f"ema/global/{name}" for name in names}
-    assert 0 <= summary["metrics"]["global/acc"] <= 1 and summary["classifier"]["train_samples"] == 600
+    assert summary["classifier"]["train_samples"] == 600
+    assert_eval_reproduces(run_dir, ["global/acc", "global/fid_classifier", "community_2/is_classifier"])
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     assert len([r for r in rows if r.get("global/fid_classifier")]) == 2      # every round (eval_every=1)
 

@@ -70,6 +70,8 @@ def test_decoder_only_averaging_keeps_encoders_private(image_root, classifier_ca
         model.step_event(opt)
     encoders = {k: v.clone() for k, v in model.device_vaes.stacked_state().items() if not k.startswith("decoder.")}
     decoders = {k: v.clone() for k, v in model.device_vaes.stacked_state().items() if k.startswith("decoder.")}
+    if model.round_complete:      # as training_step does
+        model.finished_round = model.end_round()
     GlobalAggregation().on_train_batch_end(_Trainer(), model, None, None, 0)
     weights = torch.tensor(dm.spec.device_sample_counts, dtype=torch.float32)
     weights = weights / weights.sum()
