@@ -2,13 +2,14 @@
 # and its offline data and weights sources; finished set-up steps are skipped (stamp files in .venv).
 #   make train ARGS="experiment=gaussian_grid seed=3"     pass overrides to `fedgen train`
 #   make test ARGS="-k aggregation"                       pass options to pytest
+#   make test-all                                         also the slow end-to-end tests (real Flower deployments)
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup train test clean-venv
+.PHONY: setup train test test-all clean-venv
 
 setup: $(VENV)/.stamp-project $(VENV)/.stamp-sources fashion-mnist
 
@@ -45,6 +46,9 @@ train: setup
 	$(BIN)/fedgen train $(ARGS)
 
 test: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+test-all: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
 clean-venv:

@@ -50,6 +50,7 @@ def _record_sessions(sessions: set[int]):
     return on_started
 
 
+@pytest.mark.slow
 def test_test_mode_deployment_equals_the_in_process_run_and_leaves_no_process(tmp_path):
     import torch
 
@@ -81,6 +82,7 @@ def test_test_mode_deployment_equals_the_in_process_run_and_leaves_no_process(tm
     assert main(["report", str(run_dir)]) == 0
 
 
+@pytest.mark.slow
 def test_a_killed_supernode_is_a_timeout_and_the_run_finishes(tmp_path):
     run_dir = tmp_path / "run"
     sessions: set[int] = set()
