@@ -1,7 +1,8 @@
 """``fedgen table``: run the configurations behind the paper's tables and print them in its layout.
 
 Table 1 (MNIST + FashionMNIST) and Table 2 (MNIST / inverse MNIST), each i.i.d. and non-i.i.d., and the
-Gaussian-grid comparison. Every cell is ours as mean ± std over seeds with the paper's number beside it;
+Gaussian-grid comparison, and the literature protocol; each table is defined in configs/tables/<table>.yaml.
+Every cell is ours as mean ± std over seeds with the paper's number beside it;
 every metric names its network. ``key=value`` overrides apply to every run of the table (for example
 ``federation.fake_labels=community``). Runs whose ``summary.json`` exists are reused, so an interrupted
 table continues where it stopped; a run trained with other settings than the table asks for is refused.
@@ -17,56 +18,30 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fedgen_pl.config import ConfigError, flatten, load_config, with_defaults
+from fedgen_pl.config import CONFIG_DIR, ConfigError, flatten, load_config, load_yaml, with_defaults
 from fedgen_pl.provenance import provenance
 from fedgen_pl.resume import resume_config
 
-ASYNC = ["federation.update=async", "clock.delay=tiers"]     # the paper's FR/LR async: heterogeneous devices
-# An async edge update uses the one or two devices that arrived, about a quarter of a sync update's device
-# feedback (bytes_device_edge), so the image tables give async rounds 4x the edge updates: a round then carries
-# about the same device feedback as sync's (docs/results/table1.md, "FR async rounds").
+# Every table's definition is YAML (configs/tables/<table>.yaml): each split's experiment, each column's
+# settings on top of it (key=value, or an experiment of its own; {split} is the split's name), and the
+# published numbers. Nothing about a run's settings is written here.
+TABLES = ("table1", "table2", "grid", "literature")
 
-# (column, model overrides) per table
-TABLE1_METHODS = [
-    ("Cent. GAN", ["model.name=centralized_gan"]),
-    ("Fed. GAN", ["model.name=fed_gan"]),
-    ("M-D GAN", ["model.name=md_gan"]),
-    ("FR sync", ["model.name=fedgen_fr"]),
-    ("FR async", ["model.name=fedgen_fr", *ASYNC, "federation.local_iters=20"]),   # sync: 5
-]
-TABLE2_METHODS = [
-    # Only LR sync takes the experiments' saturating loss (chosen for its devices, which reject the digits
-    # they do not hold): with it RegCGAN, FedAvg cGAN and LR async stayed blank to round 100.
-    ("RegCGAN", ["model.name=reg_cgan", "model.gan_loss=non_saturating"]),
-    ("FedAvg cGAN", ["model.name=fed_cgan", "model.gan_loss=non_saturating"]),
-    ("LR sync", ["model.name=fedgen_lr"]),
-    ("LR async", ["model.name=fedgen_lr", *ASYNC, "federation.local_iters=40",   # sync: 10
-                  "model.gan_loss=non_saturating"]),
-]
-# The literature protocol (PRISM, ICLR 2025): flat federations of 10 devices; the three-tier methods on the
-# same 10 devices behind two edges (configs/experiment/prism_*.yaml). The split is the dataset.
-LITERATURE_METHODS = [
-    ("Cent. GAN", ["model.name=centralized_gan"]),
-    ("Fed. GAN", ["model.name=fed_gan"]),
-    ("M-D GAN", ["model.name=md_gan"]),
-    ("FR sync", ["model.name=fedgen_fr", "experiment=prism_{split}_communities"]),
-    ("FR async", ["model.name=fedgen_fr", "experiment=prism_{split}_communities", *ASYNC, "federation.local_iters=20"]),
-]
-LITERATURE_SPLITS = ("mnist", "fmnist")
-# PRISM's Table (non-i.i.d., no DP; InceptionV3 FID on 10,000 samples), for the literature tables.
-PRISM = {"mnist": {"MD-GAN": 37.80, "PRISM": 9.70, "PRISM*": 6.96},
-         "fmnist": {"MD-GAN": 55.51, "PRISM": 32.75, "PRISM*": 29.01}}
-GRID_METHODS = [*TABLE1_METHODS[:-1], ("FR async", ["model.name=fedgen_fr", *ASYNC])]  # gaussian_grid_async's rounds
 
-# The paper's numbers (docs/method.md §13).
-PAPER = {
-    ("table1", "iid"): {"IS": [3.386, 4.215, 4.228, 4.363, 3.208], "FID": [19.84, 17.14, 14.69, 13.82, 52.24],
-                        "Acc": [82.21, 87.84, 90.60, 90.65, 53.17]},
-    ("table1", "noniid"): {"IS": [3.386, 2.281, 2.839, 3.875, 2.922], "FID": [19.84, 74.80, 96.12, 26.15, 77.18],
-                           "Acc": [82.21, 42.37, 45.22, 86.05, 51.20]},
-    ("table2", "iid"): {"IS": [4.037, 3.360, 3.971, 3.041], "FID": [26.11, 33.20, 28.56, 41.35]},
-    ("table2", "noniid"): {"IS": [4.037, 2.651, 3.495, 2.452], "FID": [26.11, 53.26, 45.22, 59.82]},
-}
+def definition(table: str) -> dict:
+    return OmegaConf.to_container(load_yaml(CONFIG_DIR / "tables" / f"{table}.yaml"))
+
+
+def methods_of(table: str) -> list[tuple[str, list[str]]]:
+    """(column, its overrides) in the table's order."""
+    return [(column, list(overrides)) for column, overrides in definition(table)["columns"].items()]
+
+
+PAPER = {(table, split): numbers for table in ("table1", "table2")
+         for split, numbers in definition(table)["paper"].items()}
+PRISM = definition("literature")["published"]
+LITERATURE_SPLITS = tuple(definition("literature")["splits"])
+
 # Our metric behind each of the paper's rows (the paper does not name its networks).
 ROWS = {"IS": "global/is_classifier", "FID": "global/fid_classifier", "Acc": "global/acc",
         "FID (Inception)": "global/fid_inception", "class consistency": "global/class_consistency",
@@ -82,14 +57,9 @@ SPLITS = ("iid", "noniid")
 NEUTRAL_KEYS = ("experiment", "output_dir", "resume", "trainer", "logger", "metrics", "plugins")
 
 
-def methods_of(table: str) -> list[tuple[str, list[str]]]:
-    return {"table1": TABLE1_METHODS, "table2": TABLE2_METHODS, "grid": GRID_METHODS,
-            "literature": LITERATURE_METHODS}[table]
-
-
 def splits_of(table: str, splits: tuple[str, ...]) -> tuple[str, ...]:
     """The splits asked for that the table has (the literature table's splits are its datasets)."""
-    own = LITERATURE_SPLITS if table == "literature" else SPLITS
+    own = tuple(definition(table)["splits"])
     chosen = tuple(s for s in splits if s in own)
     return chosen or own
 
@@ -98,33 +68,17 @@ def runs_for(table: str, schedule: str, seeds: list[int], overrides: list[str] =
              splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None) -> list[tuple[tuple, list[str]]]:
     """((table, split, column, seed), overrides) for every run the table needs; ``overrides`` come last
     (they win), ``methods`` keeps only those columns."""
-    runs = []
+    spec = definition(table)
     chosen = [(c, o) for c, o in methods_of(table) if methods is None or c in methods]
-    if table == "literature":
-        for split in splits_of(table, splits):
-            for column, method in chosen:
-                experiment = [o.format(split=split) for o in method if o.startswith("experiment=")] or \
-                    [f"experiment=prism_{split}"]
-                for seed in seeds:
-                    runs.append(((table, split, column, seed),
-                                 [*experiment, f"schedule={schedule}", f"seed={seed}",
-                                  *[o for o in method if not o.startswith("experiment=")], *overrides]))
-    elif table in ("table1", "table2"):
-        prefix = "mnist_fmnist" if table == "table1" else "mnist_inverse"
-        for split in splits_of(table, splits):
-            for column, method in chosen:
-                for seed in seeds:
-                    runs.append(((table, split, column, seed),
-                                 [f"experiment={prefix}_{split}", f"schedule={schedule}", f"seed={seed}", *method,
-                                  *overrides]))
-    else:
-        for column, method in chosen:
-            extra = ["experiment=gaussian_grid_async"] if "federation.update=async" in method else \
-                ["experiment=gaussian_grid"]
+    runs = []
+    for split in (("grid",) if table == "grid" else splits_of(table, splits)):
+        for column, settings in chosen:
+            own = [o.format(split=split) for o in settings if o.startswith("experiment=")]
+            experiment = own or [f"experiment={spec['splits'][split]}"]
+            rest = [o for o in settings if not o.startswith("experiment=")]
             for seed in seeds:
-                runs.append(((table, "grid", column, seed),
-                             [*extra, f"schedule={schedule}", f"seed={seed}",
-                              *[o for o in method if not o.startswith("clock.")], *overrides]))
+                runs.append(((table, split, column, seed),
+                             [*experiment, f"schedule={schedule}", f"seed={seed}", *rest, *overrides]))
     return runs
 
 
