@@ -51,7 +51,7 @@ def in_process(out: Path, iters: int) -> float:
 
 def in_memory_flower(out: Path, iters: int) -> float:
     from fedgen_pl.config import load_config
-    from fedgen_pl.flower_app import FlowerDevices
+    from fedgen_pl.flower.edge import FlowerDevices
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root: tests/ holds the grid
     from tests.flower_grid import InProcessGrid
     from fedgen_pl.train import train

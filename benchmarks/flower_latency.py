@@ -5,7 +5,7 @@ fedgen's ClientApp, in one run.
     python benchmarks/flower_latency.py [--nodes 4] [--exchanges 5]
 
 Prints the mean and median round trip (push to the last reply, polled every 50 ms) of an exchange with
-every node, and the wall time of ``import fedgen_pl.flower_app, datamodules, fedgen_pl.networks`` in a
+every node, and the wall time of ``import fedgen_pl.flower.device, datamodules, fedgen_pl.networks`` in a
 fresh interpreter (what every fedgen ClientApp process pays before its device step).
 """
 
@@ -104,7 +104,7 @@ def flower_floor(nodes: int, exchanges: int, link_port: int = 19691, node_port: 
 
 def import_time() -> float:
     started = time.time()
-    subprocess.run([sys.executable, "-c", "import fedgen_pl.flower_app, datamodules, fedgen_pl.networks"],
+    subprocess.run([sys.executable, "-c", "import fedgen_pl.flower.device, datamodules, fedgen_pl.networks"],
                    cwd=ROOT, check=True)
     return time.time() - started
 

@@ -206,7 +206,7 @@ class FederatedDataModule(pl.LightningDataModule):
         n = len(self.device_sizes)
         u = torch.rand(n, batch_size, generator=generator, device=self.train_x.device)
         index = self.device_offsets[:, None] + (u * self.device_sizes[:, None]).long()
-        self.last_real_index = index       # what a deployed run's test mode sends each device (fedgen_pl/flower_app.py)
+        self.last_real_index = index       # what a deployed run's test mode sends each device (fedgen_pl/flower/)
         return self.normalise(self.train_x[index]), self.train_y[index]
 
     def sample_fake_labels(self, batch_size: int, generator: torch.Generator, scope: str = "device") -> Tensor:

@@ -1,7 +1,7 @@
 """``fedgen deploy-local``: the experiment through Flower's deployment engine on this machine.
 
 It starts a SuperLink and one SuperNode per device on 127.0.0.1 (each with its ``--node-config
-"community=<k> device=<j>"``), runs the app (``flwr run``, fedgen_pl/flower_app.py), and stops every
+"community=<k> device=<j>"``), runs the app (``flwr run``, fedgen_pl/flower/), and stops every
 process it started, also when the run fails or is interrupted. The processes' logs are kept in
 ``<run dir>/deploy_logs/``. On several machines the same three steps are run by hand (README).
 """
@@ -90,7 +90,7 @@ def _port_free(port: int) -> bool:
 def deploy_local(overrides: list[str], on_started=None) -> Path:
     """Run ``fedgen train``'s experiment through a local Flower deployment; returns the run directory.
     ``on_started(processes, node_pids)`` is called once the nodes run (tests use it to stop one)."""
-    from fedgen_pl.flower_app import check_deployable
+    from fedgen_pl.flower.edge import check_deployable
     from fedgen_pl.train import plan_run_dir, resolve_names
 
     if shutil.which("flower-superlink", path=flower_env(Path("."))["PATH"]) is None:

@@ -83,7 +83,7 @@ class StepStats:
 
 def real_labels(conditioning: str, labels: Tensor, community: int | Tensor) -> Tensor:
     """The labels a device's discriminator sees with its real batch: the class labels, or its community's
-    domain code (also on a deployed device, fedgen_pl/flower_app.py)."""
+    domain code (also on a deployed device, fedgen_pl/flower/)."""
     if conditioning == "domain":
         return torch.as_tensor(community, device=labels.device).expand_as(labels).clone()
     return labels
@@ -92,7 +92,7 @@ def real_labels(conditioning: str, labels: Tensor, community: int | Tensor) -> T
 class FederatedGAN(FederationModule):
     # Where the devices' side of a local iteration runs: None = here, batched (the in-process engine);
     # an object with ``feedback(module, work, fake_g, arrived, devices) -> (d_loss, L_kj, feedback, stepped)``
-    # = elsewhere (its ``clock_for(module)`` replaces the virtual clock; fedgen_pl/flower_app.py).
+    # = elsewhere (its ``clock_for(module)`` replaces the virtual clock; fedgen_pl/flower/).
     device_transport = None
     subset_compute = True     # an event computes only the devices that reported (False: all of them, masked)
 

@@ -152,7 +152,7 @@ def log_partition(loggers: list, datamodule, run_dir: Path) -> None:
 def train(cfg: DictConfig, extra_callbacks: list | None = None, device_transport=None) -> Path:
     """Train one run; returns its directory. ``extra_callbacks`` run after the built-in ones.
     With ``cfg.resume`` (a checkpoint, set by ``fedgen_pl.resume.resume_config``) the run continues.
-    ``device_transport`` runs the devices' side elsewhere (fedgen_pl/flower_app.py); None: in this process."""
+    ``device_transport`` runs the devices' side elsewhere (fedgen_pl/flower/); None: in this process."""
     started = time.time()
     # Everything that can fail on bad input runs before the run directory is written.
     model_cls = resolve_names(cfg)

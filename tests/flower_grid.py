@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flwr.app import Context, Error, Message, RecordDict
 
-from fedgen_pl.flower_app import client_app
+from fedgen_pl.flower.device import client_app
 
 
 class InProcessGrid:

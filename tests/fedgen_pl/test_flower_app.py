@@ -12,7 +12,7 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedgen_pl.config import load_config  # noqa: E402
 from fedgen_pl.errors import ConfigError  # noqa: E402
-from fedgen_pl.flower_app import REFUSED, REPLACED_BY_REAL_TIME, FlowerDevices, check_deployable  # noqa: E402
+from fedgen_pl.flower.edge import REFUSED, REPLACED_BY_REAL_TIME, FlowerDevices, check_deployable  # noqa: E402
 from fedgen_pl.train import train  # noqa: E402
 from tests.conftest import SMALL_GRID  # noqa: E402
 from tests.flower_grid import InProcessGrid  # noqa: E402
@@ -234,7 +234,7 @@ def test_a_node_with_its_own_data_trains_on_it_and_its_fakes_follow_its_labels(t
     import numpy as np
 
     from datamodules.sources import grid_centres
-    from fedgen_pl.flower_app import from_record
+    from fedgen_pl.flower.wire import from_record
 
     centres = grid_centres().numpy()
     nodes = {}

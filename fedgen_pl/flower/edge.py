@@ -1,0 +1,271 @@
+"""The ServerApp: ``fedgen train``'s engine (Lightning, callbacks, run directory) with the edge tier
+(community generators, their Adam states, the edge rule) and the cloud tier, and ``FlowerDevices``, the
+transport to the devices: it learns the topology, sends each device its generated batches and gets back its
+loss and feedback. Messages: ``query.topology`` once at the start; ``train.step`` per piece of work."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from omegaconf import OmegaConf
+
+from fedgen_pl.config import devices_per_community
+from fedgen_pl.errors import ConfigError
+from fedgen_pl.flower.clock import WallClock
+from fedgen_pl.flower.wire import from_record, global_device_index, record_bytes, to_record
+
+server_app = ServerApp()
+SUPPORTED_MODELS = ("fedgen_fr", "fedgen_lr", "md_gan")    # every device has its own D; no D averaging
+
+
+class FlowerDevices:
+    """The devices of a run, reached through Flower: their place in the federation (``learn_topology``),
+    the work in flight to them and their replies. ``clock_for(module)`` is the run's clock (it pushes the
+    work and waits for replies); ``feedback`` hands the replies to the module's local update
+    (``FederatedGAN.device_transport``)."""
+
+    def __init__(self, grid: Grid, cfg, poll_s: float = 0.05):
+        self.grid, self.cfg, self.poll_s = grid, cfg, poll_s
+        self.config_json = json.dumps(OmegaConf.to_container(cfg, resolve=True))
+        self.node_of: dict[int, int] = {}           # global device index -> Flower node id
+        self.exchange_s: list[float] = []           # sync: push to the last reply of every local iteration
+        self.reply_s: list[float] = []              # every reply: push to arrival
+        self.bytes_sent = {"edge_to_device": 0, "device_to_edge": 0}
+        self.initialised: set[int] = set()          # devices that have their first weights (test mode)
+        self.replies: dict[int, Message] = {}       # device -> its reply not yet used by an edge
+        self.node_label_counts: dict[int, list[int]] = {}   # devices with their own data (data-dir)
+        self.pending: dict[str, int] = {}           # message id -> device, sent and not answered
+        self.pushed_at = np.zeros(sum(devices_per_community(cfg)))
+
+    # -- topology ----------------------------------------------------------------------------------
+    def learn_topology(self, timeout_s: float) -> None:
+        """Ask every connected node where it belongs; refuse a topology that is not the experiment's."""
+        counts = devices_per_community(self.cfg)
+        expected = {(c, d) for c, n in enumerate(counts) for d in range(n)}
+        deadline = time.time() + timeout_s
+        nodes = list(self.grid.get_node_ids())
+        while len(nodes) < len(expected) and time.time() < deadline:
+            time.sleep(0.5)
+            nodes = list(self.grid.get_node_ids())
+        ids = list(self.grid.push_messages([Message(RecordDict({}), dst_node_id=n, message_type="query.topology")
+                                            for n in nodes]))
+        node_of_id = dict(zip(ids, nodes))
+        replies, pending = {}, set(ids)
+        deadline = time.time() + timeout_s
+        while pending and time.time() < deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                if reply.metadata.reply_to_message_id in pending:
+                    pending.discard(reply.metadata.reply_to_message_id)
+                    replies[node_of_id[reply.metadata.reply_to_message_id]] = reply
+            if pending:
+                time.sleep(self.poll_s)
+        seen: dict[tuple[int, int], int] = {}
+        for node, reply in replies.items():
+            if not reply.has_content():
+                continue
+            info = reply.content["node"]
+            if "community" not in info or "device" not in info:
+                raise ConfigError(f"node {node} has no community/device in its --node-config",
+                                  where="deploy topology")
+            key = (int(info["community"]), int(info["device"]))
+            if "label_counts" in info:
+                if self.cfg.deploy.test_mode:
+                    raise ConfigError(f"node {node} has its own data-dir; deploy.test_mode needs the shared "
+                                      "partition on every node", where="deploy.test_mode")
+                self.node_label_counts[global_device_index(self.cfg, *key)] = [int(c) for c in info["label_counts"]]
+            if key in seen:
+                raise ConfigError(f"two nodes claim community {key[0]} device {key[1]}", where="deploy topology")
+            seen[key] = node
+        if set(seen) != expected:
+            missing = sorted(expected - set(seen))
+            extra = sorted(set(seen) - expected)
+            raise ConfigError(f"the nodes do not match the experiment's {len(counts)} communities x {counts} devices"
+                              f" (missing {missing}, unknown {extra}); start one SuperNode per device with "
+                              f"--node-config 'community=<k> device=<j>'", where="deploy topology")
+        self.node_of = {global_device_index(self.cfg, c, d): node for (c, d), node in seen.items()}
+
+    def clock_for(self, module) -> WallClock:
+        module.counters.setdefault("device_restarts", 0)
+        return WallClock(self, module)
+
+    def use_node_data(self, module) -> None:
+        """Devices with their own data: the edge draws their fakes' labels from the label counts they
+        reported, not from the ServerApp's partition (``federation.fake_labels=device``)."""
+        if not self.node_label_counts:
+            return
+        from datamodules.federated import fake_label_probs
+
+        data = module.data
+        for g, counts in self.node_label_counts.items():
+            if len(counts) > data.label_histogram.shape[1]:
+                raise ConfigError(f"device {g}'s data has labels up to {len(counts) - 1}, the federation "
+                                  f"{data.label_histogram.shape[1]}", where="deploy topology")
+            row = torch.zeros(data.label_histogram.shape[1])
+            row[:len(counts)] = torch.tensor(counts, dtype=torch.float32)
+            data.label_histogram[g] = row.to(data.label_histogram.device)
+        data.fake_label_probs = {k: v.to(data.label_histogram.device) for k, v in
+                                 fake_label_probs(data.label_histogram.cpu(), module.spec.community_of_device).items()}
+        module.attach_data(data)                 # the labels each discriminator holds, again
+
+    # -- one exchange ------------------------------------------------------------------------------
+    def push(self, module, devices: list[int], real_index: dict[int, torch.Tensor]) -> dict[str, int]:
+        """Send each of ``devices`` its work in flight (the module's buffers); returns message id -> device."""
+        work = module.inflight()
+        if module.stores_fake_g:
+            fake_g = work.fake_g[devices]
+        else:             # sync: G_k(z_g) is what the edge will regenerate at the update (G_k does not move before)
+            with torch.no_grad():
+                index = torch.tensor(devices, device=work.z_g.device)
+                fake_g = module.generate(work.z_g[index], work.y_g[index], index)
+        state = None
+        messages = []
+        for row, g in enumerate(devices):
+            tensors = {"fake_d": work.fake_d[g], "y_d": work.y_d[g], "fake_g": fake_g[row], "y_g": work.y_g[g]}
+            if g in real_index:
+                tensors["real_index"] = real_index[g]
+            content = {"work": to_record(tensors),
+                       "run": ConfigRecord({"config": self.config_json, "iteration": int(module.iteration),
+                                            "spec": json.dumps(module.spec.to_dict())})}
+            if self.cfg.deploy.test_mode and g not in self.initialised:
+                state = state if state is not None else module.device_discriminators.stacked_state()
+                member = int(module.discriminators.group[g])
+                content["d_init"] = to_record({name: value[member] for name, value in state.items()})
+                self.initialised.add(g)
+            self.bytes_sent["edge_to_device"] += sum(record_bytes(r) for r in content.values()
+                                                     if isinstance(r, ArrayRecord)) + len(self.config_json)
+            messages.append(Message(RecordDict(content), dst_node_id=self.node_of[g], message_type="train.step"))
+        ids = list(self.grid.push_messages(messages))
+        return dict(zip(ids, devices))
+
+    def exchange(self, module, due: list[int], real_index: dict, unfinished: np.ndarray, asynchronous: bool,
+                 timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Send ``due`` their work, then wait. Sync: until every pending device of an ``unfinished`` community
+        replied or timed out. Async: until at least one reply is in (or nothing unfinished is left to wait
+        for). Returns bool ``[N]``: who replied (kept for ``feedback``), who failed (error reply or timeout)."""
+        if due:
+            self.pending.update(self.push(module, due, real_index))
+            self.pushed_at[due] = time.time()
+        started = time.time()
+        arrived = np.zeros(len(unfinished), dtype=bool)
+        failed = np.zeros(len(unfinished), dtype=bool)
+        while True:
+            now = time.time()
+            for g, reply in self.pull(self.pending).items():
+                self.reply_s.append(now - self.pushed_at[g])
+                if reply.has_content():
+                    self.replies[g] = reply
+                    arrived[g] = True
+                else:                                   # an error reply: the device failed
+                    failed[g] = True
+            self.pending = {mid: g for mid, g in self.pending.items() if not (arrived[g] or failed[g])}
+            waiting = np.zeros(len(unfinished), dtype=bool)
+            waiting[list(self.pending.values())] = True
+            late = waiting & (now - self.pushed_at > timeout_s)
+            failed |= late
+            waiting &= ~late
+            if asynchronous:
+                if arrived.any() or (failed.any() and not (waiting & unfinished).any()):
+                    break
+            elif not (waiting & unfinished).any():
+                break
+            time.sleep(self.poll_s)
+        if not asynchronous:
+            self.exchange_s.append(time.time() - started)
+        self.pending = {mid: g for mid, g in self.pending.items() if not failed[g]}
+        return arrived, failed
+
+    def pull(self, pending: dict[str, int]) -> dict[int, Message]:
+        """The replies in now among ``pending`` (message id -> device), by device."""
+        got = {}
+        if pending:
+            for reply in self.grid.pull_messages(list(pending)):
+                source = reply.metadata.reply_to_message_id
+                if source in pending:
+                    got[pending[source]] = reply
+        return got
+
+    def feedback(self, module, work, fake_g: torch.Tensor, arrived: torch.Tensor, devices: torch.Tensor | None):
+        """The arrived devices' replies as ``tiers.device_iteration`` returns them: d_loss, L_kj and the
+        feedback in rows (``devices``, or all N), and which devices' D stepped (``[N]``)."""
+        rows = list(range(module.num_devices)) if devices is None else devices.tolist()
+        n = len(rows)
+        d_loss, device_loss = torch.zeros(n), torch.zeros(n)
+        feedback = torch.zeros_like(fake_g, device="cpu")
+        stepped = torch.zeros(module.num_devices, dtype=torch.bool)
+        for row, g in enumerate(rows):
+            reply = self.replies.pop(g, None)
+            if not bool(arrived[g]) or reply is None:
+                continue
+            stats = reply.content["stats"]
+            feedback[row] = from_record(reply.content["feedback"])["feedback"]
+            self.bytes_sent["device_to_edge"] += record_bytes(reply.content["feedback"]) + 8 * len(stats)
+            d_loss[row], device_loss[row] = stats["d_loss"], stats["device_loss"]
+            stepped[g] = stats["stepped"] > 0
+            if stats["restarted"] > 0:
+                module.counters["device_restarts"] += 1
+        target = fake_g.device
+        return d_loss.to(target), device_loss.to(target), feedback.to(target), stepped.to(target)
+
+    def summary(self) -> dict:
+        def stats(values):
+            values = np.array(values) if values else np.zeros(1)
+            return {"mean": round(float(values.mean()), 3), "median": round(float(np.median(values)), 3),
+                    "max": round(float(values.max()), 3)}
+        exchanges = stats(self.exchange_s)
+        return {"backend": "flower", "update": self.cfg.federation["update"], "exchanges": len(self.exchange_s),
+                "exchange_s_mean": exchanges["mean"], "exchange_s_median": exchanges["median"],
+                "exchange_s_max": exchanges["max"], "replies": len(self.reply_s), "reply_s": stats(self.reply_s),
+                # the edges and the cloud share the ServerApp: nothing crosses a network between them
+                "bytes_sent": {**self.bytes_sent, "edge_to_cloud": 0, "cloud_to_edge": 0},
+                "node_data_label_counts": {str(g): c for g, c in sorted(self.node_label_counts.items())},
+                "nodes": {str(g): node for g, node in sorted(self.node_of.items())}}
+
+
+# How the Flower path treats the config keys (tests/fedgen_pl/test_flower_app.py enumerates every key).
+# The ServerApp runs the whole engine but the devices' side, so every key is honoured as in-process except:
+# - REFUSED: a device-side setting the ClientApp does not implement; only this value can be deployed;
+# - REPLACED_BY_REAL_TIME: the virtual clock's simulation of arrival times; real replies replace it
+#   (``deploy.exchange_timeout_s`` is the sync timeout), and a non-default value is logged once.
+REFUSED = {"federation.fake_labels": "device", "model.unheld_label_fakes": "judge", "clock.lr_scale": False}
+REPLACED_BY_REAL_TIME = ("clock.delay", "clock.delay_low", "clock.delay_high", "clock.delay_median",
+                         "clock.delay_sigma", "clock.straggler_fraction", "clock.straggler_slowdown", "clock.dropout",
+                         "clock.rejoin_ticks", "clock.timeout", "clock.max_lr_scale")
+
+
+def check_deployable(cfg) -> None:
+    if cfg.model.name not in SUPPORTED_MODELS:
+        raise ConfigError(f"the Flower backend runs {', '.join(SUPPORTED_MODELS)} for now, not '{cfg.model.name}'; "
+                          "use fedgen train for the others", where="model.name")
+    for key, deployable in REFUSED.items():
+        value = OmegaConf.select(cfg, key)
+        if value != deployable:
+            raise ConfigError(f"'{value}' is not implemented on deployed devices; leave it at "
+                              f"{str(deployable).lower()} for the Flower backend, or use fedgen train", where=key)
+    from fedgen_pl.config import load_config
+
+    defaults = load_config([])
+    changed = [k for k in REPLACED_BY_REAL_TIME if OmegaConf.select(cfg, k) != OmegaConf.select(defaults, k)]
+    if changed:
+        print(f"[fedgen] deploy: {', '.join(changed)} simulate arrival times in-process; real replies replace "
+              f"them here", flush=True)
+
+
+@server_app.main()
+def server_main(grid: Grid, context: Context) -> None:
+    """``flwr run . <federation> --run-config 'overrides="experiment=gaussian_grid ..."'``: train through the nodes."""
+    from fedgen_pl.config import load_config
+    from fedgen_pl.train import train
+
+    overrides = shlex.split(str(context.run_config.get("overrides", "")))
+    cfg = load_config(overrides)
+    check_deployable(cfg)
+    devices = FlowerDevices(grid, cfg)
+    devices.learn_topology(timeout_s=float(cfg.deploy.exchange_timeout_s))
+    run_dir = train(cfg, device_transport=devices)
+    print(f"[fedgen] deployed run finished: {run_dir}", flush=True)
