@@ -25,11 +25,17 @@ from fedgen_pl.resume import resume_config
 # Every table's definition is YAML (configs/tables/<table>.yaml): each split's experiment, each column's
 # settings on top of it (key=value, or an experiment of its own; {split} is the split's name), and the
 # published numbers. Nothing about a run's settings is written here.
-TABLES = ("table1", "table2", "grid", "literature")
+def tables() -> list[str]:
+    """The tables there are: one YAML file each in configs/tables/."""
+    return sorted(path.stem for path in (CONFIG_DIR / "tables").glob("*.yaml"))
 
 
 def definition(table: str) -> dict:
-    return OmegaConf.to_container(load_yaml(CONFIG_DIR / "tables" / f"{table}.yaml"))
+    path = CONFIG_DIR / "tables" / f"{table}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown table '{table}'; available: {', '.join(tables())} (or add "
+                          f"configs/tables/{table}.yaml)", where="--tables")
+    return OmegaConf.to_container(load_yaml(path))
 
 
 def methods_of(table: str) -> list[tuple[str, list[str]]]:
@@ -37,8 +43,8 @@ def methods_of(table: str) -> list[tuple[str, list[str]]]:
     return [(column, list(overrides)) for column, overrides in definition(table)["columns"].items()]
 
 
-PAPER = {(table, split): numbers for table in ("table1", "table2")
-         for split, numbers in definition(table)["paper"].items()}
+PAPER = {(table, split): numbers for table in tables()
+         for split, numbers in definition(table).get("paper", {}).items()}
 PRISM = definition("literature")["published"]
 LITERATURE_SPLITS = tuple(definition("literature")["splits"])
 
@@ -181,12 +187,12 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
         if table == "literature":
             lines += _literature_rows(summaries, chosen, seeds, splits_of(table, splits))
             continue
-        title = "Table 1, MNIST + FashionMNIST" if table == "table1" else "Table 2, MNIST / inverse MNIST"
+        title = definition(table).get("title", table)
         lines += [f"**{title}**", "", "| split | metric | " + " | ".join(c for _, c in chosen) + " |",
                   "|---|---|" + "---|" * len(chosen)]
         for split in splits_of(table, splits):
-            paper = PAPER[(table, split)]
-            names = list(paper) + [r for r in ("FID (Inception)", "class consistency") if any(
+            paper = PAPER.get((table, split), {})
+            names = (list(paper) or ["IS", "FID", "Acc"]) + [r for r in ("FID (Inception)", "class consistency") if any(
                 ROWS[r] in summaries[(table, split, c, s)]["metrics"] for _, c in chosen for s in seeds)]
             for row in names:
                 cells = []
@@ -272,13 +278,18 @@ def figures(root: Path, tables: list[str], seeds: list[int], splits, methods) ->
 
 
 def main(schedule: str, seeds: list[int], tables: list[str], out: str | None, overrides: list[str] = (),
-         splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None) -> Path:
+         splits: tuple[str, ...] | None = None, methods: list[str] | None = None) -> Path:
     root = Path(out) if out else Path("runs") / f"table-{schedule}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     overrides = list(overrides)
     known = [c for t in tables for c, _ in methods_of(t)]
     unknown = [m for m in methods or [] if m not in known]
     if unknown:
         raise ConfigError(f"--methods: unknown column(s) {unknown}; the tables {tables} have {sorted(set(known))}")
+    splits = tuple(splits or ())
+    known = {split for t in tables for split in definition(t)["splits"]}
+    unknown = [split for split in splits if split not in known]
+    if unknown:
+        raise ConfigError(f"--splits: unknown split(s) {unknown}; the tables {tables} have {sorted(known)}")
     summaries = ensure_runs(root, schedule, seeds, tables, overrides, tuple(splits), methods)
     origin = {**provenance(), "settings": run_settings(root, summaries)}
     text = render(summaries, tables, seeds, root, schedule, overrides, tuple(splits), methods, origin)
