@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from fedgen_pl.flower.stream import DeviceStream, EdgeStream, encode, new_secret  # noqa: E402
+from fedgen_pl.flower.stream import EdgeStream, encode, new_secret  # noqa: E402
 
 DEVICE = """
 import sys, torch
