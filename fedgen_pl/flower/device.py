@@ -65,94 +65,149 @@ def node_batch_source(directory: Path, spec) -> tuple[torch.Tensor, torch.Tensor
     return x, y
 
 
-@client_app.train("step")
-def device_step(message: Message, context: Context) -> Message:
-    """One local iteration of this device (method §2, steps 1-3): D_kj steps on its real batch and
-    G_k(z_d), then scores G_k(z_g) with the updated D_kj and returns L_kj and d l_kj / d G_k(z_g)."""
+class DeviceWorker:
+    """One deployed device: its data (built once), its discriminator and Adam state, and ``step``, one local
+    iteration through the engine's own ``tiers.device_iteration``. The message path builds it per message
+    and keeps D and Adam in ``context.state``; the stream path builds it once per run."""
+
+    def __init__(self, cfg, spec, node_config, d_init: dict | None = None):
+        from fedgen_pl.gan import real_labels
+        from fedgen_pl.networks import build_discriminator
+        from fedgen_pl.recipes import recipe_of
+
+        self.cfg, self.spec = cfg, spec
+        self.community, device = int(node_config["community"]), int(node_config["device"])
+        if "data-root" in node_config:            # where this node keeps the datasets (else the run's data.root)
+            cfg.data.root = str(node_config["data-root"])
+        self.g = global_device_index(cfg, self.community, device)
+        self.own, self.datamodule = node_data(cfg, spec, node_config)
+        m = cfg.model
+        self.conditioning = recipe_of(m.name).conditioning  # the recipe's discriminator and real-batch labels
+        self.real_labels = real_labels
+        torch.manual_seed(int(cfg.seed) * 100003 + self.g)
+        self.discriminator = build_discriminator(m, spec, self.conditioning)
+        if d_init is not None:                     # test mode: the in-process run's first weights
+            self.discriminator.load_state_dict(d_init)
+        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=m.d_lr, betas=(m.beta1, m.beta2))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        state = {f"d.{k}": v for k, v in self.discriminator.state_dict().items()}
+        for i, s in self.optimizer.state_dict()["state"].items():
+            state.update({f"t.{i}": torch.as_tensor(s["step"]), f"m.{i}": s["exp_avg"], f"v.{i}": s["exp_avg_sq"]})
+        return state
+
+    def load_state(self, saved: dict[str, torch.Tensor]) -> None:
+        self.discriminator.load_state_dict({k[2:]: v for k, v in saved.items() if k.startswith("d.")})
+        moments = {int(k.split(".")[1]) for k in saved if k.startswith("m.")}
+        if moments:
+            self.optimizer.load_state_dict({
+                "state": {i: {"step": saved[f"t.{i}"], "exp_avg": saved[f"m.{i}"], "exp_avg_sq": saved[f"v.{i}"]}
+                          for i in moments},
+                "param_groups": self.optimizer.state_dict()["param_groups"]})
+
+    def step(self, work: dict[str, torch.Tensor], iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """One local iteration (method §2, steps 1-3): D_kj steps on its real batch and G_k(z_d), then scores
+        G_k(z_g) with the updated D_kj. Returns d l_kj / d G_k(z_g) and (d_loss, L_kj, stepped)."""
+        # The real batch: the indices the server drew (test mode), else drawn here from this device's share.
+        B = work["fake_d"].shape[0]
+        seed = int(self.cfg.seed) * 1_000_003 + self.g * 7919 + int(iteration)
+        u = torch.rand(B, generator=torch.Generator().manual_seed(seed))
+        if self.own is not None:
+            index = (u * len(self.own[1])).long()
+            real_x, labels = self.own[0][index], self.own[1][index]
+        else:
+            data = self.datamodule
+            index = (work["real_index"].long() if "real_index" in work
+                     else data.device_offsets[self.g] + (u * data.device_sizes[self.g]).long())
+            real_x, labels = data.normalise(data.train_x[index]), data.train_y[index]
+        real_y = self.real_labels(self.conditioning, labels, self.community)
+        discriminator, optimizer = self.discriminator, self.optimizer
+
+        def discriminate(x: torch.Tensor, labels: torch.Tensor, frozen: bool) -> torch.Tensor:
+            params = {name: p.detach() if frozen else p for name, p in discriminator.named_parameters()}
+            return functional_call(discriminator, params, (x[0], labels[0]))[None]
+
+        def update(d_loss: torch.Tensor) -> bool:
+            optimizer.zero_grad(set_to_none=True)
+            d_loss.sum().backward()
+            finite = bool(torch.isfinite(d_loss).all()) and all(
+                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in discriminator.parameters())
+            if finite:
+                optimizer.step()
+            return finite
+
+        d_loss, device_loss, feedback, finite = device_iteration(
+            discriminate, update, real_x[None], real_y[None], work["fake_d"][None], work["y_d"][None],
+            work["fake_g"][None], work["y_g"][None], self.cfg.model.gan_loss)
+        return feedback[0], {"d_loss": float(d_loss.detach()[0]), "device_loss": float(device_loss.detach()[0]),
+                             "stepped": float(finite)}
+
+
+def node_data(cfg, spec, node_config):
+    """(own data, None) from the node's ``data-dir``, else (None, its share of the partition), built once per
+    run and process."""
     from datamodules import FederatedDataModule
-    from fedgen_pl.gan import real_labels
-    from fedgen_pl.networks import build_discriminator
-    from fedgen_pl.recipes import recipe_of
 
-    run = message.content["run"]
-    cfg = OmegaConf.create(json.loads(str(run["config"])))
-    work = from_record(message.content["work"])
-    community, device = int(context.node_config["community"]), int(context.node_config["device"])
-    if "data-root" in context.node_config:            # where this node keeps the datasets (else the run's data.root)
-        cfg.data.root = str(context.node_config["data-root"])
-    g = global_device_index(cfg, community, device)
-    torch.set_num_threads(1)
+    key = json.dumps([json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True),
+                      str(node_config.get("data-dir"))])
+    if key not in NODE_DATA:
+        NODE_DATA.clear()
+        if "data-dir" in node_config:              # this node's own data, nothing else
+            NODE_DATA[key] = (node_batch_source(Path(str(node_config["data-dir"])), spec), None)
+        else:
+            datamodule = FederatedDataModule(cfg)
+            datamodule.setup("fit")
+            NODE_DATA[key] = (None, datamodule)
+    return NODE_DATA[key]
 
+
+def _run_of(message: Message):
     from fedgen_pl.spec import FederationSpec
 
-    spec = FederationSpec.from_dict(json.loads(str(run["spec"])))
-    key = json.dumps([str(run["config"]), str(cfg.data.root), str(context.node_config.get("data-dir"))])
-    if key not in NODE_DATA:                       # built once per run and process, not per message
-        NODE_DATA.clear()
-        if "data-dir" in context.node_config:      # this node's own data, nothing else
-            NODE_DATA[key] = node_batch_source(Path(str(context.node_config["data-dir"])), spec)
-        else:                                      # its share of the partition of (experiment, seed)
-            NODE_DATA[key] = FederatedDataModule(cfg)
-            NODE_DATA[key].setup("fit")
-    own = NODE_DATA[key] if isinstance(NODE_DATA[key], tuple) else None
-    datamodule = None if own is not None else NODE_DATA[key]
-    m = cfg.model
-    conditioning = recipe_of(m.name).conditioning  # the recipe's discriminator and real-batch labels
-    restarted = 0.0
-    if "discriminator" in context.state:            # this device's D and Adam state from its last step
-        saved = from_record(context.state["discriminator"])
-        discriminator = build_discriminator(m, spec, conditioning)
-        discriminator.load_state_dict({k[2:]: v for k, v in saved.items() if k.startswith("d.")})
-    else:
-        torch.manual_seed(int(cfg.seed) * 100003 + g)
-        discriminator = build_discriminator(m, spec, conditioning)
-        if "d_init" in message.content:              # test mode: the in-process run's first weights
-            discriminator.load_state_dict(from_record(message.content["d_init"]))
-        saved = {}
-        restarted = float(int(run["iteration"]) > 0)  # a device that lost its state starts afresh
-    optimizer = torch.optim.Adam(discriminator.parameters(), lr=m.d_lr, betas=(m.beta1, m.beta2))
-    moments = {int(k.split(".")[1]) for k in saved if k.startswith("m.")}
-    if moments:
-        optimizer.load_state_dict({"state": {i: {"step": saved[f"t.{i}"], "exp_avg": saved[f"m.{i}"],
-                                                 "exp_avg_sq": saved[f"v.{i}"]} for i in moments},
-                                   "param_groups": optimizer.state_dict()["param_groups"]})
+    run = message.content["run"]
+    torch.set_num_threads(1)
+    return run, OmegaConf.create(json.loads(str(run["config"]))), FederationSpec.from_dict(json.loads(str(run["spec"])))
 
-    # The real batch: the indices the server drew (test mode), else drawn here from this device's share.
-    B = work["fake_d"].shape[0]
-    seed = int(cfg.seed) * 1_000_003 + g * 7919 + int(run["iteration"])
-    u = torch.rand(B, generator=torch.Generator().manual_seed(seed))
-    if own is not None:
-        index = (u * len(own[1])).long()
-        real_x, labels = own[0][index], own[1][index]
-    else:
-        index = (work["real_index"].long() if "real_index" in work
-                 else datamodule.device_offsets[g] + (u * datamodule.device_sizes[g]).long())
-        real_x, labels = datamodule.normalise(datamodule.train_x[index]), datamodule.train_y[index]
-    real_y = real_labels(conditioning, labels, community)
 
-    # Method §2, steps 1-3, for this one device (a batch of one row): the engine's own device_iteration.
-    def discriminate(x: torch.Tensor, labels: torch.Tensor, frozen: bool) -> torch.Tensor:
-        params = {name: p.detach() if frozen else p for name, p in discriminator.named_parameters()}
-        return functional_call(discriminator, params, (x[0], labels[0]))[None]
+@client_app.train("step")
+def device_step(message: Message, context: Context) -> Message:
+    """One local iteration of this device, its D and Adam state kept in ``context.state`` between messages."""
+    run, cfg, spec = _run_of(message)
+    fresh = "discriminator" not in context.state
+    d_init = from_record(message.content["d_init"]) if fresh and "d_init" in message.content else None
+    worker = DeviceWorker(cfg, spec, context.node_config, d_init)
+    if not fresh:                                    # this device's D and Adam state from its last step
+        worker.load_state(from_record(context.state["discriminator"]))
+    restarted = float(fresh and int(run["iteration"]) > 0)   # a device that lost its state starts afresh
+    feedback, stats = worker.step(from_record(message.content["work"]), int(run["iteration"]))
+    context.state["discriminator"] = to_record(worker.state())
+    return Message(RecordDict({"feedback": to_record({"feedback": feedback}),
+                               "stats": MetricRecord({**stats, "restarted": restarted})}), reply_to=message)
 
-    def update(d_loss: torch.Tensor) -> bool:
-        optimizer.zero_grad(set_to_none=True)
-        d_loss.sum().backward()
-        finite = bool(torch.isfinite(d_loss).all()) and all(
-            p.grad is None or bool(torch.isfinite(p.grad).all()) for p in discriminator.parameters())
-        if finite:
-            optimizer.step()
-        return finite
 
-    d_loss, device_loss, feedback, finite = device_iteration(
-        discriminate, update, real_x[None], real_y[None], work["fake_d"][None], work["y_d"][None],
-        work["fake_g"][None], work["y_g"][None], cfg.model.gan_loss)
-    feedback = feedback[0]
+@client_app.train("run")
+def device_run(message: Message, context: Context) -> Message:
+    """The stream path: one message starts this device for the whole run. It builds its data, D and Adam
+    once, connects to the edge's stream with the run's secret, and answers every work frame with a feedback
+    frame until the edge sends ``stop``; the reply to the message says how many iterations it served."""
+    from fedgen_pl.flower.stream import DeviceStream, encode
 
-    state = {f"d.{k}": v for k, v in discriminator.state_dict().items()}
-    for i, s in optimizer.state_dict()["state"].items():
-        state.update({f"t.{i}": torch.as_tensor(s["step"]), f"m.{i}": s["exp_avg"], f"v.{i}": s["exp_avg_sq"]})
-    context.state["discriminator"] = to_record(state)
-    stats = MetricRecord({"d_loss": float(d_loss.detach()[0]), "device_loss": float(device_loss.detach()[0]),
-                          "stepped": float(finite), "restarted": restarted})
-    return Message(RecordDict({"feedback": to_record({"feedback": feedback}), "stats": stats}), reply_to=message)
+    run, cfg, spec = _run_of(message)
+    stream_cfg = message.content["stream"]
+    d_init = from_record(message.content["d_init"]) if "d_init" in message.content else None
+    worker = DeviceWorker(cfg, spec, context.node_config, d_init)
+    stream = DeviceStream(str(stream_cfg["address"]), worker.g, bytes.fromhex(str(stream_cfg["secret"])),
+                          int(stream_cfg["max_frame_bytes"]))
+    served = 0
+    try:
+        while True:
+            item = stream.receive()
+            if item is None or item[0] == "stop":
+                break
+            kind, meta, work = item
+            feedback, stats = worker.step(work, int(meta["iteration"]))
+            stream.send(encode("feedback", {"feedback": feedback}, iteration=int(meta["iteration"]), **stats))
+            served += 1
+    finally:
+        stream.close()
+    return Message(RecordDict({"stats": MetricRecord({"served": float(served)})}), reply_to=message)

@@ -293,3 +293,58 @@ def test_every_config_key_is_honoured_or_refused_by_the_flower_path():
             check_deployable(cfg)
         assert key in str(error.value)
     check_deployable(load_config(TWO_BY_TWO))        # the defaults deploy
+
+
+def test_the_stream_path_serves_the_same_steps_as_the_message_path():
+    """One `train.run` message starts a device for the whole run; over the stream it answers work frames
+    with the same feedback, bit for bit, as the message path's one message per step (which equals the
+    in-process engine: the tests above)."""
+    import json
+    import threading
+
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from omegaconf import OmegaConf
+
+    from datamodules import FederatedDataModule
+    from fedgen_pl.flower.device import client_app
+    from fedgen_pl.flower.stream import EdgeStream, encode, new_secret
+    from fedgen_pl.flower.wire import from_record, to_record
+
+    cfg = load_config(TWO_BY_TWO)
+    dm = FederatedDataModule(cfg)
+    dm.setup("fit")
+    run = {"config": json.dumps(OmegaConf.to_container(cfg, resolve=True)),
+           "spec": json.dumps(dm.spec.to_dict())}
+    node = {"community": 1, "device": 0}
+    g = torch.Generator().manual_seed(0)
+    works = [{"fake_d": torch.randn(8, 2, generator=g), "y_d": torch.full((8,), 2),
+              "fake_g": torch.randn(8, 2, generator=g), "y_g": torch.full((8,), 2)} for _ in range(3)]
+
+    context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+    by_message = []
+    for i, work in enumerate(works):
+        reply = client_app(Message(RecordDict({"work": to_record(work), "run": ConfigRecord({**run, "iteration": i})}),
+                                   dst_node_id=7, message_type="train.step"), context)
+        by_message.append(from_record(reply.content["feedback"])["feedback"])
+
+    edge = EdgeStream("127.0.0.1:0", new_secret(), num_devices=4, max_frame_bytes=1 << 20)
+    start = Message(RecordDict({"run": ConfigRecord({**run, "iteration": 0}), "stream": ConfigRecord(
+        {"address": f"127.0.0.1:{edge.port}", "secret": edge.secret.hex(), "max_frame_bytes": 1 << 20})}),
+        dst_node_id=8, message_type="train.run")
+    replies = []
+    task = threading.Thread(target=lambda: replies.append(client_app(start, Context(
+        run_id=1, node_id=8, node_config=node, state=RecordDict(), run_config={}))))
+    task.start()
+    try:
+        device, kind, _, _ = edge.receive(timeout=30)
+        assert kind == "joined" and device == 2            # community 1, device 0: the third of four
+        for i, work in enumerate(works):
+            edge.send(device, encode("work", work, iteration=i))
+            item = edge.receive(timeout=30)
+            assert item[1] == "feedback" and item[2]["iteration"] == i
+            assert torch.equal(item[3]["feedback"], by_message[i]), i
+        edge.send(device, encode("stop"))
+        task.join(timeout=30)
+    finally:
+        edge.stop()
+    assert replies and replies[0].content["stats"]["served"] == 3
