@@ -256,6 +256,12 @@ KEYS: list[Key] = [
     Key('deploy.test_mode', bool, False,
         "the server sends each device its real batch's indices and D's first weights: the run equals "
         'the in-process one'),
+    Key('deploy.transport', str, 'messages',
+        'how each local iteration travels: messages (one Flower message per device and iteration) | stream (Flower '
+        'starts each device once; a gRPC stream with the run\'s secret carries the iterations)',
+        choices=('messages', 'stream')),
+    Key('deploy.stream_address', str, '127.0.0.1:19500',
+        'stream: the address the edge listens on and the devices dial (host:port)'),
     Key('deploy.superlink_port', int, 19091,
         "deploy-local: the SuperLink's HTTP port on 127.0.0.1", ge=1024, lt=65536),
     Key('deploy.supernode_port', int, 19100,

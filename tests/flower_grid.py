@@ -3,6 +3,8 @@ benchmarks; the deployment itself is tested in test_deploy.py)."""
 
 from __future__ import annotations
 
+import threading
+
 from flwr.app import Context, Error, Message, RecordDict
 
 from fedgen_pl.flower.device import client_app
@@ -37,15 +39,22 @@ class InProcessGrid:
             self.sent += 1
             node = message.metadata.dst_node_id
             self.log.append((node, message))
-            if node not in self.silent:
-                try:
-                    reply = client_app(message, self.contexts[node])
-                except Exception as err:      # as Flower's runtime does: an exception becomes an error reply
-                    reply = Message(Error(code=0, reason=repr(err)), reply_to=message)
-                self.replies[message.object_id] = reply
-                self.held[message.object_id] = self.slow.get(node, 0)
+            if node in self.silent:
+                pass
+            elif message.metadata.message_type == "train.run":     # a long-lived task: its own thread
+                threading.Thread(target=self._serve, args=(message, node), daemon=True).start()
+            else:
+                self._serve(message, node)
             ids.append(message.object_id)
         return ids
+
+    def _serve(self, message, node) -> None:
+        try:
+            reply = client_app(message, self.contexts[node])
+        except Exception as err:      # as Flower's runtime does: an exception becomes an error reply
+            reply = Message(Error(code=0, reason=repr(err)), reply_to=message)
+        self.held[message.object_id] = self.slow.get(node, 0)
+        self.replies[message.object_id] = reply
 
     def pull_messages(self, ids):
         out = []

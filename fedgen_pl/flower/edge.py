@@ -24,6 +24,32 @@ server_app = ServerApp()
 SUPPORTED_MODELS = ("fedgen_fr", "fedgen_lr", "md_gan")    # every device has its own D; no D averaging
 
 
+def work_tensors(module, devices: list[int], real_index: dict[int, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Each device's work in flight (the module's buffers): its two generated batches and their labels, and in
+    test mode the indices of its real batch."""
+    work = module.inflight()
+    if module.stores_fake_g:
+        fake_g = work.fake_g[devices]
+    else:             # sync: G_k(z_g) is what the edge will regenerate at the update (G_k does not move before)
+        with torch.no_grad():
+            index = torch.tensor(devices, device=work.z_g.device)
+            fake_g = module.generate(work.z_g[index], work.y_g[index], index)
+    out = []
+    for row, g in enumerate(devices):
+        tensors = {"fake_d": work.fake_d[g], "y_d": work.y_d[g], "fake_g": fake_g[row], "y_g": work.y_g[g]}
+        if g in real_index:
+            tensors["real_index"] = real_index[g]
+        out.append(tensors)
+    return out
+
+
+def first_discriminators(module) -> dict[int, dict[str, torch.Tensor]]:
+    """Test mode: every device's discriminator as the in-process run starts it."""
+    state = module.device_discriminators.stacked_state()
+    return {g: {name: value[int(module.discriminators.group[g])] for name, value in state.items()}
+            for g in range(module.num_devices)}
+
+
 class FlowerDevices:
     """The devices of a run, reached through Flower: their place in the federation (``learn_topology``),
     the work in flight to them and their replies. ``clock_for(module)`` is the run's clock (it pushes the
@@ -116,19 +142,9 @@ class FlowerDevices:
     # -- one exchange ------------------------------------------------------------------------------
     def push(self, module, devices: list[int], real_index: dict[int, torch.Tensor]) -> dict[str, int]:
         """Send each of ``devices`` its work in flight (the module's buffers); returns message id -> device."""
-        work = module.inflight()
-        if module.stores_fake_g:
-            fake_g = work.fake_g[devices]
-        else:             # sync: G_k(z_g) is what the edge will regenerate at the update (G_k does not move before)
-            with torch.no_grad():
-                index = torch.tensor(devices, device=work.z_g.device)
-                fake_g = module.generate(work.z_g[index], work.y_g[index], index)
         state = None
         messages = []
-        for row, g in enumerate(devices):
-            tensors = {"fake_d": work.fake_d[g], "y_d": work.y_d[g], "fake_g": fake_g[row], "y_g": work.y_g[g]}
-            if g in real_index:
-                tensors["real_index"] = real_index[g]
+        for g, tensors in zip(devices, work_tensors(module, devices, real_index)):
             content = {"work": to_record(tensors),
                        "run": ConfigRecord({"config": self.config_json, "iteration": int(module.iteration),
                                             "spec": json.dumps(module.spec.to_dict())})}
@@ -227,6 +243,161 @@ class FlowerDevices:
                 "nodes": {str(g): node for g, node in sorted(self.node_of.items())}}
 
 
+class StreamDevices:
+    """The stream path (``deploy.transport=stream``): Flower registers the nodes and starts each device once,
+    with a ``train.run`` message that carries the stream's address and the run's secret (nowhere else); then
+    every local iteration travels on the device's stream (fedgen_pl/flower/stream.py): a work frame down, a
+    feedback frame up. A device whose stream ends is given up like a timeout, and counted."""
+
+    def __init__(self, grid: Grid, cfg, poll_s: float = 0.05):
+        self.flower, self.cfg = FlowerDevices(grid, cfg, poll_s), cfg
+        self.stream = self.counters = None
+        self.starts: dict[str, int] = {}          # the train.run message of every device
+        self.replies: dict[int, tuple] = {}       # device -> its feedback not yet used by an edge
+        self.gone: set[int] = set()
+        self.exchange_s, self.reply_s = self.flower.exchange_s, self.flower.reply_s
+        self.bytes_sent = self.flower.bytes_sent
+
+    def learn_topology(self, timeout_s: float) -> None:
+        self.flower.learn_topology(timeout_s)
+
+    def use_node_data(self, module) -> None:
+        self.flower.use_node_data(module)
+
+    def clock_for(self, module) -> WallClock:
+        """Open the stream, start every device and wait until each has joined, then the clock."""
+        from fedgen_pl.flower.stream import EdgeStream, encode, new_secret
+
+        module.counters.setdefault("device_restarts", 0)
+        module.counters.setdefault("stream_refused", 0)
+        B, numel = self.cfg.data.batch_size, int(np.prod(module.spec.data_shape))
+        limit = 4 * len(encode("work", {"x": torch.zeros(4 * B * numel + 4 * B)})) + (1 << 16)
+        N = module.num_devices
+        self.stream = EdgeStream(str(self.cfg.deploy.stream_address), new_secret(), N, limit)
+        self.counters = self.stream.counters      # kept after the stream closes, for the summary
+        stream = {"address": str(self.cfg.deploy.stream_address), "secret": self.stream.secret.hex(),
+                  "max_frame_bytes": limit}
+        run = {"config": self.flower.config_json, "iteration": 0, "spec": json.dumps(module.spec.to_dict())}
+        first = first_discriminators(module) if self.cfg.deploy.test_mode else {}
+        messages = []
+        for g in range(N):
+            content = {"run": ConfigRecord(run), "stream": ConfigRecord(stream)}
+            if g in first:
+                content["d_init"] = to_record(first[g])
+            messages.append(Message(RecordDict(content), dst_node_id=self.flower.node_of[g], message_type="train.run"))
+        self.starts = dict(zip(self.flower.grid.push_messages(messages), range(N)))
+        deadline, joined = time.time() + float(self.cfg.deploy.exchange_timeout_s), set()
+        while len(joined) < N and time.time() < deadline:
+            item = self.stream.receive(timeout=0.1)
+            if item is not None and item[1] == "joined":
+                joined.add(item[0])
+        if len(joined) < N:
+            self.close()
+            raise RuntimeError(f"devices {sorted(set(range(N)) - joined)} did not join the stream within "
+                               f"deploy.exchange_timeout_s={self.cfg.deploy.exchange_timeout_s:g} s")
+        self.module = module
+        return WallClock(self, module)
+
+    def exchange(self, module, due: list[int], real_index: dict, unfinished: np.ndarray, asynchronous: bool,
+                 timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Work frames to ``due``, then wait on the stream as ``FlowerDevices.exchange`` waits on messages."""
+        from fedgen_pl.flower.stream import encode
+
+        N = len(unfinished)
+        arrived, failed = np.zeros(N, dtype=bool), np.zeros(N, dtype=bool)
+        pushed_at = getattr(self, "pushed_at", np.zeros(N))
+        self.pushed_at = pushed_at
+        self.pending = getattr(self, "pending", set())
+        for g, tensors in zip(due, work_tensors(module, due, real_index)):
+            frame = encode("work", tensors, iteration=int(module.iteration))
+            if g in self.gone or not self.stream.send(g, frame):
+                failed[g] = True
+                continue
+            self.bytes_sent["edge_to_device"] += len(frame)
+            pushed_at[g] = time.time()
+            self.pending.add(g)
+        started = time.time()
+        while True:
+            now = time.time()
+            item = self.stream.receive(timeout=self.flower.poll_s or 0.001)
+            if item is not None:
+                g, kind, meta, tensors = item
+                if kind == "feedback" and g in self.pending:
+                    self.reply_s.append(now - pushed_at[g])
+                    self.replies[g] = (meta, tensors)
+                    self.bytes_sent["device_to_edge"] += int(meta.get("_bytes", 0))
+                    arrived[g] = True
+                    self.pending.discard(g)
+                elif kind == "left":
+                    self.gone.add(g)
+                    if g in self.pending:
+                        failed[g] = True
+                        self.pending.discard(g)
+                elif kind == "joined" and g in self.gone:      # a device back: fresh D, counted
+                    self.gone.discard(g)
+                    module.counters["device_restarts"] += 1
+            waiting = np.zeros(N, dtype=bool)
+            waiting[list(self.pending)] = True
+            late = waiting & (now - pushed_at > timeout_s)
+            failed |= late
+            self.pending -= set(np.flatnonzero(late).tolist())
+            waiting &= ~late
+            # test mode: every reply of the exchange is in before the event, as with the virtual clock's equal
+            # delays (the run then equals the in-process one); otherwise async takes the first arrivals
+            if asynchronous and not self.cfg.deploy.test_mode:
+                if arrived.any() or (failed.any() and not (waiting & unfinished).any()):
+                    break
+            elif not (waiting & unfinished).any():
+                break
+        if not asynchronous:
+            self.exchange_s.append(time.time() - started)
+        module.counters["stream_refused"] = self.stream.counters.refused
+        return arrived, failed
+
+    def feedback(self, module, work, fake_g: torch.Tensor, arrived: torch.Tensor, devices: torch.Tensor | None):
+        """The arrived devices' feedback frames, as ``FlowerDevices.feedback`` returns the replies."""
+        rows = list(range(module.num_devices)) if devices is None else devices.tolist()
+        n = len(rows)
+        d_loss, device_loss = torch.zeros(n), torch.zeros(n)
+        feedback = torch.zeros_like(fake_g, device="cpu")
+        stepped = torch.zeros(module.num_devices, dtype=torch.bool)
+        for row, g in enumerate(rows):
+            reply = self.replies.pop(g, None)
+            if not bool(arrived[g]) or reply is None:
+                continue
+            meta, tensors = reply
+            feedback[row] = tensors["feedback"]
+            d_loss[row], device_loss[row] = meta["d_loss"], meta["device_loss"]
+            stepped[g] = meta["stepped"] > 0
+        target = fake_g.device
+        return d_loss.to(target), device_loss.to(target), feedback.to(target), stepped.to(target)
+
+    def summary(self) -> dict:
+        summary = {**self.flower.summary(), "transport": "stream"}
+        c = getattr(self, "counters", None)
+        if c is not None:
+            summary["stream"] = {"refused": c.refused, "malformed": c.malformed, "oversized": c.oversized,
+                                 "connections": c.connections, "reconnections": c.reconnections}
+        return summary
+
+    def close(self) -> None:
+        """Stop every device's task (a ``stop`` frame ends its ``train.run``) and the stream."""
+        from fedgen_pl.flower.stream import encode
+
+        if self.stream is None:
+            return
+        for g in self.stream.connected:
+            self.stream.send(g, encode("stop"))
+        deadline = time.time() + 10
+        pending = dict(self.starts)
+        while pending and time.time() < deadline:
+            for reply in self.flower.grid.pull_messages(list(pending)):
+                pending.pop(reply.metadata.reply_to_message_id, None)
+            time.sleep(0.05)
+        self.stream.stop()
+        self.stream = None
+
+
 # How the Flower path treats the config keys (tests/fedgen_pl/test_flower_app.py enumerates every key).
 # The ServerApp runs the whole engine but the devices' side, so every key is honoured as in-process except:
 # - REFUSED: a device-side setting the ClientApp does not implement; only this value can be deployed;
@@ -265,7 +436,11 @@ def server_main(grid: Grid, context: Context) -> None:
     overrides = shlex.split(str(context.run_config.get("overrides", "")))
     cfg = load_config(overrides)
     check_deployable(cfg)
-    devices = FlowerDevices(grid, cfg)
+    devices = (StreamDevices if cfg.deploy.transport == "stream" else FlowerDevices)(grid, cfg)
     devices.learn_topology(timeout_s=float(cfg.deploy.exchange_timeout_s))
-    run_dir = train(cfg, device_transport=devices)
+    try:
+        run_dir = train(cfg, device_transport=devices)
+    finally:
+        if hasattr(devices, "close"):
+            devices.close()
     print(f"[fedgen] deployed run finished: {run_dir}", flush=True)

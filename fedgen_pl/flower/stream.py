@@ -227,7 +227,7 @@ class EdgeStream:
                         self.counters.malformed += 1
                     log.warning("stream: dropped a frame from device %d (%s)", device, err)
                     continue
-                self.inbox.put((device, kind, meta, tensors))
+                self.inbox.put((device, kind, {**meta, "_bytes": len(frame)}, tensors))
         except grpc.RpcError:
             pass
         finally:

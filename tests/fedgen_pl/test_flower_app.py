@@ -348,3 +348,25 @@ def test_the_stream_path_serves_the_same_steps_as_the_message_path():
     finally:
         edge.stop()
     assert replies and replies[0].content["stats"]["served"] == 3
+
+
+@pytest.mark.parametrize("update", ["sync", "async"])
+def test_the_stream_transport_in_test_mode_equals_the_in_process_run(tmp_path, update):
+    """deploy.transport=stream: Flower starts each device once, the iterations travel on the stream; the
+    run equals the in-process one (sync, and async with equal delays)."""
+    from fedgen_pl.flower.edge import StreamDevices
+
+    extra = ["federation.update=async", "clock.delay=constant"] if update == "async" else []
+    cfg = load_config([*TWO_BY_TWO, *extra, "deploy.test_mode=true", "deploy.transport=stream",
+                       "deploy.stream_address=127.0.0.1:19587", f"output_dir={tmp_path / 'stream'}"])
+    devices = StreamDevices(InProcessGrid(FOUR), cfg, poll_s=0)
+    devices.learn_topology(timeout_s=5)
+    try:
+        deployed = train(cfg, device_transport=devices)
+    finally:
+        devices.close()
+    in_process = train(load_config([*TWO_BY_TWO, *extra, f"output_dir={tmp_path / 'local'}"]))
+    _assert_generators_equal(deployed, in_process)
+    summary = devices.summary()
+    assert summary["transport"] == "stream" and summary["stream"]["connections"] == 4
+    assert summary["stream"]["refused"] == 0 and summary["bytes_sent"]["device_to_edge"] > 0
