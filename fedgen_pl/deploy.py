@@ -107,6 +107,13 @@ def deploy_local(overrides: list[str], on_started=None) -> Path:
     if busy:
         raise ConfigError(f"ports {busy} on 127.0.0.1 are in use; choose others with deploy.superlink_port and "
                           f"deploy.supernode_port", where="deploy.superlink_port")
+    if cfg.deploy.transport == "stream":
+        host, _, port = str(cfg.deploy.stream_address).rpartition(":")
+        if host not in ("127.0.0.1", "localhost") or not port.isdigit():
+            raise ConfigError(f"'{cfg.deploy.stream_address}': deploy-local runs every node on this machine; give "
+                              f"127.0.0.1:<port>", where="deploy.stream_address")
+        if not _port_free(int(port)):
+            raise ConfigError(f"port {port} on 127.0.0.1 is in use; choose another", where="deploy.stream_address")
 
     work = Path(tempfile.mkdtemp(prefix="fedgen-deploy-"))
     log_dir = work / "logs"

@@ -58,7 +58,8 @@ def test_test_mode_deployment_equals_the_in_process_run_and_leaves_no_process(tm
     from fedgen_pl.train import train
 
     run_dir, sessions = tmp_path / "deployed", set()
-    deploy_local([*GRID, "deploy.test_mode=true", f"output_dir={run_dir}"], on_started=_record_sessions(sessions))
+    deploy_local([*GRID, "deploy.test_mode=true", "deploy.transport=stream", "deploy.stream_address=127.0.0.1:19390",
+                  f"output_dir={run_dir}"], on_started=_record_sessions(sessions))
     time.sleep(0.5)
     assert sessions and _session_pids(sessions) == []
     local = train(load_config([*GRID, f"output_dir={tmp_path / 'local'}"]))
@@ -74,7 +75,8 @@ def test_test_mode_deployment_equals_the_in_process_run_and_leaves_no_process(tm
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 1 and summary["iterations"] == 2 and summary["faults"]["timeouts"] == 0
     deployment = summary["deployment"]
-    assert deployment["backend"] == "flower" and deployment["exchanges"] == 2
+    assert deployment["backend"] == "flower" and deployment["exchanges"] == 2 and deployment["transport"] == "stream"
+    assert deployment["stream"]["connections"] == 4 and deployment["stream"]["refused"] == 0
     assert deployment["bytes_sent"]["edge_to_device"] > 0 and deployment["bytes_sent"]["device_to_edge"] > 0
     assert (run_dir / "metrics.csv").is_file() and (run_dir / "deploy_logs" / "superlink.log").is_file()
     assert main(["eval", str(run_dir)]) == 0                   # the run directory is an ordinary one
