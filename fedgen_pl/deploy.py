@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -87,6 +88,19 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
+def _exit_on_sigterm():
+    """SIGTERM (``kill``, ``timeout`` at its limit) ends deploy-local through its clean-up, as Ctrl-C does: every
+    SuperLink, SuperNode and SuperExec it started is stopped. Returns the previous handler (None off the main
+    thread, where Python cannot set one)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, stop)
+
+
 def deploy_local(overrides: list[str], on_started=None) -> Path:
     """Run ``fedgen train``'s experiment through a local Flower deployment; returns the run directory.
     ``on_started(processes, node_pids)`` is called once the nodes run (tests use it to stop one)."""
@@ -127,6 +141,7 @@ def deploy_local(overrides: list[str], on_started=None) -> Path:
 
     processes = Processes(log_dir)
     started = time.time()
+    previous = _exit_on_sigterm()
     try:
         processes.start("superlink", ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
                                       "--host", "127.0.0.1", "--port", str(link_port)], flower_env(work / "link"))
@@ -151,6 +166,8 @@ def deploy_local(overrides: list[str], on_started=None) -> Path:
         (log_dir / "flwr_run.log").write_text(app.stdout + app.stderr)
     finally:
         processes.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if run_dir.is_dir():
             shutil.copytree(log_dir, run_dir / "deploy_logs", dirs_exist_ok=True)
         shutil.rmtree(work, ignore_errors=True)

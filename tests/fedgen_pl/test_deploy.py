@@ -117,3 +117,24 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path):
         busy.listen()
         assert main(["deploy-local", *GRID, "deploy.superlink_port=19391", f"output_dir={tmp_path / 'run'}"]) == 2
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_everything_deploy_local_started(tmp_path):
+    """`kill` (SIGTERM) of a running deploy-local stops its SuperLink, SuperNodes and apps, as Ctrl-C does."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "fedgen_pl.cli", "deploy-local", *GRID, "federation.global_rounds=50",
+               "deploy.superlink_port=19491", "deploy.supernode_port=19500", f"output_dir={tmp_path / 'run'}"]
+    deploy = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    for line in deploy.stderr:                     # the nodes are up and the app is starting
+        if "running the app" in line:
+            break
+    time.sleep(3)
+    before = _session_pids({deploy.pid})
+    deploy.send_signal(signal.SIGTERM)
+    deploy.wait(timeout=60)
+    assert deploy.returncode != 0
+    time.sleep(0.5)
+    assert len(before) > 1 and _session_pids({deploy.pid}) == []     # it had started processes; none is left
