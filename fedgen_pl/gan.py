@@ -81,14 +81,6 @@ class StepStats:
     staleness: Tensor    # [N] G_k updates since the device's work was dispatched
 
 
-def real_labels(conditioning: str, labels: Tensor, community: int | Tensor) -> Tensor:
-    """The labels a device's discriminator sees with its real batch: the class labels, or its community's
-    domain code (also on a deployed device, fedgen_pl/flower/)."""
-    if conditioning == "domain":
-        return torch.as_tensor(community, device=labels.device).expand_as(labels).clone()
-    return labels
-
-
 class FederatedGAN(FederationModule):
     # Where the devices' side of a local iteration runs: None = here, batched (the in-process engine);
     # an object with ``feedback(module, work, fake_g, arrived, devices) -> (d_loss, L_kj, feedback, stepped)``

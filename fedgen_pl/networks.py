@@ -261,3 +261,11 @@ def build_discriminator(model_cfg, spec, conditioning: str = "class") -> nn.Modu
     if arch == "dcgan" and len(spec.data_shape) == 3:
         return DCGANDiscriminator(spec.data_shape, num_labels, model_cfg.d_channels, model_cfg.d_features)
     raise ValueError(f"model.arch={model_cfg.arch}: no discriminator for data of shape {spec.data_shape}")
+
+
+def real_labels(conditioning: str, labels: Tensor, community: int | Tensor) -> Tensor:
+    """The labels a device's discriminator sees with its real batch: the class labels, or its community's
+    domain code (also on a deployed device, fedgen_pl/flower/)."""
+    if conditioning == "domain":
+        return torch.as_tensor(community, device=labels.device).expand_as(labels).clone()
+    return labels

@@ -71,8 +71,7 @@ class DeviceWorker:
     and keeps D and Adam in ``context.state``; the stream path builds it once per run."""
 
     def __init__(self, cfg, spec, node_config, d_init: dict | None = None):
-        from fedgen_pl.gan import real_labels
-        from fedgen_pl.networks import build_discriminator
+        from fedgen_pl.networks import build_discriminator, real_labels
         from fedgen_pl.recipes import recipe_of
 
         self.cfg, self.spec = cfg, spec
