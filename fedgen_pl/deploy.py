@@ -96,6 +96,7 @@ def _exit_on_sigterm():
         return None
 
     def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)     # a second SIGTERM must not cut the clean-up short
         raise SystemExit(128 + signum)
 
     return signal.signal(signal.SIGTERM, stop)

@@ -134,6 +134,8 @@ def test_sigterm_stops_everything_deploy_local_started(tmp_path):
     time.sleep(3)
     before = _session_pids({deploy.pid})
     deploy.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    deploy.send_signal(signal.SIGTERM)         # a second one, during the clean-up (`timeout` and `kill` both send)
     deploy.wait(timeout=60)
     assert deploy.returncode != 0
     time.sleep(0.5)
