@@ -262,6 +262,9 @@ KEYS: list[Key] = [
         choices=('messages', 'stream')),
     Key('deploy.stream_address', str, '127.0.0.1:19500',
         'stream: the address the edge listens on and the devices dial (host:port)'),
+    Key('deploy.stream_certificates', Optional[str], None,
+        'stream: a directory with ca.crt, server.pem and server.key, the files given to flower-superlink '
+        '--ssl-*: with them the stream is TLS (as Flower\'s channel); null: plaintext, as with --insecure'),
     Key('deploy.superlink_port', int, 19091,
         "deploy-local: the SuperLink's HTTP port on 127.0.0.1", ge=1024, lt=65536),
     Key('deploy.supernode_port', int, 19100,
@@ -585,6 +588,11 @@ def validate(cfg: DictConfig) -> None:
     c = cfg.clock
     _require(c.delay_high >= c.delay_low, "clock.delay_high",
              f"must be >= clock.delay_low ({c.delay_low}), got {c.delay_high}")
+    tls = cfg.deploy.stream_certificates
+    if tls:
+        missing = [name for name in ("ca.crt", "server.pem", "server.key") if not (Path(tls).expanduser() / name).is_file()]
+        _require(not missing, "deploy.stream_certificates", f"'{tls}' lacks {', '.join(missing)}; give the directory "
+                                                            f"with the files flower-superlink --ssl-* uses")
     mc = cfg.metrics
     _require(mc.kid_subset_size == "auto" or (isinstance(mc.kid_subset_size, int) and not isinstance(
         mc.kid_subset_size, bool) and 1 <= mc.kid_subset_size <= mc.num_samples), "metrics.kid_subset_size",

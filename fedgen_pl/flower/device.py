@@ -195,8 +195,9 @@ def device_run(message: Message, context: Context) -> Message:
     stream_cfg = message.content["stream"]
     d_init = from_record(message.content["d_init"]) if "d_init" in message.content else None
     worker = DeviceWorker(cfg, spec, context.node_config, d_init)
+    root = str(stream_cfg["root_certificate"]).encode() if "root_certificate" in stream_cfg else None
     stream = DeviceStream(str(stream_cfg["address"]), worker.g, bytes.fromhex(str(stream_cfg["secret"])),
-                          int(stream_cfg["max_frame_bytes"]))
+                          int(stream_cfg["max_frame_bytes"]), root_certificate=root)
     served = 0
     try:
         while True:

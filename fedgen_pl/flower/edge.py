@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -273,10 +274,14 @@ class StreamDevices:
         B, numel = self.cfg.data.batch_size, int(np.prod(module.spec.data_shape))
         limit = 4 * len(encode("work", {"x": torch.zeros(4 * B * numel + 4 * B)})) + (1 << 16)
         N = module.num_devices
-        self.stream = EdgeStream(str(self.cfg.deploy.stream_address), new_secret(), N, limit)
+        tls, stream = None, {"address": str(self.cfg.deploy.stream_address), "max_frame_bytes": limit}
+        if self.cfg.deploy.stream_certificates:           # TLS, with the SuperLink's certificates
+            folder = Path(self.cfg.deploy.stream_certificates).expanduser()
+            tls = (folder / "server.key").read_bytes(), (folder / "server.pem").read_bytes()
+            stream["root_certificate"] = (folder / "ca.crt").read_text()     # public: how devices check the edge
+        self.stream = EdgeStream(str(self.cfg.deploy.stream_address), new_secret(), N, limit, tls=tls)
         self.counters = self.stream.counters      # kept after the stream closes, for the summary
-        stream = {"address": str(self.cfg.deploy.stream_address), "secret": self.stream.secret.hex(),
-                  "max_frame_bytes": limit}
+        stream["secret"] = self.stream.secret.hex()
         run = {"config": self.flower.config_json, "iteration": 0, "spec": json.dumps(module.spec.to_dict())}
         first = first_discriminators(module) if self.cfg.deploy.test_mode else {}
         messages = []

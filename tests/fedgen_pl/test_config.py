@@ -88,6 +88,7 @@ def test_schedule_block_applies_and_command_line_wins():
     (["data.dirichlet_alpha=-0.5"], r"\(data.dirichlet_alpha\): must be > 0, got -0.5"),
     (["trainer.nonfinite=ignore"], r"\(trainer.nonfinite\): 'ignore' is not allowed; choose one of skip, stop"),
     (["model.film_output_gain_init=0"], r"\(model.film_output_gain_init\): only applies to domain_conditioning=film"),
+    (["deploy.stream_certificates=/nonexistent"], r"\(deploy.stream_certificates\): '/nonexistent' lacks ca.crt"),
 ])
 def test_bad_input_names_the_key(overrides, message):
     from fedgen_pl.train import resolve_names

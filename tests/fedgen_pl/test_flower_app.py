@@ -350,14 +350,19 @@ def test_the_stream_path_serves_the_same_steps_as_the_message_path():
     assert replies and replies[0].content["stats"]["served"] == 3
 
 
-@pytest.mark.parametrize("update", ["sync", "async"])
+@pytest.mark.parametrize("update", ["sync", "async", "sync over TLS"])
 def test_the_stream_transport_in_test_mode_equals_the_in_process_run(tmp_path, update):
     """deploy.transport=stream: Flower starts each device once, the iterations travel on the stream; the
-    run equals the in-process one (sync, and async with equal delays)."""
+    run equals the in-process one (sync, async with equal delays, and over TLS)."""
     from fedgen_pl.flower.edge import StreamDevices
+    from tests.tls_files import write_tls_files
 
     extra = ["federation.update=async", "clock.delay=constant"] if update == "async" else []
-    cfg = load_config([*TWO_BY_TWO, *extra, "deploy.test_mode=true", "deploy.transport=stream",
+    tls = []
+    if "TLS" in update:
+        write_tls_files(tmp_path)
+        tls = [f"deploy.stream_certificates={tmp_path}"]
+    cfg = load_config([*TWO_BY_TWO, *extra, *tls, "deploy.test_mode=true", "deploy.transport=stream",
                        "deploy.stream_address=127.0.0.1:19587", f"output_dir={tmp_path / 'stream'}"])
     devices = StreamDevices(InProcessGrid(FOUR), cfg, poll_s=0)
     devices.learn_topology(timeout_s=5)

@@ -108,3 +108,21 @@ def test_a_device_that_reconnects_replaces_its_stream_and_is_counted(edge):
     assert second.receive()[0] == "work"
     first.close()
     second.close()
+
+
+def test_with_certificates_the_stream_is_tls_and_a_plaintext_device_cannot_join(tmp_path):
+    from tests.tls_files import write_tls_files
+
+    ca, certificate, key = write_tls_files(tmp_path)
+    edge = EdgeStream("127.0.0.1:0", new_secret(), 1, LIMIT, tls=(key.read_bytes(), certificate.read_bytes()))
+    try:
+        device = DeviceStream(_address(edge), 0, edge.secret, LIMIT, root_certificate=ca.read_bytes())
+        assert _next(edge)[:2] == (0, "joined")
+        edge.send(0, encode("work", {"x": torch.ones(2)}))
+        assert device.receive()[0] == "work"
+        device.close()
+        with pytest.raises(grpc.FutureTimeoutError):
+            DeviceStream(_address(edge), 0, edge.secret, LIMIT, timeout_s=2)        # plaintext: no handshake
+        assert edge.counters.connections == 1
+    finally:
+        edge.stop()
