@@ -256,7 +256,7 @@ KEYS: list[Key] = [
     Key('deploy.test_mode', bool, False,
         "the server sends each device its real batch's indices and D's first weights: the run equals "
         'the in-process one'),
-    Key('deploy.transport', str, 'messages',
+    Key('deploy.transport', str, 'stream',
         'how each local iteration travels: messages (one Flower message per device and iteration) | stream (Flower '
         'starts each device once; a gRPC stream with the run\'s secret carries the iterations)',
         choices=('messages', 'stream')),

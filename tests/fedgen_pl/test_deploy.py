@@ -126,7 +126,7 @@ def test_sigterm_stops_everything_deploy_local_started(tmp_path):
     import sys
 
     command = [sys.executable, "-m", "fedgen_pl.cli", "deploy-local", *GRID, "federation.global_rounds=50",
-               "deploy.superlink_port=19491", "deploy.supernode_port=19500", f"output_dir={tmp_path / 'run'}"]
+               "deploy.superlink_port=19491", "deploy.supernode_port=19520", "deploy.stream_address=127.0.0.1:19540", f"output_dir={tmp_path / 'run'}"]
     deploy = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
     for line in deploy.stderr:                     # the nodes are up and the app is starting
         if "running the app" in line:
