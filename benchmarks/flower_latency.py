@@ -1,8 +1,9 @@
 """Where a deployed exchange's time goes (flwr 1.42, localhost): the floor of Flower's runtime, measured
 with a ClientApp that imports nothing but Flower and answers at once, beside the import time of
-fedgen's ClientApp, in one run.
+fedgen's ClientApp, in one run; and, with ``--deployed``, a real ``fedgen deploy-local`` of the 2x2 grid over
+the stream (``deploy.transport=stream``): the median exchange of its sync local iterations.
 
-    python benchmarks/flower_latency.py [--nodes 4] [--exchanges 5]
+    python benchmarks/flower_latency.py [--nodes 4] [--exchanges 5] [--deployed --rounds 10]
 
 Prints the mean and median round trip (push to the last reply, polled every 50 ms) of an exchange with
 every node, and the wall time of ``import fedgen_pl.flower.device, datamodules, fedgen_pl.networks`` in a
@@ -109,11 +110,38 @@ def import_time() -> float:
     return time.time() - started
 
 
+def deployed_exchanges(rounds: int) -> dict:
+    """A real local deployment of the 2x2 grid over the stream, ``rounds`` x 5 sync local iterations: the
+    deployment block of its summary (exchange seconds: push to the last reply, the devices' steps included)."""
+    import json
+
+    from fedgen_pl.deploy import deploy_local
+
+    out = Path(tempfile.mkdtemp(prefix="fedgen-deployed-")) / "run"
+    started = time.time()
+    deploy_local(["experiment=gaussian_grid", "federation.communities=[{data: gaussian_grid, classes: [0, 1]}, "
+                  "{data: gaussian_grid, classes: [2]}]", "federation.devices_per_community=2",
+                  f"federation.global_rounds={rounds}", "federation.local_iters=5", "trainer.progress_bar=false",
+                  "deploy.transport=stream", "deploy.superlink_port=19791", "deploy.supernode_port=19800",
+                  "deploy.stream_address=127.0.0.1:19890", f"output_dir={out}"])
+    summary = json.loads((out / "summary.json").read_text())
+    return {**summary["deployment"], "command_s": round(time.time() - started, 1), "train_s": summary["wall_time_s"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--exchanges", type=int, default=5)
+    parser.add_argument("--deployed", action="store_true", help="only the real deployment over the stream")
+    parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
+    if args.deployed:
+        d = deployed_exchanges(args.rounds)
+        print(f"deploy-local over the stream, 2x2 grid, {d['exchanges']} sync exchanges: median "
+              f"{d['exchange_s_median'] * 1000:.0f} ms, mean {d['exchange_s_mean'] * 1000:.0f} ms, max "
+              f"{d['exchange_s_max'] * 1000:.0f} ms per exchange; training {d['train_s']} s, the whole command "
+              f"{d['command_s']} s")
+        return
     times = flower_floor(args.nodes, args.exchanges)
     print(f"Flower floor, {args.nodes} nodes, a ClientApp that imports only flwr: exchanges {times}; "
           f"mean {statistics.mean(times):.2f} s, median {statistics.median(times):.2f} s")
