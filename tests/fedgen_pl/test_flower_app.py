@@ -375,3 +375,48 @@ def test_the_stream_transport_in_test_mode_equals_the_in_process_run(tmp_path, u
     summary = devices.summary()
     assert summary["transport"] == "stream" and summary["stream"]["connections"] == 4
     assert summary["stream"]["refused"] == 0 and summary["bytes_sent"]["device_to_edge"] > 0
+
+
+def _stream_run(tmp_path, name, *extra):
+    from fedgen_pl.flower.edge import StreamDevices
+
+    cfg = load_config([*TWO_BY_TWO, *extra, "deploy.exchange_timeout_s=20", "deploy.stream_address=127.0.0.1:19588",
+                       f"output_dir={tmp_path / name}"])
+    devices = StreamDevices(InProcessGrid(FOUR), cfg, poll_s=0)
+    devices.learn_topology(timeout_s=5)
+    try:
+        return train(cfg, device_transport=devices), devices
+    finally:
+        devices.close()
+
+
+def test_over_the_stream_a_device_that_dies_mid_run_is_a_timeout_and_the_run_goes_on(tmp_path, monkeypatch):
+    """A device whose task dies after two steps (its stream ends): its work in flight is a counted timeout,
+    the other three carry the run to its end."""
+    import json
+
+    from fedgen_pl.flower.device import DeviceWorker
+
+    step = DeviceWorker.step
+
+    def dying(self, work, iteration):
+        if self.g == 3 and iteration >= 2:
+            raise RuntimeError("device 3 dies")
+        return step(self, work, iteration)
+
+    monkeypatch.setattr(DeviceWorker, "step", dying)
+    run_dir, devices = _stream_run(tmp_path, "run")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["faults"]["timeouts"] >= 1
+    assert summary["deployment"]["stream"]["connections"] == 4
+
+
+def test_over_the_stream_every_device_gone_stops_the_run_with_an_error(tmp_path, monkeypatch):
+    from fedgen_pl.flower.device import DeviceWorker
+
+    def dead(self, work, iteration):
+        raise RuntimeError("every device dies")
+
+    monkeypatch.setattr(DeviceWorker, "step", dead)
+    with pytest.raises(RuntimeError, match="no device answered"):
+        _stream_run(tmp_path, "run")
