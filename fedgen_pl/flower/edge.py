@@ -284,13 +284,9 @@ class StreamDevices:
         stream["secret"] = self.stream.secret.hex()
         run = {"config": self.flower.config_json, "iteration": 0, "spec": json.dumps(module.spec.to_dict())}
         first = first_discriminators(module) if self.cfg.deploy.test_mode else {}
-        messages = []
-        for g in range(N):
-            content = {"run": ConfigRecord(run), "stream": ConfigRecord(stream)}
-            if g in first:
-                content["d_init"] = to_record(first[g])
-            messages.append(Message(RecordDict(content), dst_node_id=self.flower.node_of[g], message_type="train.run"))
-        self.starts = dict(zip(self.flower.grid.push_messages(messages), range(N)))
+        self.start_content = {"run": run, "stream": stream}
+        self.starts = {}
+        self.start(list(range(N)), first)
         deadline, joined = time.time() + float(self.cfg.deploy.exchange_timeout_s), set()
         while len(joined) < N and time.time() < deadline:
             item = self.stream.receive(timeout=0.1)
@@ -303,9 +299,23 @@ class StreamDevices:
         self.module = module
         return WallClock(self, module)
 
+    def start(self, devices: list[int], first: dict | None = None) -> None:
+        """One ``train.run`` message per device: it starts the device's task for the rest of the run (test mode:
+        with the in-process run's first discriminator; a device started again gets a fresh one)."""
+        messages = []
+        for g in devices:
+            content = {"run": ConfigRecord(self.start_content["run"]),
+                       "stream": ConfigRecord(self.start_content["stream"])}
+            if first and g in first:
+                content["d_init"] = to_record(first[g])
+            messages.append(Message(RecordDict(content), dst_node_id=self.flower.node_of[g], message_type="train.run"))
+        self.starts.update(zip(self.flower.grid.push_messages(messages), devices))
+
     def exchange(self, module, due: list[int], real_index: dict, unfinished: np.ndarray, asynchronous: bool,
                  timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
-        """Work frames to ``due``, then wait on the stream as ``FlowerDevices.exchange`` waits on messages."""
+        """Work frames to ``due``, then wait on the stream as ``FlowerDevices.exchange`` waits on messages. A
+        device whose stream ends is given up for its work in flight and started again (a new ``train.run``
+        message to its node); when it rejoins it is counted in ``faults/device_restarts``."""
         from fedgen_pl.flower.stream import encode
 
         N = len(unfinished)
@@ -338,6 +348,7 @@ class StreamDevices:
                     if g in self.pending:
                         failed[g] = True
                         self.pending.discard(g)
+                    self.start([g])
                 elif kind == "joined" and g in self.gone:      # a device back: fresh D, counted
                     self.gone.discard(g)
                     module.counters["device_restarts"] += 1
