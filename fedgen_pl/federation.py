@@ -380,6 +380,10 @@ class FederationModule(pl.LightningModule):
         for name in MOVED_BUFFERS:
             if name in weights:
                 weights[f"federation.{name}"] = weights.pop(name)
+        if not hasattr(self, "domain_classifier"):
+            # reg_cgan and fed_cgan built an (unused) domain classifier before the recipes: not part of them now
+            for name in [n for n in weights if n.startswith("domain_classifier.")]:
+                del weights[name]
         if self.ema is not None and "ema.n_averaged" not in weights:
             # a checkpoint from before the EMA: the average starts at the next round (has_ema is False until then)
             weights.update({f"ema.{name}": value.clone() for name, value in self.ema.state_dict().items()})

@@ -156,3 +156,22 @@ def test_a_checkpoint_from_an_older_version_loads_with_todays_defaults(tmp_path)
     resumed = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     assert int(resumed["ema.n_averaged"]) == 1                       # the EMA started at round 2
     assert any(k.startswith("ema/") for k in json.loads((run / "summary.json").read_text())["metrics"])
+
+
+def test_a_checkpoint_from_before_the_recipes_loads():
+    """Checkpoints written before the recipes kept the round statistics at the top of the state and, for
+    reg_cgan and fed_cgan, an unused domain classifier: both load into today's model."""
+    from tests.conftest import build_system
+
+    system, _ = build_system()
+    old = {k.replace("federation.", "", 1) if k.startswith("federation.") else k: v.clone()
+           for k, v in system.state_dict().items()}
+    old["domain_classifier.body.0.weight"] = torch.zeros(3)
+    checkpoint = {"state_dict": old, "federation_state": {
+        "round": 2, "iteration": 7, "rng": ("cpu", torch.Generator().get_state()), "clock": system.clock.state_dict(),
+        "bytes": dict(system.bytes), "counters": dict(system.counters)}}
+    system.federation.generator_version += 5
+    system.on_load_checkpoint(checkpoint)
+    system.load_state_dict(checkpoint["state_dict"])            # strict: every key known, none missing
+    assert system.round == 2 and system.iteration == 7
+    assert int(system.federation.generator_version.sum()) == 0   # the old top-level buffer, restored
