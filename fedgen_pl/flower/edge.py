@@ -6,6 +6,7 @@ loss and feedback. Messages: ``query.topology`` once at the start; ``train.step`
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from fedgen_pl.flower.clock import WallClock
 from fedgen_pl.flower.wire import from_record, global_device_index, record_bytes, to_record
 
 server_app = ServerApp()
+log = logging.getLogger("fedgen")
 SUPPORTED_MODELS = ("fedgen_fr", "fedgen_lr", "md_gan")    # every device has its own D; no D averaging
 
 
@@ -51,6 +53,32 @@ def first_discriminators(module) -> dict[int, dict[str, torch.Tensor]]:
             for g in range(module.num_devices)}
 
 
+def checked_reply(feedback, stats, shape: tuple) -> tuple | None:
+    """A device's reply as (feedback, d_loss, L_kj, stepped), or None when it is not one: the feedback must be
+    a float32 tensor of its work's shape and the three statistics numbers (network input: checked)."""
+    numbers = [stats.get(k) for k in ("d_loss", "device_loss", "stepped")] if isinstance(stats, dict) else []
+    if not (torch.is_tensor(feedback) and feedback.dtype == torch.float32 and tuple(feedback.shape) == shape
+            and len(numbers) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)):
+        return None
+    return feedback, float(numbers[0]), float(numbers[1]), numbers[2] > 0
+
+
+def feedback_rows(module, fake_g: torch.Tensor, arrived: torch.Tensor, devices: torch.Tensor | None, take):
+    """The arrived devices' replies as ``tiers.device_iteration`` returns them: d_loss, L_kj and the feedback
+    in rows (``devices``, or all N), and which devices' D stepped (``[N]``). ``take(g)`` gives device g's
+    checked reply, or None (its row stays 0 and it did not step: the engine does not use it)."""
+    rows = list(range(module.num_devices)) if devices is None else devices.tolist()
+    d_loss, device_loss = torch.zeros(len(rows)), torch.zeros(len(rows))
+    feedback = torch.zeros_like(fake_g, device="cpu")
+    stepped = torch.zeros(module.num_devices, dtype=torch.bool)
+    for row, g in enumerate(rows):
+        reply = take(g) if bool(arrived[g]) else None
+        if reply is not None:
+            feedback[row], d_loss[row], device_loss[row], stepped[g] = reply
+    target = fake_g.device
+    return d_loss.to(target), device_loss.to(target), feedback.to(target), stepped.to(target)
+
+
 class FlowerDevices:
     """The devices of a run, reached through Flower: their place in the federation (``learn_topology``),
     the work in flight to them and their replies. ``clock_for(module)`` is the run's clock (it pushes the
@@ -68,6 +96,7 @@ class FlowerDevices:
         self.replies: dict[int, Message] = {}       # device -> its reply not yet used by an edge
         self.node_label_counts: dict[int, list[int]] = {}   # devices with their own data (data-dir)
         self.pending: dict[str, int] = {}           # message id -> device, sent and not answered
+        self.malformed = 0                          # replies that were not a device's feedback, dropped
         self.pushed_at = np.zeros(sum(devices_per_community(cfg)))
 
     # -- topology ----------------------------------------------------------------------------------
@@ -208,26 +237,26 @@ class FlowerDevices:
         return got
 
     def feedback(self, module, work, fake_g: torch.Tensor, arrived: torch.Tensor, devices: torch.Tensor | None):
-        """The arrived devices' replies as ``tiers.device_iteration`` returns them: d_loss, L_kj and the
-        feedback in rows (``devices``, or all N), and which devices' D stepped (``[N]``)."""
-        rows = list(range(module.num_devices)) if devices is None else devices.tolist()
-        n = len(rows)
-        d_loss, device_loss = torch.zeros(n), torch.zeros(n)
-        feedback = torch.zeros_like(fake_g, device="cpu")
-        stepped = torch.zeros(module.num_devices, dtype=torch.bool)
-        for row, g in enumerate(rows):
+        """The arrived devices' replies, checked (``feedback_rows``)."""
+        def take(g: int):
             reply = self.replies.pop(g, None)
-            if not bool(arrived[g]) or reply is None:
-                continue
-            stats = reply.content["stats"]
-            feedback[row] = from_record(reply.content["feedback"])["feedback"]
-            self.bytes_sent["device_to_edge"] += record_bytes(reply.content["feedback"]) + 8 * len(stats)
-            d_loss[row], device_loss[row] = stats["d_loss"], stats["device_loss"]
-            stepped[g] = stats["stepped"] > 0
-            if stats["restarted"] > 0:
+            if reply is None:
+                return None
+            try:
+                stats, record = dict(reply.content["stats"]), reply.content["feedback"]
+                tensor = from_record(record).get("feedback")
+            except (KeyError, TypeError, ValueError):
+                stats, record, tensor = {}, None, None
+            checked = checked_reply(tensor, stats, tuple(fake_g.shape[1:]))
+            if checked is None:
+                self.malformed += 1
+                return None
+            self.bytes_sent["device_to_edge"] += record_bytes(record) + 8 * len(stats)
+            if stats.get("restarted", 0) > 0:
                 module.counters["device_restarts"] += 1
-        target = fake_g.device
-        return d_loss.to(target), device_loss.to(target), feedback.to(target), stepped.to(target)
+            return checked
+
+        return feedback_rows(module, fake_g, arrived, devices, take)
 
     def summary(self) -> dict:
         def stats(values):
@@ -240,6 +269,7 @@ class FlowerDevices:
                 "exchange_s_max": exchanges["max"], "replies": len(self.reply_s), "reply_s": stats(self.reply_s),
                 # the edges and the cloud share the ServerApp: nothing crosses a network between them
                 "bytes_sent": {**self.bytes_sent, "edge_to_cloud": 0, "cloud_to_edge": 0},
+                "malformed_replies": self.malformed,
                 "node_data_label_counts": {str(g): c for g, c in sorted(self.node_label_counts.items())},
                 "nodes": {str(g): node for g, node in sorted(self.node_of.items())}}
 
@@ -297,6 +327,8 @@ class StreamDevices:
             raise RuntimeError(f"devices {sorted(set(range(N)) - joined)} did not join the stream within "
                                f"deploy.exchange_timeout_s={self.cfg.deploy.exchange_timeout_s:g} s")
         self.module = module
+        self.work_shape = (self.cfg.data.batch_size, *module.spec.data_shape)
+        self.sent_iteration: dict[int, int] = {}
         return WallClock(self, module)
 
     def start(self, devices: list[int], first: dict | None = None) -> None:
@@ -329,6 +361,7 @@ class StreamDevices:
                 failed[g] = True
                 continue
             self.bytes_sent["edge_to_device"] += len(frame)
+            self.sent_iteration[g] = int(module.iteration)
             pushed_at[g] = time.time()
             self.pending.add(g)
         started = time.time()
@@ -338,8 +371,14 @@ class StreamDevices:
             if item is not None:
                 g, kind, meta, tensors = item
                 if kind == "feedback" and g in self.pending:
+                    reply = checked_reply(tensors.get("feedback"), meta, self.work_shape)
+                    answered = meta.get("iteration") == self.sent_iteration.get(g) and set(tensors) == {"feedback"}
+                    if reply is None or not answered:
+                        self.counters.malformed += 1          # not the feedback to its work: dropped, it stays pending
+                        log.warning("stream: dropped device %d's feedback (not the answer to its work)", g)
+                        continue
                     self.reply_s.append(now - pushed_at[g])
-                    self.replies[g] = (meta, tensors)
+                    self.replies[g] = reply
                     self.bytes_sent["device_to_edge"] += int(meta.get("_bytes", 0))
                     arrived[g] = True
                     self.pending.discard(g)
@@ -371,22 +410,8 @@ class StreamDevices:
         return arrived, failed
 
     def feedback(self, module, work, fake_g: torch.Tensor, arrived: torch.Tensor, devices: torch.Tensor | None):
-        """The arrived devices' feedback frames, as ``FlowerDevices.feedback`` returns the replies."""
-        rows = list(range(module.num_devices)) if devices is None else devices.tolist()
-        n = len(rows)
-        d_loss, device_loss = torch.zeros(n), torch.zeros(n)
-        feedback = torch.zeros_like(fake_g, device="cpu")
-        stepped = torch.zeros(module.num_devices, dtype=torch.bool)
-        for row, g in enumerate(rows):
-            reply = self.replies.pop(g, None)
-            if not bool(arrived[g]) or reply is None:
-                continue
-            meta, tensors = reply
-            feedback[row] = tensors["feedback"]
-            d_loss[row], device_loss[row] = meta["d_loss"], meta["device_loss"]
-            stepped[g] = meta["stepped"] > 0
-        target = fake_g.device
-        return d_loss.to(target), device_loss.to(target), feedback.to(target), stepped.to(target)
+        """The arrived devices' feedback frames, checked on arrival (``exchange``)."""
+        return feedback_rows(module, fake_g, arrived, devices, lambda g: self.replies.pop(g, None))
 
     def summary(self) -> dict:
         summary = {**self.flower.summary(), "transport": "stream"}

@@ -380,7 +380,7 @@ def test_the_stream_transport_in_test_mode_equals_the_in_process_run(tmp_path, u
 def _stream_run(tmp_path, name, *extra):
     from fedgen_pl.flower.edge import StreamDevices
 
-    cfg = load_config([*TWO_BY_TWO, *extra, "deploy.exchange_timeout_s=20", "deploy.stream_address=127.0.0.1:19588",
+    cfg = load_config([*TWO_BY_TWO, "deploy.exchange_timeout_s=20", *extra, "deploy.stream_address=127.0.0.1:19588",
                        f"output_dir={tmp_path / name}"])
     devices = StreamDevices(InProcessGrid(FOUR), cfg, poll_s=0)
     devices.learn_topology(timeout_s=5)
@@ -444,3 +444,33 @@ def test_over_the_stream_a_device_that_comes_back_rejoins_fresh_and_is_counted(t
     assert summary["rounds"] == 2 and summary["faults"]["device_restarts"] == 1
     assert summary["faults"]["timeouts"] >= 1 and summary["deployment"]["stream"]["reconnections"] == 1
     assert len(workers) == 2 and workers[1] is not workers[0]           # a fresh worker: a fresh discriminator
+
+
+@pytest.mark.parametrize("transport", ["stream", "messages"])
+def test_feedback_that_is_not_the_answer_to_its_work_is_dropped_and_counted(tmp_path, monkeypatch, transport):
+    """Device 3 answers with feedback of the wrong shape (network input): it is dropped and counted, never
+    broadcast into the edge's update, and the other devices carry the run."""
+    import json
+
+    from fedgen_pl.flower.device import DeviceWorker
+    from fedgen_pl.flower.edge import FlowerDevices
+
+    step = DeviceWorker.step
+
+    def wrong_shape(self, work, iteration):
+        feedback, stats = step(self, work, iteration)
+        return (feedback[:1] if self.g == 3 else feedback), stats
+
+    monkeypatch.setattr(DeviceWorker, "step", wrong_shape)
+    short = ["federation.global_rounds=1", "federation.local_iters=1"]
+    if transport == "stream":                  # a dropped answer waits out the exchange timeout: keep it short
+        run_dir, devices = _stream_run(tmp_path, "run", *short, "deploy.exchange_timeout_s=5")
+        dropped = json.loads((run_dir / "summary.json").read_text())["deployment"]["stream"]["malformed"]
+    else:
+        cfg = load_config([*TWO_BY_TWO, *short, "deploy.transport=messages", f"output_dir={tmp_path / 'run'}"])
+        devices = FlowerDevices(InProcessGrid(FOUR), cfg, poll_s=0)
+        devices.learn_topology(timeout_s=5)
+        run_dir = train(cfg, device_transport=devices)
+        dropped = json.loads((run_dir / "summary.json").read_text())["deployment"]["malformed_replies"]
+    assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 1
+    assert dropped >= 1
