@@ -100,11 +100,13 @@ def test_a_killed_supernode_is_a_timeout_and_the_run_finishes(tmp_path):
             os.killpg(victim, signal.SIGKILL)
         threading.Thread(target=watch, daemon=True).start()
 
-    deploy_local([*GRID, "federation.local_iters=1", f"output_dir={run_dir}"],
+    # Many short iterations, so the kill (within 0.2 s of the partition file) lands while training runs however
+    # loaded the machine is: from then on the killed device is left out of each of its updates.
+    deploy_local([*GRID, "federation.local_iters=200", f"output_dir={run_dir}"],
                  on_started=kill_one_node_once_training_starts)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["rounds"] == 1 and summary["iterations"] == 1
-    assert summary["faults"]["timeouts"] == 1                  # the killed device, left out of the one update
+    assert summary["rounds"] == 1 and summary["iterations"] == 200
+    assert 1 <= summary["faults"]["timeouts"] <= 200           # the killed device, left out from its kill on
     time.sleep(0.5)
     assert sessions and _session_pids(sessions) == []
 
