@@ -19,7 +19,8 @@ class GlobalAggregation(pl.Callback):
         if record is None:
             return
         self.history.append(record)
-        metrics = {f"cloud/weight_{k}": w for k, w in enumerate(record["cloud_weights"])}
+        # a_k where the cloud aggregated (local-only VAEs have none)
+        metrics = {f"cloud/weight_{k}": w for k, w in enumerate(record.get("cloud_weights", []))}
         metrics.update({f"cloud/community_loss_{k}": v for k, v in enumerate(record["community_loss"])})
         metrics.update({f"bytes/{name}": value for name, value in pl_module.bytes.items()})
         metrics.update({f"faults/{name}": value for name, value in pl_module.counters.items()})

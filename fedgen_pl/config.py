@@ -152,8 +152,8 @@ KEYS: list[Key] = [
         'film, film_output: a per-domain shift at the output layer (false: gain only, no per-domain '
         'constant image)'),
     Key('model.vae_average', str, 'all',
-        'fed_vae: average the whole VAE (all) or the decoder only (encoders stay private)',
-        choices=('all', 'decoder')),
+        'fed_vae: average the whole VAE (all), the decoder only (encoders stay private) or nothing (none: '
+        'local-only VAEs, the no-federation floor)', choices=('all', 'decoder', 'none')),
     Key('model.ema_decay', float, 0.99,
         'EMA of the global model over rounds (warm-up: min(this, r / (r + 9))), evaluated and sampled'
         ' beside it (ema/global/..., plots/ema/); 0 = off', ge=0, lt=1),
@@ -225,6 +225,13 @@ KEYS: list[Key] = [
     Key('metrics.inception_precision', str, 'bf16',
         'images: Inception under bf16 autocast + channels-last (CPU: 1.9-2.9x faster, FID within 1%: '
         'benchmarks/RESULTS.md) | 32', choices=('32', 'bf16')),
+    Key('metrics.iw_samples', int, 100,
+        'VAEs: importance samples of global/iw_negative_elbo, computed at the last evaluation (0 = off)', ge=0),
+    Key('metrics.anomaly_data', Optional[str], None,
+        'VAEs: anomaly detection at the last evaluation: the dataset whose anomaly_classes no community trains '
+        'on (null = off; fedgen_pl/metrics/anomaly.py)'),
+    Key('metrics.anomaly_classes', List[int], [],
+        'VAEs: the held-out classes of anomaly_data, scored against the normal test images per device'),
     Key('metrics.classifier_epochs', int, 2,
         'images: epochs of the scenario classifier (trained once, then cached)', ge=1),
     Key('metrics.classifier_train_samples', Optional[int], None,
@@ -601,5 +608,15 @@ def validate(cfg: DictConfig) -> None:
     _require(mc.inception_samples == "num_samples" or (isinstance(mc.inception_samples, int) and not isinstance(
         mc.inception_samples, bool) and mc.inception_samples >= 10), "metrics.inception_samples",
              f"must be num_samples or an int >= 10, got {mc.inception_samples!r}")
-    _require(mc.classifier_train_samples is None or mc.classifier_train_samples >= 100,
+    if mc.anomaly_data is not None:
+        _require(len(mc.anomaly_classes) > 0, "metrics.anomaly_classes",
+                 "lists no class; give the held-out classes of metrics.anomaly_data, e.g. [9]")
+        for i, community in enumerate(fed.communities):
+            if community.data == mc.anomaly_data:
+                trained = set(mc.anomaly_classes) if community.classes is None else set(community.classes)
+                overlap = sorted(trained & set(mc.anomaly_classes))
+                _require(not overlap, "metrics.anomaly_classes",
+                         f"community {i} trains on class(es) {overlap} of {mc.anomaly_data}, so they are not "
+                         f"anomalies; give federation.communities[{i}].classes without them")
+        _require(mc.classifier_train_samples is None or mc.classifier_train_samples >= 100,
              "metrics.classifier_train_samples", f"must be null (all) or >= 100, got {mc.classifier_train_samples}")

@@ -11,6 +11,7 @@ differently. A new baseline is one row here, plus at most one new part.
 | reg_cgan        | gan    | single     | single         | domain       | plain mean | inv         | fedavg (=G) | -                       | none    |
 | fed_cgan        | gan    | device     | device         | domain       | configured | -           | fedavg      | average discriminators  | models  |
 | fed_vae         | vae    | device     | -              | class        | -          | -           | fedavg      | -                       | models  |
+| centralized_vae | vae    | single     | -              | class        | -          | -           | fedavg (=G) | -                       | none    |
 
 The parts:
 - **generators / discriminators**: which network serves each device: one per ``community`` (its edge), one
@@ -80,6 +81,8 @@ RECIPES: dict[str, Recipe] = {
                        regulariser=("inv",), cloud="fedavg", traffic="none"),
     "fed_cgan": Recipe(conditioning="domain", **FEDAVG_GAN),
     "fed_vae": Recipe(family="vae", generators="device", discriminators="device", cloud="fedavg", traffic="models"),
+    "centralized_vae": Recipe(family="vae", generators="single", discriminators="single", cloud="fedavg",
+                              traffic="none"),
 }
 LABEL_RELATED = tuple(name for name, recipe in RECIPES.items() if recipe.conditioning == "domain")
 
@@ -107,6 +110,12 @@ def check_recipe_config(cfg) -> None:
                               f"class label to draw); leave it at {str(default).lower()}", where=key)
         if not cfg.model.conditional:
             raise ConfigError(f"'{value}' needs class-conditional networks (model.conditional=true)", where=key)
+    if recipe.family != "vae" and cfg.metrics.anomaly_data is not None:
+        raise ConfigError(f"anomaly scores are VAE likelihoods; model.name={cfg.model.name} has none (use fed_vae "
+                          f"or centralized_vae), or leave it null", where="metrics.anomaly_data")
+    if recipe.family == "vae" and recipe.generators == "single" and cfg.model.vae_average != "all":
+        raise ConfigError(f"'{cfg.model.vae_average}' has no meaning for the one pooled-data VAE of "
+                          f"{cfg.model.name}; leave it at all", where="model.vae_average")
     if recipe.conditioning == "domain" and cfg.data.label_space != "shared":
         raise ConfigError(f"the label-related model ({cfg.model.name}) needs label_space=shared (the same "
                           f"classes in every domain)", where="data.label_space")

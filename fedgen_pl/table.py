@@ -52,7 +52,9 @@ LITERATURE_SPLITS = tuple(definition("literature")["splits"])
 ROWS = {"IS": "global/is_classifier", "FID": "global/fid_classifier", "Acc": "global/acc",
         "FID (Inception)": "global/fid_inception", "class consistency": "global/class_consistency",
         "KID (Inception)": "global/kid_inception", "FID (Inception), EMA": "ema/global/fid_inception",
-        "FID, EMA": "ema/global/fid_classifier", "Acc, EMA": "ema/global/acc"}
+        "FID, EMA": "ema/global/fid_classifier", "Acc, EMA": "ema/global/acc",
+        "-ELBO": "global/negative_elbo", "-ELBO (IW)": "global/iw_negative_elbo",
+        "-ELBO of the device models": "devices/negative_elbo", "anomaly AUROC": "devices/anomaly_auroc"}
 LITERATURE_ROWS = ("FID (Inception)", "FID (Inception), EMA", "KID (Inception)", "FID", "FID, EMA", "Acc", "Acc, EMA")
 
 
@@ -192,20 +194,28 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
                   "|---|---|" + "---|" * len(chosen)]
         for split in splits_of(table, splits):
             paper = PAPER.get((table, split), {})
-            names = (list(paper) or ["IS", "FID", "Acc"]) + [r for r in ("FID (Inception)", "class consistency") if any(
+            names = definition(table).get("rows") or (list(paper) or ["IS", "FID", "Acc"]) + [
+                r for r in ("FID (Inception)", "class consistency")]
+            # a row that no run of this split has (an extra metric, an anomaly score elsewhere) is left out
+            names = [r for r in names if r in paper or any(
                 ROWS[r] in summaries[(table, split, c, s)]["metrics"] for _, c in chosen for s in seeds)]
             for row in names:
                 cells = []
                 for i, column in chosen:
                     values = [summaries[(table, split, column, s)]["metrics"].get(ROWS[row]) for s in seeds]
                     values = [v for v in values if v is not None]
-                    scale, digits = (100.0, 2) if row == "Acc" else (1.0, 3 if row != "FID" else 2)
+                    scale, digits = (100.0, 2) if row == "Acc" else (1.0, 2 if row == "FID" else 1 if row.startswith(
+                        "-ELBO") else 3)
                     cell = _cell(values, scale, digits) + ("%" if row == "Acc" and values else "")
                     if row in paper:
                         cell += f" ({paper[row][i]}{'%' if row == 'Acc' else ''})"
                     cells.append(cell)
                 network = ROWS[row].split("/")[-1]         # every row names the metric (and network) behind it
                 lines.append(f"| {split} | {row} `{network}` | " + " | ".join(cells) + " |")
+            if definition(table).get("rows"):
+                lines.append(f"| {split} | MiB per round (all tiers) | " + " | ".join(
+                    _cell([mib_per_round(summaries[(table, split, c, s)]) for s in seeds], digits=1)
+                    for _, c in chosen) + " |")
         lines.append("")
     lines.append("Run directories:")
     for key in sorted(summaries):
@@ -227,14 +237,16 @@ def _literature_rows(summaries: dict, chosen: list, seeds: list[int], splits: tu
             scale, digits, unit = (100.0, 2, "%") if row.startswith("Acc") else (1.0, 2, "")
             cells = [_cell(v, scale, digits) + (unit if v else "") for v in values]
             lines.append(f"| {split} | {row} `{ROWS[row].split('/')[-1]}` | " + " | ".join(cells) + " |")
-        per_round = [[(summaries[("literature", split, c, s)]["bytes_device_edge"]
-                       + summaries[("literature", split, c, s)]["bytes_edge_cloud"])
-                      / max(summaries[("literature", split, c, s)]["rounds"], 1) / 2 ** 20 for s in seeds]
-                     for _, c in chosen]
+        per_round = [[mib_per_round(summaries[("literature", split, c, s)]) for s in seeds] for _, c in chosen]
         lines.append(f"| {split} | MiB per round (all tiers) | " + " | ".join(_cell(v, digits=1) for v in per_round) + " |")
     lines += ["", "PRISM's published Inception FID (10k samples, non-i.i.d., no DP): " + "; ".join(
         f"{split}: " + ", ".join(f"{name} {value}" for name, value in PRISM[split].items()) for split in splits), ""]
     return lines
+
+
+def mib_per_round(summary: dict) -> float:
+    """MiB a round sends over every link (device-edge and edge-cloud, both directions)."""
+    return (summary["bytes_device_edge"] + summary["bytes_edge_cloud"]) / max(summary["rounds"], 1) / 2 ** 20
 
 
 def _grid_value(metrics: dict, name: str) -> float:

@@ -250,7 +250,7 @@ def summarise(cfg: DictConfig, model, run_dir: Path, started: float, aggregation
         "classifier": getattr(getattr(evaluation, "evaluator", None), "classifier_record", None),
         "metrics_samples_per_scope": getattr(getattr(evaluation, "evaluator", None), "samples_per_scope", None),
         "inception": getattr(getattr(evaluation, "evaluator", None), "inception_record", None),
-        "cloud_weights_last_round": aggregation.history[-1]["cloud_weights"] if aggregation.history else None,
+        "cloud_weights_last_round": aggregation.history[-1].get("cloud_weights") if aggregation.history else None,
         "run_dir": str(run_dir),
         "resumed_from": cfg.resume,
     }

@@ -50,7 +50,9 @@ def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
                                     kid_subsets=cfg.metrics.kid_subsets, inception_scopes=cfg.metrics.inception_scopes,
                                     inception_cache=Path(cfg.metrics.cache_dir).expanduser() / "inception",
                                     inception_samples=inception_samples(cfg),
-                                    inception_reference=cfg.metrics.inception_reference)
+                                    inception_reference=cfg.metrics.inception_reference,
+                                    iw_samples=cfg.metrics.iw_samples, anomaly_data=cfg.metrics.anomaly_data,
+                                    anomaly_classes=list(cfg.metrics.anomaly_classes))
     log.info("metrics: real statistics of %d scopes x %d samples in %.1f s (classifier test accuracy %.4f)",
              len(evaluator.real), cfg.metrics.num_samples, time.time() - started, record["test_accuracy"])
     evaluator.classifier_record = record

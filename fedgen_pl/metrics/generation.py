@@ -190,8 +190,18 @@ class GenerationEvaluator:
                  kid_subset_size: int, conditional: bool, device: torch.device | str = "cpu",
                  batch_size: int = 500, seed: int = 0, kid_subsets: int = 20,
                  inception_scopes: str = "global", inception_cache: Path | None = None,
-                 inception_samples: int | None = None, inception_reference: str = "test"):
+                 inception_samples: int | None = None, inception_reference: str = "test", iw_samples: int = 0,
+                 anomaly_data: str | None = None, anomaly_classes: list[int] = ()):
         self.device = torch.device(device)
+        self.iw_samples = iw_samples
+        self.anomaly = None         # VAEs: (normal images, anomalous images, label prior) of fedgen_pl/anomaly.py
+        if anomaly_data is not None:
+            from fedgen_pl.metrics.anomaly import held_out_images
+
+            anomalous = held_out_images(datamodule, anomaly_data, list(anomaly_classes), num_samples, seed)
+            normal, _, _ = reference_set(datamodule, num_samples, "test", seed)
+            prior = torch.bincount(datamodule.train_y.cpu(), minlength=datamodule.spec.num_labels).float()
+            self.anomaly = (_as_float(normal.to(self.device)), _as_float(anomalous.to(self.device)), prior)
         self.batch_size = batch_size
         self.conditional = conditional
         self.seed = seed
@@ -250,10 +260,19 @@ class GenerationEvaluator:
 
     def evaluate_model(self, model, inception: bool = True) -> dict[str, float]:
         """Every metric of ``model``'s global generator; ``global/class_consistency`` too when the model
-        draws paired samples (the label-related scenario); ``inception=False`` skips the Inception metrics.
+        draws paired samples (the label-related scenario), the test-set bounds when it is a VAE
+        (``FedVAE.likelihood_metrics``, and the anomaly AUROC when configured); ``inception=False`` skips the
+        costly ones (Inception, the IW bound, the anomaly scores).
         With an EMA of the global model (``model.ema_decay``) the global scope's metrics of the EMA follow,
         as ``ema/global/<metric>`` (the global scope only: the tables read it, and evaluation stays cheap)."""
         results = self._evaluate_generator(model, inception)
+        if hasattr(model, "likelihood_metrics"):      # a VAE: its test-set bounds on every scope's real images
+            sets = {scope: (_as_float(x.to(self.device)), y.to(self.device)) for scope, (x, y, _) in self.real.items()}
+            results.update(model.likelihood_metrics(sets, self.iw_samples if inception else 0, self.seed))
+            if self.anomaly is not None and inception:
+                from fedgen_pl.metrics.anomaly import anomaly_metrics
+
+                results.update(anomaly_metrics(model, *self.anomaly, seed=self.seed))
         if getattr(model, "has_ema", False):
             with model.ema_weights():
                 results.update({f"ema/{name}": value

@@ -1,7 +1,9 @@
 """The federated VAE: it learns (ELBO and FID improve) and averages what it should."""
 
 import json
+import math
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -82,3 +84,152 @@ def test_decoder_only_averaging_keeps_encoders_private(image_root, classifier_ca
             expected = (before * weights.view(-1, *[1] * (before.dim() - 1))).sum(0)
             for n in range(4):
                 torch.testing.assert_close(model.device_vaes.stacked_state()[name][n], expected)
+
+
+# -- the likelihood maths against hand computations ------------------------------------------------------
+
+def _hand_built_vae(mean, log_var, pixel_logit):
+    """A 4x4 VAE whose posterior is the constant N(mean, exp(log_var)) and whose decoder emits the constant
+    logit ``pixel_logit``: every weight 0, the answers in the biases (no normalisation)."""
+    from fedgen_pl.vae import VAE
+
+    vae = VAE((1, 4, 4), latent_dim=2, num_labels=0, channels=2, norm="none")
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.zero_()
+        vae.posterior.bias.copy_(torch.tensor([*mean, *log_var]))
+        vae.decoder.body[-2].bias.fill_(pixel_logit)        # the last transposed convolution
+    return vae
+
+
+def test_negative_elbo_of_a_hand_built_vae_equals_the_hand_computation():
+    import math
+
+    mean, log_var, logit = (0.5, -1.0), (0.2, -0.4), 0.3
+    vae = _hand_built_vae(mean, log_var, logit)
+    grey = torch.tensor([[0.0, 0.25, 1.0, 0.5] * 4, [1.0, 0.0, 0.75, 0.5] * 4]).view(2, 1, 4, 4)
+    x = grey * 2 - 1
+    reconstruction, kl = vae(x, torch.zeros(2, dtype=torch.long), torch.randn(2, 2))
+    s = 1 / (1 + math.exp(-logit))
+    for i in range(2):
+        by_hand = -sum(t * math.log(s) + (1 - t) * math.log(1 - s) for t in grey[i].flatten().tolist())
+        assert reconstruction[i].item() == pytest.approx(by_hand, rel=1e-6)
+    kl_by_hand = 0.5 * sum(m * m + math.exp(v) - 1 - v for m, v in zip(mean, log_var))
+    assert kl.tolist() == pytest.approx([kl_by_hand] * 2, rel=1e-6)
+
+
+def test_importance_weighted_bound_equals_the_hand_computation():
+    import math
+
+    mean, log_var, logit = (0.5, -1.0), (0.2, -0.4), -0.7
+    vae = _hand_built_vae(mean, log_var, logit)
+    grey = torch.full((1, 1, 4, 4), 0.25)
+    eps = torch.tensor([[[0.3, -1.2]], [[-0.5, 0.8]], [[1.5, 0.1]]])        # K = 3 samples of one image
+    from fedgen_pl.metrics.likelihood import iw_negative_elbo
+
+    bound = iw_negative_elbo(vae.log_weights(grey * 2 - 1, torch.zeros(1, dtype=torch.long), eps))
+    s = 1 / (1 + math.exp(-logit))
+    log_px_z = 16 * (0.25 * math.log(s) + 0.75 * math.log(1 - s))
+    log_w = []
+    for k in range(3):
+        z = [m + math.exp(v / 2) * e for m, v, e in zip(mean, log_var, eps[k, 0].tolist())]
+        log_prior = sum(-0.5 * (zi ** 2 + math.log(2 * math.pi)) for zi in z)
+        log_q = sum(-0.5 * ((zi - m) ** 2 / math.exp(v) + v + math.log(2 * math.pi)) for zi, m, v in zip(z, mean, log_var))
+        log_w.append(log_px_z + log_prior - log_q)
+    by_hand = -math.log(sum(math.exp(w) for w in log_w) / 3)
+    assert bound.item() == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_the_bound_of_a_mixture_equals_the_hand_computation():
+    import math
+
+    from fedgen_pl.metrics.likelihood import mixture_bound
+
+    bounds = torch.tensor([[1.0, 10.0], [3.0, 2.0]])           # two members, two images
+    got = mixture_bound(bounds, torch.tensor([1.0, 3.0]))
+    expected = [-math.log(0.25 * math.exp(-1) + 0.75 * math.exp(-3)), -math.log(0.25 * math.exp(-10) + 0.75 * math.exp(-2))]
+    assert got.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_auroc_equals_a_hand_count_of_ordered_pairs():
+    from fedgen_pl.metrics.anomaly import auroc
+
+    normal, anomalous = [0.1, 0.4, 0.35, 0.8], [0.9, 0.35, 0.7]
+    # pairs (anomaly, normal) with the anomaly scored higher, ties counting one half
+    pairs = sum(1.0 if a > n else 0.5 if a == n else 0.0 for a in anomalous for n in normal)
+    scores = torch.tensor(normal + anomalous)
+    is_anomaly = torch.tensor([0] * 4 + [1] * 3)
+    assert auroc(scores, is_anomaly) == pytest.approx(pairs / 12)
+
+
+# -- the scenarios: local-only, centralized, through the edges; the metrics they log -------------------------
+
+def _tiny_run(tmp_path, image_root, classifier_cache, name, *extra):
+    run_dir = tmp_path / name
+    assert main(["train", *_overrides(image_root, classifier_cache), "federation.global_rounds=2",
+                 "federation.local_iters=2", "metrics.eval_every=2", "metrics.iw_samples=4", *extra,
+                 f"output_dir={run_dir}"]) == 0
+    return run_dir, json.loads((run_dir / "summary.json").read_text())
+
+
+def test_local_only_vaes_share_nothing_and_are_scored_as_their_mixture(tmp_path, image_root, classifier_cache):
+    run_dir, summary = _tiny_run(tmp_path, image_root, classifier_cache, "local", "model.vae_average=none")
+    assert summary["bytes_device_edge"] == 0 and summary["bytes_edge_cloud"] == 0
+    model, _ = load_model(run_dir)
+    state = model.device_vaes.stacked_state()
+    assert all(not torch.equal(v[0], v[1]) for k, v in state.items() if torch.is_floating_point(v) and v[0].numel() > 1)
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    noise = torch.Generator().manual_seed(1)
+    members = torch.stack([model.per_sample_bounds(v, x, y, noise) for v in model.member_vaes()])
+    weights = model.mixture_weights()
+    mixture = model.model_bounds(x, y, torch.Generator().manual_seed(1))    # the same noise, member by member
+    by_hand = torch.tensor([-math.log(sum(w * math.exp(-b) for w, b in zip(weights.tolist(), members[:, i].tolist())))
+                            for i in range(6)])
+    torch.testing.assert_close(mixture, by_hand, rtol=1e-5, atol=1e-4)
+    for key in ("global/negative_elbo", "global/iw_negative_elbo", "devices/negative_elbo", "community_0/negative_elbo"):
+        assert key in summary["metrics"], key
+
+
+def test_centralized_vae_is_one_vae_on_the_pooled_data(tmp_path, image_root, classifier_cache):
+    run_dir, summary = _tiny_run(tmp_path, image_root, classifier_cache, "central", "model.name=centralized_vae")
+    model, _ = load_model(run_dir)
+    assert model.device_vaes.n == 1 and summary["bytes_device_edge"] == 0
+    state = model.device_vaes.stacked_state()
+    for name, value in model.global_vae.state_dict().items():
+        torch.testing.assert_close(state[name][0], value)        # G <- G_1
+    assert summary["metrics"]["devices/negative_elbo"] == pytest.approx(summary["metrics"]["global/negative_elbo"],
+                                                                       rel=0.05)
+    assert main(["train", *_overrides(image_root, classifier_cache), "model.name=centralized_vae",
+                 "model.vae_average=decoder", f"output_dir={tmp_path / 'refused'}"]) == 2
+    assert not (tmp_path / "refused").exists()
+
+
+def test_fedavg_through_the_edges_equals_flat_fedavg(tmp_path, image_root, classifier_cache):
+    flat, flat_summary = _tiny_run(tmp_path, image_root, classifier_cache, "flat", "federation.fedavg_via_edges=false")
+    edges, edges_summary = _tiny_run(tmp_path, image_root, classifier_cache, "edges", "federation.fedavg_via_edges=true")
+    a, b = load_model(flat)[0].global_vae.state_dict(), load_model(edges)[0].global_vae.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    # the same numbers; fewer bytes between edges and cloud (K averages instead of N models)
+    assert edges_summary["bytes_edge_cloud"] < flat_summary["bytes_edge_cloud"]
+    assert edges_summary["bytes_device_edge"] == flat_summary["bytes_device_edge"]
+
+
+def test_anomaly_auroc_per_device_for_a_held_out_class(tmp_path, image_root, classifier_cache, capsys):
+    held_out = ["federation.communities=[{data: tiny, classes: [0, 1]}, {data: mine}]", "metrics.anomaly_data=tiny",
+                "metrics.anomaly_classes=[2]"]
+    _, summary = _tiny_run(tmp_path, image_root, classifier_cache, "anomaly", *held_out)
+    per_device = [summary["metrics"][f"device_{n}/anomaly_auroc"] for n in range(4)]
+    assert all(0 <= v <= 1 for v in per_device)
+    assert summary["metrics"]["devices/anomaly_auroc"] == pytest.approx(sum(per_device) / 4)
+
+    capsys.readouterr()
+    trained_on = ["federation.communities=[{data: tiny}, {data: mine}]", "metrics.anomaly_data=tiny",
+                  "metrics.anomaly_classes=[2]"]
+    assert main(["train", *_overrides(image_root, classifier_cache), *trained_on, f"output_dir={tmp_path / 'x'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedgen: configuration error (metrics.anomaly_classes): community 0 trains on class(es) [2]")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
+    assert main(["train", *_overrides(image_root, classifier_cache), "model.name=fed_gan", *held_out,
+                 f"output_dir={tmp_path / 'gan'}"]) == 2
