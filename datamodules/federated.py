@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ from datamodules.sources import SourceData, load_source
 from fedgen_pl.config import ConfigError, devices_per_community
 from fedgen_pl.images import normalise_images
 from fedgen_pl.spec import FederationSpec
+
+log = logging.getLogger("fedgen")
 
 
 class _Ticker(IterableDataset):
@@ -71,7 +74,20 @@ class FederatedDataModule(pl.LightningDataModule):
             if bad:
                 raise ConfigError(f"federation.communities[{i}].classes: {bad} not in dataset '{community.data}' "
                                   f"(classes 0..{source.num_classes - 1})")
-            classes.append(wanted)
+            present = set(torch.unique(source.train_y).tolist())
+            absent = [c for c in wanted if c not in present]
+            if absent and (community.classes is not None or len(absent) == len(wanted)):
+                raise ConfigError(f"class(es) {absent} of '{community.data}' have no training images "
+                                  f"({source.origin or 'its loader'}); list only classes with images, or fix the data",
+                                  where=f"federation.communities[{i}].classes")
+            if source.train_x.dim() >= 3 and not torch.isin(source.test_y, torch.tensor(wanted)).any():
+                raise ConfigError(f"'{community.data}' has no test images of classes {wanted} "
+                                  f"({source.origin or 'its loader'}); the metrics need them: add test images",
+                                  where=f"federation.communities[{i}]")
+            if absent:
+                log.warning("community %d: '%s' has no training images of class(es) %s; it trains on the other %d",
+                            i, community.data, absent, len(wanted) - len(absent))
+            classes.append([c for c in wanted if c in present])
         shapes = {name: tuple(s.train_x.shape[1:]) for name, s in sources.items()}
         if len(set(shapes.values())) > 1:
             raise ConfigError(f"federation.communities: datasets have different sample shapes {shapes}; one "

@@ -75,7 +75,8 @@ def _check_sizes(parts: list[np.ndarray], total: int, num_devices: int, where: s
 def split_iid(indices: np.ndarray, num_devices: int, rng: np.random.Generator,
               weights: np.ndarray | None = None, where: str = "iid") -> list[np.ndarray]:
     if len(indices) < num_devices:
-        raise PartitionError(f"{where}: {num_devices} devices but only {len(indices)} samples")
+        raise PartitionError(f"{where}: {num_devices} devices but only {len(indices)} samples; use at most "
+                             f"{len(indices)} devices (federation.devices_per_community) or more data")
     weights = np.ones(num_devices) if weights is None else weights
     parts = _split_by_weights(rng.permutation(indices), weights)
     return _check_sizes(parts, len(indices), num_devices, where)
@@ -109,7 +110,10 @@ def split_shards(indices: np.ndarray, labels: np.ndarray, num_devices: int, clas
         holders = [j for j in range(num_devices) if c in held[j]]
         members = rng.permutation(indices[labels[indices] == c])
         if len(members) < len(holders):
-            raise PartitionError(f"{where}: class {c} has {len(members)} samples for {len(holders)} devices")
+            raise PartitionError(f"{where}: class {c} has {len(members)} samples, fewer than the {len(holders)} of the "
+                                 f"community's {num_devices} devices that hold it (data.classes_per_device="
+                                 f"{classes_per_device}); use fewer devices (federation.devices_per_community) or "
+                                 f"fewer classes per device")
         for j, piece in zip(holders, _split_by_weights(members, weights[holders])):
             parts[j].append(piece)
     return _check_sizes([np.concatenate(p) for p in parts], len(indices), num_devices, where)

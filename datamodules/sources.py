@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fedgen_pl.errors import ConfigError, CorruptDataError, DataNotFoundError
+from fedgen_pl.errors import ConfigError, CorruptDataError, DataError, DataNotFoundError
 
 log = logging.getLogger("fedgen")
 
@@ -222,6 +222,9 @@ def checked_source(cfg, source, name: str) -> SourceData:
         y = _labels(source.__dict__[f"{split}_y"], f"dataset '{name}', {split}_y")
         if len(x) != len(y):
             raise CorruptDataError(f"{len(x)} samples but {len(y)} labels", where=f"dataset '{name}', {split}")
+        if len(x) == 0:
+            raise DataError(f"holds no samples; the loader must return at least one per class (README, 'Adding a "
+                            f"dataset')", where=f"dataset '{name}', {split}_x")
         if len(y) and int(y.max()) >= len(source.class_names):
             raise CorruptDataError(f"label {int(y.max())} but only {len(source.class_names)} class names",
                                    where=f"dataset '{name}', {split}_y")
@@ -255,6 +258,10 @@ def _read_user_dir(directory: Path, name: str) -> SourceData:
         for split, x, y in (("train", train_x, train_y), ("t10k", test_x, test_y)):
             if len(x) != len(y):
                 raise CorruptDataError(f"{directory}: {split} images ({len(x)}) and labels ({len(y)}) differ in count")
+    for split, x in (("train", train_x), ("test", test_x)):
+        if len(x) == 0:
+            raise DataError(f"{directory}: the {split} split holds no images; give it at least one image per class "
+                            f"(README, 'Adding a dataset')")
     names = _class_names(directory, torch.cat([train_y, test_y]))
     if int(torch.cat([train_y, test_y]).max()) >= len(names) or int(torch.cat([train_y, test_y]).min()) < 0:
         raise CorruptDataError(f"{directory}: labels outside 0..{len(names) - 1} (classes.txt has {len(names)})")

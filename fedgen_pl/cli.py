@@ -14,11 +14,12 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from fedgen_pl.config import load_config
-from fedgen_pl.errors import InputError
+from fedgen_pl.errors import InputError, release_held_logs
 from fedgen_pl.federation import NonFiniteError
 
 
@@ -64,16 +65,21 @@ def table_names() -> list[str]:
 
 
 def _table(args) -> int:
+    from fedgen_pl.errors import check_writable_dir
     from fedgen_pl.table import main as table
 
+    if args.out:
+        check_writable_dir(args.out, "--out")
     print(table(args.schedule, args.seeds, args.tables, args.out, args.overrides, args.splits, args.methods))
     return 0
 
 
 def _report(args) -> int:
+    from fedgen_pl.errors import check_writable_dir
     from fedgen_pl.report import build_report
 
     out = args.out or (f"{args.runs[0].rstrip('/')}/report.html" if len(args.runs) == 1 else "report.html")
+    check_writable_dir(Path(out).expanduser().parent, "--out")
     print(build_report(args.runs, out))
     return 0
 
@@ -100,7 +106,29 @@ def _config(args) -> int:
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time of the message (tests capture it)."""
+    """Writes to whatever ``sys.stderr`` is at the time of the message (tests capture it). While a command
+    checks its input the lines are held back: bad input prints its one line alone, and once the checks pass
+    (``fedgen_pl.errors.release_held_logs``, or the command's end) the held lines follow in order."""
+
+    held: list | None = None
+
+    # (not hold/release: logging.Handler's release() is its lock's)
+    def hold_back(self) -> None:
+        self.held = []
+
+    def let_through(self) -> None:
+        held, self.held = self.held, None
+        for record in held or []:
+            super().emit(record)
+
+    def drop_held(self) -> None:
+        self.held = None
+
+    def emit(self, record) -> None:
+        if self.held is not None:
+            self.held.append(record)
+        else:
+            super().emit(record)
 
     @property
     def stream(self):
@@ -129,10 +157,18 @@ def _deploy_local(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse in the project's one-line error form (exit 2), instead of its usage block."""
+
+    def error(self, message: str):
+        print(f"fedgen: usage error ({self.prog}): {message}; see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     _configure_logging()
-    parser = argparse.ArgumentParser(prog="fedgen", description="Federated generative models in PyTorch Lightning")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="fedgen", description="Federated generative models in PyTorch Lightning")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, fn, text in (("train", _train, "train one run"),
                            ("deploy-local", _deploy_local, "train one run through a local Flower deployment "
                             "(a SuperLink and one SuperNode per device on 127.0.0.1)"),
@@ -184,15 +220,28 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("runs", nargs="+", help="run directories")
     sub.add_argument("--out", default=None, help="HTML file (default: RUN/report.html for one run, else report.html)")
     sub.set_defaults(fn=_report)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments for fedgen {args.command}: {' '.join(unknown)}")
+    handlers = [h for h in logging.getLogger("fedgen").handlers if isinstance(h, _StderrHandler)]
+    for handler in handlers:
+        handler.hold_back()
     try:
-        return args.fn(args)
+        code = args.fn(args)
     except InputError as err:
+        for handler in handlers:      # what was logged while checking the input is noise beside the error
+            handler.drop_held()
         print(f"fedgen: {err}", file=sys.stderr)
         return 2
     except NonFiniteError as err:
+        release_held_logs()
         print(f"fedgen: {err}", file=sys.stderr)
         return 3
+    except BaseException:
+        release_held_logs()           # an internal error keeps everything that led to it
+        raise
+    release_held_logs()
+    return code
 
 
 if __name__ == "__main__":

@@ -401,6 +401,9 @@ def _merge(base: DictConfig, layer, source: str) -> DictConfig:
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or ""
         message = str(err).splitlines()[0]
+        if key and isinstance(layer, DictConfig):      # name the key as written (dat.batch_size, not dat)
+            written = [k for k in _all_keys(layer) if k == key or k.startswith(key + ".")]
+            key = max(written, key=len, default=key)
         if "not in" in message and "Did you mean" not in message:
             close = difflib.get_close_matches(key, _all_keys(base), n=1)
             if close:

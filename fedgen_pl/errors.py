@@ -8,6 +8,11 @@ traceback.
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+from pathlib import Path
+
 
 class InputError(Exception):
     """Bad input: configuration, YAML, data files, plugins, the device asked for."""
@@ -49,3 +54,36 @@ class RunDirError(InputError):
     """The output directory already holds a run."""
 
     what = "run directory in use"
+
+
+class OutputError(InputError, OSError):
+    what = "output error"
+
+
+def check_writable_dir(path: str | Path, where: str, need_bytes: int = 0) -> None:
+    """Where a command will write: ``path`` must be a directory or creatable as one, writable, on a disk with
+    ``need_bytes`` free. Checked before anything is written; the error names ``where`` (the key or flag)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"'{path}' is a file, not a directory; choose a directory (or remove the file)", where=where)
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"'{existing}' is a file, so '{path}' cannot be made under it; choose another directory",
+                          where=where)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"'{existing}' is not writable by this user, so '{path}' cannot be written; choose a "
+                          f"writable directory or change its permissions", where=where)
+    free = shutil.disk_usage(existing).free
+    if free < need_bytes:
+        raise OutputError(f"{free / 2 ** 20:.0f} MiB free on the disk of '{existing}', a checkpoint needs about "
+                          f"{need_bytes / 2 ** 20:.0f} MiB; free some space or choose another disk", where=where)
+
+
+def release_held_logs() -> None:
+    """The input is checked and the command is under way: the ``fedgen`` log lines held back while checking
+    (``fedgen_pl.cli``) are printed, and later ones go straight out."""
+    for handler in logging.getLogger("fedgen").handlers:
+        if hasattr(handler, "let_through"):
+            handler.let_through()

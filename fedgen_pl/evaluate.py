@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,24 +11,23 @@ import torch
 from omegaconf import OmegaConf
 
 from fedgen_pl.config import ConfigError, import_plugins, validate
-from fedgen_pl.errors import InputError
+from fedgen_pl.errors import InputError, check_writable_dir
 from fedgen_pl.models import model_class
 
+log = logging.getLogger("fedgen")
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise InputError("no checkpoint there; pass a .ckpt file or a run directory holding checkpoints/last.ckpt",
+
+def load_model(path: str | Path, device: torch.device | None = None, command: str = "eval"):
+    """The model of a checkpoint (a run directory: its ``last.ckpt``, or ``previous.ckpt`` when that one is
+    damaged, as ``resume`` does) and the checkpoint's path."""
+    from fedgen_pl.resume import load_checkpoint
+
+    if not Path(path).exists():
+        raise InputError("does not exist; pass a .ckpt file or a run directory holding checkpoints/last.ckpt",
                          where=str(path))
-    return path
-
-
-def load_model(path: str | Path, device: torch.device | None = None):
-    path = resolve_checkpoint(path)
+    path, checkpoint = load_checkpoint(Path(path), command)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+    hparams = checkpoint["hyper_parameters"]
     import_plugins(hparams["config"].get("plugins") or [])     # the run's datasets and rules, as it was trained
     model = model_class(hparams["config"]["model"]["name"]).load_from_checkpoint(path, map_location=device,
                                                                                weights_only=True)
@@ -40,7 +40,9 @@ def evaluate_checkpoint(path, overrides: list[str] | None = None) -> tuple[dict,
     from fedgen_pl.metrics.evaluator import build_evaluator
 
     model, path = load_model(path)
+    check_writable_dir(path.parent, f"eval {path.parent}")       # metrics.json goes beside the checkpoint
     cfg = model.cfg.copy()           # the run's configuration, today's defaults under it
+    warn_if_config_differs(path, cfg)
     for item in overrides or []:
         key = item.split("=", 1)[0]
         if not key.startswith("metrics."):
@@ -64,13 +66,39 @@ def evaluate_checkpoint(path, overrides: list[str] | None = None) -> tuple[dict,
     return metrics, out
 
 
+def warn_if_config_differs(checkpoint: Path, cfg) -> None:
+    """A run folder's ``config.yaml`` that disagrees with its checkpoint (edited, or copied from another run):
+    say so once; the checkpoint's configuration is the one used."""
+    from fedgen_pl.config import flatten, with_defaults
+    from fedgen_pl.resume import run_dir_of
+
+    saved = run_dir_of(checkpoint) / "config.yaml"
+    if not saved.is_file():
+        return
+    try:
+        written = flatten(OmegaConf.to_container(with_defaults(OmegaConf.load(saved)), resolve=True))
+    except Exception as err:  # noqa: BLE001 - a damaged config.yaml is only worth a warning here
+        log.warning("eval: %s is unreadable (%s); using the checkpoint's configuration", saved, type(err).__name__)
+        return
+    used = flatten(OmegaConf.to_container(cfg, resolve=True))
+    differ = sorted(k for k in set(written) | set(used)
+                    if written.get(k) != used.get(k) and not k.startswith(("metrics.", "resume", "output_dir")))
+    if differ:
+        log.warning("eval: %s differs from the checkpoint's configuration at %s; using the checkpoint's",
+                    saved, ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else ""))
+
+
 @torch.no_grad()
 def sample_checkpoint(path, n: int, out: str | None = None, seed: int = 0, ema: bool = False) -> list[Path]:
     """``n`` samples, labels cycling through the label space: ``<stem>.npz`` (x, y, label_names) and
     ``<stem>.png``; with ``ema``, of the EMA of the global model (default stem ``samples_<n>_ema``)."""
     if n < 1:
-        raise ConfigError(f"--n must be >= 1, got {n}")
-    model, path = load_model(path)
+        raise ConfigError(f"must be >= 1, got {n}; ask for at least one sample", where="--n")
+    if out is not None:
+        check_writable_dir(Path(out).expanduser().parent, "--out")
+    model, path = load_model(path, command="sample")
+    if out is None:
+        check_writable_dir(path.parent, f"sample {path.parent}")
     if not ema:
         return _sample_model(model, path, n, out, seed)
     if not model.has_ema:

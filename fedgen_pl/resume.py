@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fedgen_pl.errors import InputError
 from fedgen_pl.config import ConfigError, _merge, _parse_overrides, import_plugins, validate, with_defaults
 
 log = logging.getLogger("fedgen")
@@ -48,8 +49,9 @@ def latest_run(experiment: str, root: Path = RUNS_ROOT) -> Path:
     return newest
 
 
-def load_checkpoint(target: Path) -> tuple[Path, dict]:
-    """The newest readable checkpoint for ``target`` (a run directory or a .ckpt file) and its contents."""
+def load_checkpoint(target: Path, command: str = "resume") -> tuple[Path, dict]:
+    """The newest readable checkpoint for ``target`` (a run directory or a .ckpt file) and its contents: a
+    damaged ``last.ckpt`` falls back to ``previous.ckpt`` with a log line (``resume``, ``eval``, ``sample``)."""
     problems = []
     for path in checkpoint_candidates(target):
         if not path.is_file():
@@ -60,14 +62,16 @@ def load_checkpoint(target: Path) -> tuple[Path, dict]:
             if "federation_state" not in checkpoint or "hyper_parameters" not in checkpoint:
                 raise ValueError("not a fedgen-pl training checkpoint")
         except Exception as err:  # noqa: BLE001 - any unreadable file: say so and try the previous one
-            message = f"{path}: unreadable ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
-            log.error("resume: %s; trying the previous checkpoint", message)
+            detail = (str(err).splitlines() or [''])[0].split('. ')[0][:160]       # the first sentence is enough
+            message = f"{path}: unreadable ({type(err).__name__}: {detail})"
+            log.error("%s: %s; trying the previous checkpoint", command, message)
             problems.append(message)
             continue
         if problems:
-            log.warning("resume: using %s (round %d) instead", path, checkpoint["federation_state"]["round"])
+            log.warning("%s: using %s (round %d) instead", command, path, checkpoint["federation_state"]["round"])
         return path, checkpoint
-    raise ConfigError(f"resume: no readable checkpoint for {target}: " + "; ".join(problems))
+    raise InputError(f"no readable checkpoint ({'; '.join(problems)}); pass a run directory or a .ckpt file "
+                     f"written by fedgen train", where=f"{command} {target}")
 
 
 def run_dir_of(checkpoint_path: Path) -> Path:

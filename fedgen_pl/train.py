@@ -24,7 +24,7 @@ from datamodules import FederatedDataModule
 from datamodules.sources import check_dataset
 from fedgen_pl.aggregation import get_aggregation
 from fedgen_pl.config import ConfigError
-from fedgen_pl.errors import RunDirError
+from fedgen_pl.errors import RunDirError, check_writable_dir, release_held_logs
 from fedgen_pl.metrics.evaluator import build_evaluator
 from fedgen_pl.models import model_class
 from fedgen_pl.recipes import check_recipe_config
@@ -56,11 +56,13 @@ def plan_run_dir(cfg: DictConfig) -> Path:
     run is being resumed: nothing of an earlier run is ever overwritten."""
     if cfg.output_dir:
         run_dir = Path(cfg.output_dir)
+        check_writable_dir(run_dir, "output_dir")
         held = [name for name in RUN_FILES if (run_dir / name).exists()]
         if held and not cfg.resume:
             raise RunDirError(f"holds a run already ({', '.join(held)}); continue it with resume={run_dir}, "
                               f"or choose another output_dir", where=f"output_dir={run_dir}")
         return run_dir
+    check_writable_dir(Path("runs"), "output_dir")         # runs/ in the working directory by default
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = Path(cfg.experiment).stem
     run_dir = Path("runs") / f"{name}-{stamp}"
@@ -172,8 +174,12 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None, device_transport
         model.device_transport = device_transport
         model.federation.clock = device_transport.clock_for(model)       # real replies drive the step loop
 
+    # room for two checkpoints (last and previous): parameters, buffers and Adam's two moments
+    state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    check_writable_dir(run_dir, "output_dir", need_bytes=2 * 3 * state_bytes)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    release_held_logs()                  # the input is good: the log lines held while checking it follow
     try:
         OmegaConf.save(cfg, run_dir / "config.yaml")
         datamodule.write_partition(run_dir)

@@ -27,7 +27,11 @@ from fedgen_pl.errors import ConfigError
 def auroc(scores: Tensor, is_anomaly: Tensor) -> float:
     """Area under the ROC curve of ``scores`` (higher = more anomalous) for binary targets ``is_anomaly``:
     P(score of an anomaly > score of a normal sample), ties counting one half."""
-    return float(binary_auroc(scores.float(), is_anomaly.long()))
+    # torchmetrics reads scores outside [0, 1] as logits and squashes them with a sigmoid, which ties every
+    # score of ~100 nats at 1.0; an order-preserving map into [0, 1] first (float64: no new ties)
+    scores = scores.double()
+    span = (scores.max() - scores.min()).clamp(min=torch.finfo(torch.float64).tiny)
+    return float(binary_auroc((scores - scores.min()) / span, is_anomaly.long()))
 
 
 def held_out_images(datamodule, data: str, classes: list[int], num_samples: int, seed: int = 0) -> Tensor:

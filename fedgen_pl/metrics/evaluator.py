@@ -53,8 +53,9 @@ def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
                                     inception_reference=cfg.metrics.inception_reference,
                                     iw_samples=cfg.metrics.iw_samples, anomaly_data=cfg.metrics.anomaly_data,
                                     anomaly_classes=list(cfg.metrics.anomaly_classes))
-    log.info("metrics: real statistics of %d scopes x %d samples in %.1f s (classifier test accuracy %.4f)",
-             len(evaluator.real), cfg.metrics.num_samples, time.time() - started, record["test_accuracy"])
+    log.info("metrics: real statistics of %d scopes (%s images) in %.1f s (classifier test accuracy %.4f)",
+             len(evaluator.real), ", ".join(str(len(x)) for x, _, _ in evaluator.real.values()), time.time() - started,
+             record["test_accuracy"])
     evaluator.classifier_record = record
     # which real set the Inception statistics come from, recorded in summary.json beside the numbers
     evaluator.inception_record = None if inception is None else {

@@ -221,6 +221,11 @@ class GenerationEvaluator:
         warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
         for i, (scope, (x, _, _)) in enumerate(self.real.items()):
             log.info("metrics: real statistics %d/%d (%s, %d images)", i + 1, len(self.real), scope, len(x))
+            if kid_subset_size > len(x):
+                log.warning("metrics: %s has %d images, so its KID subsets have %d images instead of "
+                            "metrics.kid_subset_size=%d (recorded in summary.json)", scope, len(x), len(x),
+                            kid_subset_size)
+                self.samples_per_scope[f"{scope}/kid_subset"] = len(x)
             metrics = {
                 "fid_classifier": FrechetInceptionDistance(feature=features, reset_real_features=False),
                 "kid_classifier": KernelInceptionDistance(feature=features, reset_real_features=False,
@@ -248,6 +253,10 @@ class GenerationEvaluator:
                     log.warning("metrics: the %s split of %s has %d images; fid_inception uses all of them once "
                                 "instead of metrics.inception_samples=%d (recorded in summary.json)",
                                 inception_reference, scope, len(x), n)
+                if kid_subset_size > len(x):
+                    log.warning("metrics: kid_inception of %s uses subsets of %d images instead of "
+                                "metrics.kid_subset_size=%d (recorded in summary.json)", scope, len(x), kid_subset_size)
+                    self.samples_per_scope[f"{scope}/inception_kid_subset"] = len(x)
                 real = real_inception_features(self.inception, x, inception_cache, self.device)
                 fid = FrechetInceptionDistance(feature=Precomputed(width), reset_real_features=False).to(self.device)
                 kid = KernelInceptionDistance(feature=Precomputed(width), reset_real_features=False,

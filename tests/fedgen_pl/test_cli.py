@@ -168,7 +168,7 @@ def test_plugin_datasets_as_numpy_are_converted_like_npz_and_eval_loads_the_plug
 
 def test_small_num_samples_and_a_small_test_split(tmp_path, classifier_cache):
     """metrics.num_samples=500 is accepted (kid_subset_size auto); a scope with fewer test samples uses all of
-    them once and says so in summary.json."""
+    them once, and KID subsets of that size, and says so in summary.json."""
     from fedgen_pl.config import kid_subset_size, load_config
 
     assert kid_subset_size(load_config(["metrics.num_samples=500"])) == 500
@@ -178,7 +178,8 @@ def test_small_num_samples_and_a_small_test_split(tmp_path, classifier_cache):
                  "federation.global_rounds=1", "federation.local_iters=1", "metrics.classifier_epochs=1",
                  f"metrics.cache_dir={classifier_cache}", f"output_dir={run}"]) == 0
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["metrics_samples_per_scope"] == {"community_0": 20, "global": 20}
+    assert summary["metrics_samples_per_scope"] == {"community_0": 20, "global": 20, "community_0/kid_subset": 20,
+                                                    "global/kid_subset": 20}
 
 
 def test_output_without_a_terminal_is_one_plain_line_per_evaluation(tmp_path, capsys):

@@ -13,6 +13,7 @@ import torch
 
 from fedgen_pl.cli import main
 from fedgen_pl.config import ConfigError
+from fedgen_pl.errors import InputError
 from fedgen_pl.resume import load_checkpoint, resume_config
 from tests.conftest import SMALL_GRID
 
@@ -85,7 +86,7 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path, caplog):
 
     for name in ("last.ckpt", "previous.ckpt"):
         (run / "checkpoints" / name).write_bytes(b"\x00" * 10)
-    with pytest.raises(ConfigError, match="no readable checkpoint"):
+    with pytest.raises(InputError, match="no readable checkpoint"):
         load_checkpoint(run)
 
 

@@ -154,7 +154,7 @@ def test_the_bound_of_a_mixture_equals_the_hand_computation():
 def test_auroc_equals_a_hand_count_of_ordered_pairs():
     from fedgen_pl.metrics.anomaly import auroc
 
-    normal, anomalous = [0.1, 0.4, 0.35, 0.8], [0.9, 0.35, 0.7]
+    normal, anomalous = [101.0, 140.0, 135.0, 180.0], [190.0, 135.0, 170.0]      # negative ELBOs, in nats
     # pairs (anomaly, normal) with the anomaly scored higher, ties counting one half
     pairs = sum(1.0 if a > n else 0.5 if a == n else 0.0 for a in anomalous for n in normal)
     scores = torch.tensor(normal + anomalous)

@@ -1,0 +1,150 @@
+"""Bad input, second pass (one case per class at least): where a command writes, empty or degenerate data,
+damaged checkpoints, the one-line form for every command and flag. Each case: exit code 2, one line
+`fedgen: <what> (<key or file>): <fix>` and nothing else on stderr, and no file or directory created or
+changed under the test's folder."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from fedgen_pl.cli import main
+from tests.conftest import SMALL_GRID
+
+GRID = [*SMALL_GRID, "federation.global_rounds=2", "federation.local_iters=1", "trainer.progress_bar=false",
+        "trainer.checkpoint_every_rounds=1"]
+IMAGES = ["data.image_size=8", "data.download=false", "federation.devices_per_community=2", "data.batch_size=4"]
+
+
+def _npz(directory, train_y, test_y, names=None, n_train=None):
+    directory.mkdir(parents=True, exist_ok=True)
+    n_train = len(train_y) if n_train is None else n_train
+    np.savez(directory / "train.npz", x=np.zeros((n_train, 8, 8), np.uint8), y=np.asarray(train_y, np.int64))
+    np.savez(directory / "test.npz", x=np.zeros((len(test_y), 8, 8), np.uint8), y=np.asarray(test_y, np.int64))
+    if names:
+        (directory / "classes.txt").write_text("\n".join(names) + "\n")
+
+
+def _finished_run(root):
+    run = root / "run"
+    assert main(["train", *GRID, f"output_dir={run}"]) == 0
+    return run
+
+
+def _setup(case, root, monkeypatch):
+    """The world of one case; returns the command line."""
+    if case == "output_dir is a file":
+        (root / "afile").write_text("mine")
+        return ["train", *GRID, f"output_dir={root / 'afile'}"]
+    if case == "output_dir under a file":
+        (root / "afile").write_text("mine")
+        return ["train", *GRID, f"output_dir={root / 'afile' / 'run'}"]
+    if case == "output_dir not writable":       # as a non-root user in a read-only folder (root may write anywhere)
+        (root / "readonly").mkdir()
+        real_access = __import__("os").access
+        monkeypatch.setattr("fedgen_pl.errors.os.access",
+                            lambda p, mode: False if str(p) == str(root / "readonly") else real_access(p, mode))
+        return ["train", *GRID, f"output_dir={root / 'readonly' / 'run'}"]
+    if case == "disk full":
+        monkeypatch.setattr("fedgen_pl.errors.shutil.disk_usage",
+                            lambda p: shutil._ntuple_diskusage(10 ** 9, 10 ** 9 - 1000, 1000))
+        return ["train", *GRID, f"output_dir={root / 'run'}"]
+    if case == "no images":
+        _npz(root / "data" / "empty", [], [0, 1], n_train=0)
+        return ["train", *IMAGES, f"data.root={root / 'data'}", "federation.communities=[{data: empty}]",
+                f"output_dir={root / 'run'}"]
+    if case == "a class without images":
+        _npz(root / "data" / "gaps", [0, 1] * 10, [0, 1, 2], names=["a", "b", "c"])
+        return ["train", *IMAGES, f"data.root={root / 'data'}", "federation.communities=[{data: gaps, classes: [2]}]",
+                f"output_dir={root / 'run'}"]
+    if case == "more devices than samples":
+        _npz(root / "data" / "few", [0, 1] * 3, [0, 1])
+        return ["train", *IMAGES, f"data.root={root / 'data'}", "federation.communities=[{data: few}]",
+                "data.partition=iid", "federation.devices_per_community=9", f"output_dir={root / 'run'}"]
+    if case == "a class shared by more devices than its images":
+        _npz(root / "data" / "few", [0] * 3 + [1] * 30, [0, 1])
+        return ["train", *IMAGES, f"data.root={root / 'data'}", "federation.communities=[{data: few}]",
+                "data.partition=shards", "data.classes_per_device=2", "federation.devices_per_community=5",
+                f"output_dir={root / 'run'}"]
+    if case in ("eval of a damaged checkpoint", "sample of a damaged checkpoint"):
+        run = _finished_run(root)
+        (run / "checkpoints" / "previous.ckpt").unlink()
+        last = run / "checkpoints" / "last.ckpt"
+        last.write_bytes(last.read_bytes()[:2000])
+        return ["eval", str(run)] if case.startswith("eval") else ["sample", str(run), "--n", "4"]
+    if case == "sample --n 0":
+        return ["sample", str(_finished_run(root)), "--n", "0"]
+    if case == "sample --out under a file":
+        (root / "afile").write_text("mine")
+        return ["sample", str(_finished_run(root)), "--out", str(root / "afile" / "samples")]
+    if case == "report --out under a file":
+        (root / "afile").write_text("mine")
+        return ["report", str(_finished_run(root)), "--out", str(root / "afile" / "r.html")]
+    if case == "table --out is a file":
+        (root / "afile").write_text("mine")
+        return ["table", "--tables", "grid", "--out", str(root / "afile")]
+    if case == "unknown flag":
+        return ["sample", str(root), "--bogus"]
+    if case == "unknown command":
+        return ["trian"]
+    if case == "bad choice of a flag":
+        return ["table", "--schedule", "slow"]
+    if case == "misspelt section of a key":
+        return ["train", "dat.batch_size=3", f"output_dir={root / 'run'}"]
+    raise AssertionError(case)
+
+
+CASES = [
+    ("output_dir is a file", "output error (output_dir)", "is a file, not a directory"),
+    ("output_dir under a file", "output error (output_dir)", "cannot be made under it"),
+    ("output_dir not writable", "output error (output_dir)", "is not writable"),
+    ("disk full", "output error (output_dir)", "MiB free"),
+    ("no images", "data error", "the train split holds no images"),
+    ("a class without images", "(federation.communities[0].classes)", "class(es) [2] of 'gaps' have no training"),
+    ("more devices than samples", "9 devices but only 6 samples", "federation.devices_per_community"),
+    ("a class shared by more devices than its images", "class 0 has 3 samples", "community's 5 devices"),
+    ("eval of a damaged checkpoint", "(eval ", "no readable checkpoint"),
+    ("sample of a damaged checkpoint", "(sample ", "no readable checkpoint"),
+    ("sample --n 0", "(--n)", "at least one sample"),
+    ("sample --out under a file", "output error (--out)", "is a file"),
+    ("report --out under a file", "output error (--out)", "is a file"),
+    ("table --out is a file", "output error (--out)", "is a file"),
+    ("unknown flag", "usage error (fedgen)", "--bogus"),
+    ("unknown command", "usage error (fedgen)", "invalid choice: 'trian'"),
+    ("bad choice of a flag", "usage error (fedgen table)", "invalid choice: 'slow'"),
+    ("misspelt section of a key", "(dat.batch_size)", "Did you mean"),
+]
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): (p.is_dir() or p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("case, where, fix", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch, case, where, fix):
+    monkeypatch.chdir(tmp_path)               # a default runs/ folder would land here
+    argv = _setup(case, tmp_path, monkeypatch)
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_:               # argparse's errors leave through SystemExit
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err     # nothing but the one line
+    line = err.strip()
+    assert line.startswith("fedgen: ") and " (" in line and "): " in line, line
+    assert where in line and fix in line, line
+    assert _snapshot(tmp_path) == before
+
+
+def test_eval_and_sample_fall_back_to_the_previous_checkpoint_as_resume_does(tmp_path, capsys):
+    run = _finished_run(tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:2000])
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "unreadable" in err and "using " in err and "previous.ckpt (round 1)" in err
+    assert main(["sample", str(run), "--n", "4"]) == 0
