@@ -121,6 +121,12 @@ class FederatedDataModule(pl.LightningDataModule):
         self.train_x = torch.cat(xs)
         self.train_y = torch.cat(ys)
         self.device_sizes = torch.tensor(sizes)
+        # a device with fewer samples than one batch draws repeats (batches are drawn with replacement): said once
+        self.devices_below_batch = {n: size for n, size in enumerate(sizes) if size < int(cfg.data.batch_size)}
+        if self.devices_below_batch:
+            log.warning("%d device(s) hold fewer samples than data.batch_size=%d (%s); their batches repeat samples "
+                        "(recorded in summary.json)", len(self.devices_below_batch), int(cfg.data.batch_size),
+                        ", ".join(f"device {n}: {size}" for n, size in list(self.devices_below_batch.items())[:5]))
         self.device_offsets = torch.cumsum(self.device_sizes, 0) - self.device_sizes
         self.label_histogram = torch.stack([torch.bincount(y, minlength=num_labels) for y in ys]).float()
         self.fake_label_probs = fake_label_probs(self.label_histogram, community_of)

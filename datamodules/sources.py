@@ -144,7 +144,8 @@ def read_idx(path: Path) -> Tensor:
     """An idx file (MNIST format, optionally gzipped) as a uint8 tensor, checked against its header."""
     data = _open(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise CorruptDataError(f"{path}: not an unsigned-byte idx file (bad magic number {data[:4].hex()})")
+        raise CorruptDataError(f"{path}: not an unsigned-byte idx file (bad magic number {data[:4].hex()}); replace it "
+                               f"with the dataset's original file")
     dims = data[3]
     header = 4 + 4 * dims
     if len(data) < header:
@@ -178,10 +179,14 @@ def _read_npz(path: Path) -> tuple[Tensor, Tensor]:
             if "x" not in archive or "y" not in archive:
                 raise CorruptDataError(f"{path}: needs arrays 'x' and 'y', found {sorted(archive.files)}")
             x, y = archive["x"], archive["y"]
+        if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)):     # members that are not .npy files
+            raise CorruptDataError(f"{path}: 'x' and 'y' are not .npy arrays; write the file with numpy.savez(path, "
+                                   f"x=..., y=...)")
     except CorruptDataError:
         raise
     except Exception as err:  # noqa: BLE001 - zipfile, EOF and value errors of a damaged archive
-        raise CorruptDataError(f"{path}: cannot read npz ({type(err).__name__}: {err})") from None
+        raise CorruptDataError(f"{path}: cannot read npz ({type(err).__name__}: {err}); write it again with "
+                               f"numpy.savez(path, x=..., y=...)") from None
     if x.dtype != np.uint8:
         raise CorruptDataError(f"{path}: 'x' must be uint8 images, got {x.dtype}")
     if len(x) != len(y):
@@ -288,7 +293,9 @@ def _convert(x: Tensor, channels: int, size: int) -> Tensor:
         elif x.shape[1] == 1 and channels == 3:
             x = x.expand(-1, 3, -1, -1).contiguous()
         else:
-            raise CorruptDataError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
+            raise CorruptDataError(f"images of shape {tuple(x.shape[1:])} have {x.shape[1]} channels, which cannot "
+                                   f"become data.channels={channels}; store images as [n, H, W], [n, H, W, C] or "
+                                   f"[n, C, H, W] with C = 1 or 3")
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x = x.round().clamp(0, 255).to(torch.uint8)
@@ -299,7 +306,10 @@ def _fit_images(cfg, source: SourceData, name: str) -> SourceData:
     """Convert to data.channels x data.image_size^2 uint8, logging any conversion."""
     channels, size = int(cfg.data.channels), int(cfg.data.image_size)
     before = tuple(_to_nchw(source.train_x).shape[1:])
-    train_x, test_x = _convert(source.train_x, channels, size), _convert(source.test_x, channels, size)
+    try:
+        train_x, test_x = _convert(source.train_x, channels, size), _convert(source.test_x, channels, size)
+    except CorruptDataError as err:
+        raise CorruptDataError(err.message, where=f"dataset '{name}' ({source.origin or 'its loader'})") from None
     if tuple(train_x.shape[1:]) != before:
         log.info("%s: converted images %s -> %s", name, before, tuple(train_x.shape[1:]))
     return replace(source, train_x=train_x, test_x=test_x)

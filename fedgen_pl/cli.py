@@ -78,6 +78,9 @@ def _report(args) -> int:
     from fedgen_pl.errors import check_writable_dir
     from fedgen_pl.report import build_report
 
+    for run in args.runs:          # the runs first: a wrong run path is the likelier mistake than the output
+        if not (Path(run) / "metrics.csv").is_file():
+            raise InputError("not a run directory (no metrics.csv); pass a directory `fedgen train` wrote", where=run)
     out = args.out or (f"{args.runs[0].rstrip('/')}/report.html" if len(args.runs) == 1 else "report.html")
     check_writable_dir(Path(out).expanduser().parent, "--out")
     print(build_report(args.runs, out))
@@ -88,6 +91,10 @@ def _config(args) -> int:
     from fedgen_pl.config import KEYS, defaults_yaml
     from fedgen_pl.train import resolve_names
 
+    if (args.defaults or args.keys) and args.overrides:
+        raise InputError(f"--defaults and --keys print the key table and take no overrides, got "
+                         f"{' '.join(args.overrides)}; drop them, or drop the flag to see a resolved configuration",
+                         where="fedgen config")
     if args.defaults:              # what configs/default.yaml holds (generated from the key table)
         print(defaults_yaml(), end="")
         return 0

@@ -378,10 +378,20 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
         if "=" not in item or item.startswith("="):
             raise ConfigError("not of the form key=value (e.g. seed=3 or federation.local_iters=20)",
                               where=f"override '{item}'")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot parse them: {str(err).splitlines()[0]}", where=f"overrides {overrides}") from None
+    import yaml
+
+    parsed = OmegaConf.create()
+    for item in overrides:       # one at a time, so an error names the override it is in
+        try:
+            parsed = OmegaConf.merge(parsed, OmegaConf.from_dotlist([item]))
+        except yaml.YAMLError as err:
+            problem = " ".join(str(getattr(err, "problem", "") or err).split())
+            raise ConfigError(f"the value is not valid YAML ({problem}); in flow style put a space after every colon, "
+                              f"e.g. federation.communities=[{{data: mnist, classes: [0, 1]}}]",
+                              where=f"override '{item}'") from None
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"cannot parse it: {str(err).splitlines()[0]}", where=f"override '{item}'") from None
+    return parsed
 
 
 def _all_keys(node, prefix: str = "") -> list[str]:
@@ -404,7 +414,9 @@ def _merge(base: DictConfig, layer, source: str) -> DictConfig:
         if key and isinstance(layer, DictConfig):      # name the key as written (dat.batch_size, not dat)
             written = [k for k in _all_keys(layer) if k == key or k.startswith(key + ".")]
             key = max(written, key=len, default=key)
-        if "not in" in message and "Did you mean" not in message:
+        if ":" in key.rsplit(".", 1)[-1]:      # {data:mnist} is one key 'data:mnist' in YAML's flow style
+            message += "; in flow style put a space after every colon: {data: mnist}"
+        elif "not in" in message and "Did you mean" not in message:
             close = difflib.get_close_matches(key, _all_keys(base), n=1)
             if close:
                 message += f" Did you mean '{close[0]}'?"
@@ -436,6 +448,10 @@ def load_yaml(path: Path) -> DictConfig:
     import yaml
 
     try:
+        plain = yaml.safe_load(Path(path).read_text())
+        if plain is not None and not isinstance(plain, dict):      # OmegaConf would make a key of a lone value
+            raise ConfigError(f"must hold a mapping of keys (key: value), not a {type(plain).__name__}",
+                              where=str(path))
         node = OmegaConf.load(path)
     except (yaml.YAMLError, OmegaConfBaseException) as err:
         mark = getattr(err, "problem_mark", None)

@@ -257,6 +257,8 @@ def summarise(cfg: DictConfig, model, run_dir: Path, started: float, aggregation
         "metrics_samples_per_scope": getattr(getattr(evaluation, "evaluator", None), "samples_per_scope", None),
         "inception": getattr(getattr(evaluation, "evaluator", None), "inception_record", None),
         "cloud_weights_last_round": aggregation.history[-1].get("cloud_weights") if aggregation.history else None,
+        "devices_below_batch": {str(n): size for n, size in
+                                getattr(trainer.datamodule, "devices_below_batch", {}).items()},  # they draw repeats
         "run_dir": str(run_dir),
         "resumed_from": cfg.resume,
     }

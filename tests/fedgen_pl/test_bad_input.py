@@ -16,11 +16,11 @@ GRID = [*SMALL_GRID, "federation.global_rounds=2", "federation.local_iters=1", "
 IMAGES = ["data.image_size=8", "data.download=false", "federation.devices_per_community=2", "data.batch_size=4"]
 
 
-def _npz(directory, train_y, test_y, names=None, n_train=None):
+def _npz(directory, train_y, test_y, names=None, n_train=None, shape=(8, 8)):
     directory.mkdir(parents=True, exist_ok=True)
     n_train = len(train_y) if n_train is None else n_train
-    np.savez(directory / "train.npz", x=np.zeros((n_train, 8, 8), np.uint8), y=np.asarray(train_y, np.int64))
-    np.savez(directory / "test.npz", x=np.zeros((len(test_y), 8, 8), np.uint8), y=np.asarray(test_y, np.int64))
+    np.savez(directory / "train.npz", x=np.zeros((n_train, *shape), np.uint8), y=np.asarray(train_y, np.int64))
+    np.savez(directory / "test.npz", x=np.zeros((len(test_y), *shape), np.uint8), y=np.asarray(test_y, np.int64))
     if names:
         (directory / "classes.txt").write_text("\n".join(names) + "\n")
 
@@ -89,6 +89,31 @@ def _setup(case, root, monkeypatch):
         return ["trian"]
     if case == "bad choice of a flag":
         return ["table", "--schedule", "slow"]
+    if case == "a flow mapping without spaces":
+        return ["train", "federation.communities=[{data:mnist,classes:[1]}]", f"output_dir={root / 'run'}"]
+    if case == "a flow mapping key without a space":
+        return ["train", "federation.communities=[{data:mnist}]", f"output_dir={root / 'run'}"]
+    if case == "an experiment file that is not a mapping":
+        (root / "mine.yaml").write_text("just a string\n")
+        return ["train", f"experiment={root / 'mine.yaml'}", f"output_dir={root / 'run'}"]
+    if case == "npz members that are not arrays":
+        import zipfile
+
+        _npz(root / "data" / "odd", [0, 1] * 5, [0, 1])
+        with zipfile.ZipFile(root / "data" / "odd" / "train.npz", "w") as archive:
+            archive.writestr("x.npy", b"garbage")
+            archive.writestr("y.npy", b"garbage")
+        return ["train", *IMAGES, f"data.root={root / 'data'}", "federation.communities=[{data: odd}]",
+                f"output_dir={root / 'run'}"]
+    if case == "vectors where images are expected":
+        _npz(root / "data" / "flat", [0, 1] * 5, [0, 1], shape=(5,))
+        return ["train", *IMAGES, f"data.root={root / 'data'}", "federation.communities=[{data: flat}]",
+                f"output_dir={root / 'run'}"]
+    if case == "config --keys with overrides":
+        return ["config", "--keys", "seed=3"]
+    if case == "report of a file":
+        (root / "afile").write_text("mine")
+        return ["report", str(root / "afile")]
     if case == "misspelt section of a key":
         return ["train", "dat.batch_size=3", f"output_dir={root / 'run'}"]
     raise AssertionError(case)
@@ -113,6 +138,13 @@ CASES = [
     ("unknown command", "usage error (fedgen)", "invalid choice: 'trian'"),
     ("bad choice of a flag", "usage error (fedgen table)", "invalid choice: 'slow'"),
     ("misspelt section of a key", "(dat.batch_size)", "Did you mean"),
+    ("a flow mapping without spaces", "(override 'federation.communities=", "put a space after every colon"),
+    ("a flow mapping key without a space", "(data:mnist)", "put a space after every colon"),
+    ("an experiment file that is not a mapping", "mine.yaml)", "must hold a mapping of keys"),
+    ("npz members that are not arrays", "train.npz)", "numpy.savez"),
+    ("vectors where images are expected", "(dataset 'flat'", "[n, H, W]"),
+    ("config --keys with overrides", "(fedgen config)", "take no overrides"),
+    ("report of a file", "afile)", "not a run directory"),
 ]
 
 
@@ -148,3 +180,27 @@ def test_eval_and_sample_fall_back_to_the_previous_checkpoint_as_resume_does(tmp
     err = capsys.readouterr().err
     assert "unreadable" in err and "using " in err and "previous.ckpt (round 1)" in err
     assert main(["sample", str(run), "--n", "4"]) == 0
+
+
+def test_a_device_smaller_than_a_batch_is_logged_and_recorded(tmp_path, capsys, classifier_cache):
+    import json
+
+    _npz(tmp_path / "data" / "three", [0, 1, 2], [0, 1, 2])
+    run = tmp_path / "run"
+    assert main(["train", *IMAGES[:2], f"data.root={tmp_path / 'data'}", "federation.communities=[{data: three}]",
+                 "data.partition=iid", "federation.devices_per_community=1", "data.batch_size=16",
+                 "federation.global_rounds=1", "federation.local_iters=1", "metrics.num_samples=10",
+                 "metrics.classifier_epochs=1", f"metrics.cache_dir={classifier_cache}", "trainer.progress_bar=false",
+                 f"output_dir={run}"]) == 0
+    assert "1 device(s) hold fewer samples than data.batch_size=16 (device 0: 3)" in capsys.readouterr().err
+    assert json.loads((run / "summary.json").read_text())["devices_below_batch"] == {"0": 3}
+
+
+def test_eval_warns_when_the_run_folder_config_disagrees_with_the_checkpoint(tmp_path, capsys):
+    run = _finished_run(tmp_path)
+    saved = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(saved.replace("local_iters: 1", "local_iters: 7"))
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "config.yaml differs from the checkpoint's configuration at federation.local_iters" in err
