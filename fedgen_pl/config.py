@@ -419,7 +419,7 @@ def _merge(base: DictConfig, layer, source: str) -> DictConfig:
         elif "not in" in message and "Did you mean" not in message:
             close = difflib.get_close_matches(key, _all_keys(base), n=1)
             if close:
-                message += f" Did you mean '{close[0]}'?"
+                message += f"; did you mean '{close[0]}'?"
         raise ConfigError(f"{message} (in {source})", where=key or source) from None
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from fedgen_pl.config import ConfigError, import_plugins, validate
+from fedgen_pl.config import ConfigError, _merge, _parse_overrides, import_plugins, validate
 from fedgen_pl.errors import InputError, check_writable_dir
 from fedgen_pl.models import model_class
 
@@ -47,7 +47,7 @@ def evaluate_checkpoint(path, overrides: list[str] | None = None) -> tuple[dict,
         key = item.split("=", 1)[0]
         if not key.startswith("metrics."):
             raise ConfigError(f"fedgen eval: only metrics.* can be overridden, got '{key}'")
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides or [])))
+    cfg = _merge(cfg, _parse_overrides(list(overrides or [])), "command line")
     validate(cfg)
     datamodule = FederatedDataModule(cfg)
     datamodule.setup("fit")

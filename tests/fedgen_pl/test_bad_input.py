@@ -114,6 +114,8 @@ def _setup(case, root, monkeypatch):
     if case == "report of a file":
         (root / "afile").write_text("mine")
         return ["report", str(root / "afile")]
+    if case == "eval with an unknown metrics key":
+        return ["eval", str(_finished_run(root)), "metrics.foo=1"]
     if case == "misspelt section of a key":
         return ["train", "dat.batch_size=3", f"output_dir={root / 'run'}"]
     raise AssertionError(case)
@@ -145,6 +147,7 @@ CASES = [
     ("vectors where images are expected", "(dataset 'flat'", "[n, H, W]"),
     ("config --keys with overrides", "(fedgen config)", "take no overrides"),
     ("report of a file", "afile)", "not a run directory"),
+    ("eval with an unknown metrics key", "(metrics.foo)", "not in 'MetricsConfig'"),
 ]
 
 
