@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--out", default=None, help="HTML file (default: RUN/report.html for one run, else report.html)")
     sub.set_defaults(fn=_report)
     args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        parser.error(f"unrecognized arguments for fedgen {args.command}: {' '.join(unknown)}")
+    if unknown:                    # said by the command's own parser: its name and its --help
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     handlers = [h for h in logging.getLogger("fedgen").handlers if isinstance(h, _StderrHandler)]
     for handler in handlers:
         handler.hold_back()

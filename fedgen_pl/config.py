@@ -420,6 +420,8 @@ def _merge(base: DictConfig, layer, source: str) -> DictConfig:
             close = difflib.get_close_matches(key, _all_keys(base), n=1)
             if close:
                 message += f"; did you mean '{close[0]}'?"
+        elif "could not be converted" in message or "is not a valid" in message:
+            message += "; give a value of the key's type (fedgen config --keys lists every key's type and values)"
         raise ConfigError(f"{message} (in {source})", where=key or source) from None
 
 
@@ -592,8 +594,9 @@ def validate(cfg: DictConfig) -> None:
                  "federation.cloud_lr", f"must be 'auto' or a number > 0, got {lr!r}")
     if cfg.data.root:
         root = Path(str(cfg.data.root)).expanduser()
-        _require(root.is_dir(), "data.root", f"directory '{root}' does not exist; point data.root at the directory "
-                                             f"that holds your datasets (README, 'Your own dataset')")
+        _require(root.is_dir(), "data.root", f"'{root}' {'is a file, not a directory' if root.exists() else 'does not exist'}"
+                                             f"; point data.root at the directory that holds your datasets (README, "
+                                             f"'Your own dataset')")
     for i, community in enumerate(fed.communities):
         if community.classes is not None:
             _require(len(community.classes) >= 1, f"federation.communities[{i}].classes",

@@ -136,7 +136,7 @@ CASES = [
     ("sample --out under a file", "output error (--out)", "is a file"),
     ("report --out under a file", "output error (--out)", "is a file"),
     ("table --out is a file", "output error (--out)", "is a file"),
-    ("unknown flag", "usage error (fedgen)", "--bogus"),
+    ("unknown flag", "usage error (fedgen sample)", "--bogus; see fedgen sample --help"),
     ("unknown command", "usage error (fedgen)", "invalid choice: 'trian'"),
     ("bad choice of a flag", "usage error (fedgen table)", "invalid choice: 'slow'"),
     ("misspelt section of a key", "(dat.batch_size)", "Did you mean"),
