@@ -107,6 +107,11 @@ class FederatedDataModule(pl.LightningDataModule):
         for k, (name, share) in enumerate(zip(names, shares)):
             source = sources[name]
             where = f"community {k} ({name}, {len(share)} samples)"
+            if len(share) < int(cfg.data.batch_size):      # degenerate data: not even one batch to train on
+                raise ConfigError(f"community {k} trains on {len(share)} images of '{name}' "
+                                  f"({source.origin or 'its loader'}), fewer than one batch (data.batch_size="
+                                  f"{cfg.data.batch_size}); add images, give the community more classes, or lower "
+                                  f"data.batch_size", where=f"federation.communities[{k}]")
             try:
                 devices = partition_devices(share, source.train_y.numpy(), device_counts[k], cfg.data, rng, where)
             except PartitionError as err:
@@ -223,6 +228,10 @@ class FederatedDataModule(pl.LightningDataModule):
         return self
 
     # -- sampling (inside the training step) --------------------------------------------------
+    def source(self, name: str) -> SourceData:
+        """A dataset by name, converted as the run's: one of the communities', or loaded now (anomalies)."""
+        return self.sources[name] if name in self.sources else load_source(self.cfg, name)
+
     def sample_real(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """``batch_size`` samples with replacement from every device: x ``[N, B, *shape]``, y ``[N, B]``."""
         n = len(self.device_sizes)

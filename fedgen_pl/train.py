@@ -80,6 +80,8 @@ def resolve_names(cfg: DictConfig):
     get_aggregation(cfg.federation.aggregation)
     for i, community in enumerate(cfg.federation.communities):
         check_dataset(cfg, community.data, f"federation.communities[{i}].data")
+    if cfg.metrics.anomaly_data is not None:
+        check_dataset(cfg, cfg.metrics.anomaly_data, "metrics.anomaly_data")
     check_recipe_config(cfg)
     return cls
 

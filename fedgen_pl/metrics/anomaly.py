@@ -8,7 +8,8 @@ decoder), the score being the negative ELBO (``FedVAE.anomaly_scores``), on
 
 - normal: test images of the classes the federation trains on (``generation.reference_set``, in the
   communities' proportions);
-- anomalous: test images of ``anomaly_classes`` of ``anomaly_data``,
+- anomalous: test images of ``anomaly_classes`` of ``anomaly_data`` (held-out classes of a training dataset,
+  or classes of a dataset no community trains on, e.g. FashionMNIST against MNIST devices),
 
 and the metric is the AUROC of that score (torchmetrics), per device and averaged over the devices: the
 probability that an anomalous image scores higher than a normal one. A local-only device that has seen two
@@ -35,11 +36,9 @@ def auroc(scores: Tensor, is_anomaly: Tensor) -> float:
 
 
 def held_out_images(datamodule, data: str, classes: list[int], num_samples: int, seed: int = 0) -> Tensor:
-    """The anomalies: ``num_samples`` (at most) uint8 test images of ``classes`` of the dataset ``data``."""
-    if data not in datamodule.sources:
-        raise ConfigError(f"'{data}' is not a dataset of this run's communities ({', '.join(datamodule.sources)})",
-                          where="metrics.anomaly_data")
-    source = datamodule.sources[data]
+    """The anomalies: ``num_samples`` (at most) uint8 test images of ``classes`` of the dataset ``data`` (one the
+    communities train on without those classes, or another dataset, converted to the run's image size)."""
+    source = datamodule.source(data)     # a community's dataset, or another one (anomalies from elsewhere)
     bad = [c for c in classes if not 0 <= c < source.num_classes]
     if bad:
         raise ConfigError(f"{bad} not in dataset '{data}' (classes 0..{source.num_classes - 1})",

@@ -116,6 +116,10 @@ def _setup(case, root, monkeypatch):
         return ["report", str(root / "afile")]
     if case == "eval with an unknown metrics key":
         return ["eval", str(_finished_run(root)), "metrics.foo=1"]
+    if case == "a community smaller than one batch":
+        _npz(root / "data" / "three", [0, 1, 2], [0, 1, 2])
+        return ["train", *IMAGES, f"data.root={root / 'data'}", "federation.communities=[{data: three}]",
+                "data.batch_size=16", "federation.devices_per_community=1", f"output_dir={root / 'run'}"]
     if case == "misspelt section of a key":
         return ["train", "dat.batch_size=3", f"output_dir={root / 'run'}"]
     raise AssertionError(case)
@@ -148,6 +152,7 @@ CASES = [
     ("config --keys with overrides", "(fedgen config)", "take no overrides"),
     ("report of a file", "afile)", "not a run directory"),
     ("eval with an unknown metrics key", "(metrics.foo)", "not in 'MetricsConfig'"),
+    ("a community smaller than one batch", "(federation.communities[0])", "fewer than one batch (data.batch_size=16)"),
 ]
 
 
@@ -188,15 +193,15 @@ def test_eval_and_sample_fall_back_to_the_previous_checkpoint_as_resume_does(tmp
 def test_a_device_smaller_than_a_batch_is_logged_and_recorded(tmp_path, capsys, classifier_cache):
     import json
 
-    _npz(tmp_path / "data" / "three", [0, 1, 2], [0, 1, 2])
+    _npz(tmp_path / "data" / "three", [0, 1, 2] * 6, [0, 1, 2])
     run = tmp_path / "run"
     assert main(["train", *IMAGES[:2], f"data.root={tmp_path / 'data'}", "federation.communities=[{data: three}]",
-                 "data.partition=iid", "federation.devices_per_community=1", "data.batch_size=16",
+                 "data.partition=iid", "federation.devices_per_community=2", "data.batch_size=16",
                  "federation.global_rounds=1", "federation.local_iters=1", "metrics.num_samples=10",
                  "metrics.classifier_epochs=1", f"metrics.cache_dir={classifier_cache}", "trainer.progress_bar=false",
                  f"output_dir={run}"]) == 0
-    assert "1 device(s) hold fewer samples than data.batch_size=16 (device 0: 3)" in capsys.readouterr().err
-    assert json.loads((run / "summary.json").read_text())["devices_below_batch"] == {"0": 3}
+    assert "2 device(s) hold fewer samples than data.batch_size=16 (device 0: 9, device 1: 9)" in capsys.readouterr().err
+    assert json.loads((run / "summary.json").read_text())["devices_below_batch"] == {"0": 9, "1": 9}
 
 
 def test_eval_warns_when_the_run_folder_config_disagrees_with_the_checkpoint(tmp_path, capsys):

@@ -224,6 +224,12 @@ def test_anomaly_auroc_per_device_for_a_held_out_class(tmp_path, image_root, cla
     assert all(0 <= v <= 1 for v in per_device)
     assert summary["metrics"]["devices/anomaly_auroc"] == pytest.approx(sum(per_device) / 4)
 
+    # anomalies from a dataset no community trains on
+    other = ["federation.communities=[{data: tiny}, {data: tiny}]", "metrics.anomaly_data=mine",
+             "metrics.anomaly_classes=[0, 1, 2, 3]"]
+    _, summary = _tiny_run(tmp_path, image_root, classifier_cache, "anomaly_other", *other)
+    assert 0 <= summary["metrics"]["devices/anomaly_auroc"] <= 1 and "device_3/anomaly_auroc" in summary["metrics"]
+
     capsys.readouterr()
     trained_on = ["federation.communities=[{data: tiny}, {data: mine}]", "metrics.anomaly_data=tiny",
                   "metrics.anomaly_classes=[2]"]
