@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A new user's bad inputs, each run for real: prints the command, its exit code and what it printed on stderr
 # (the last line; "LINES=n" when there were more). Every case should exit 2 with one `fedgen: ...` line.
-# Usage: bash scripts/bad_input_walk.sh [work dir, default /tmp/fedgen-bad-input]   (about 3 min on 2 cores)
+# Usage: bash scripts/bad_input_walk.sh [work dir, default /tmp/fedgen-bad-input]   (6 min on 2 busy cores)
 set -u
 repo=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-$repo/.venv/bin/python}
