@@ -4,8 +4,10 @@
 - Flower messages in this process: the ServerApp's FlowerDevices and the ClientApp called directly (what
   Flower's message layer costs without processes or a network; Flower's simulation engine needs Ray,
   which this project does not install);
-- local deployment: ``fedgen deploy-local`` (a SuperLink, one SuperNode per device, one ClientApp process
-  per message).
+- local deployment over Flower's messages: ``fedgen deploy-local deploy.transport=messages`` (a SuperLink,
+  one SuperNode per device, one ClientApp process per message);
+- local deployment over the stream: ``fedgen deploy-local deploy.transport=stream`` (the same, with one
+  long-lived ClientApp task per device and each iteration on its gRPC stream; fedgen_pl/flower/stream.py).
 
     python benchmarks/flower_backends.py [--iters 3] [--out DIR]
 
@@ -67,11 +69,12 @@ def in_memory_flower(out: Path, iters: int) -> float:
     return (walls[1] - walls[0]) / EXTRA
 
 
-def deployment(out: Path, iters: int) -> float:
+def deployment(out: Path, iters: int, transport: str) -> float:
     from fedgen_pl.deploy import deploy_local
 
-    run = deploy_local([*GRID, f"federation.local_iters={iters}", f"output_dir={out / 'deployed'}",
-                        "deploy.superlink_port=19491", "deploy.supernode_port=19500"])
+    run = deploy_local([*GRID, f"federation.local_iters={iters}", f"output_dir={out / f'deployed_{transport}'}",
+                        "deploy.superlink_port=19491", "deploy.supernode_port=19500", f"deploy.transport={transport}",
+                        "deploy.stream_address=127.0.0.1:19540"])
     return json.loads((run / "summary.json").read_text())["deployment"]["exchange_s_mean"]
 
 
@@ -83,7 +86,8 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="fedgen-flower-bench-"))
     results = {}
     for name, fn in (("in-process", in_process), ("Flower messages, in this process", in_memory_flower),
-                     ("local deployment (flwr 1.42)", deployment)):
+                     ("local deployment, Flower messages (flwr 1.42)", lambda o, i: deployment(o, i, "messages")),
+                     ("local deployment, stream (flwr 1.42)", lambda o, i: deployment(o, i, "stream"))):
         started = time.time()
         results[name] = fn(out, args.iters)
         print(f"{name}: {results[name]:.3f} s per local iteration ({time.time() - started:.0f} s in all)", flush=True)
