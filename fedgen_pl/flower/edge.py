@@ -24,6 +24,7 @@ from fedgen_pl.flower.wire import from_record, global_device_index, record_bytes
 
 server_app = ServerApp()
 log = logging.getLogger("fedgen")
+REFIND_S = 2.0          # while a device is gone: how often the nodes that joined since are asked where they belong
 SUPPORTED_MODELS = ("fedgen_fr", "fedgen_lr", "md_gan")    # every device has its own D; no D averaging
 
 
@@ -51,6 +52,14 @@ def first_discriminators(module) -> dict[int, dict[str, torch.Tensor]]:
     state = module.device_discriminators.stacked_state()
     return {g: {name: value[int(module.discriminators.group[g])] for name, value in state.items()}
             for g in range(module.num_devices)}
+
+
+def claimed_device(node: int, reply: Message) -> tuple[int, int]:
+    """(community, device) that a node's answer to ``query.topology`` claims (its ``--node-config``)."""
+    info = reply.content["node"]
+    if "community" not in info or "device" not in info:
+        raise ConfigError(f"node {node} has no community/device in its --node-config", where="deploy topology")
+    return int(info["community"]), int(info["device"])
 
 
 def checked_reply(feedback, stats, shape: tuple) -> tuple | None:
@@ -126,10 +135,7 @@ class FlowerDevices:
             if not reply.has_content():
                 continue
             info = reply.content["node"]
-            if "community" not in info or "device" not in info:
-                raise ConfigError(f"node {node} has no community/device in its --node-config",
-                                  where="deploy topology")
-            key = (int(info["community"]), int(info["device"]))
+            key = claimed_device(node, reply)
             if "label_counts" in info:
                 if self.cfg.deploy.test_mode:
                     raise ConfigError(f"node {node} has its own data-dir; deploy.test_mode needs the shared "
@@ -286,6 +292,9 @@ class StreamDevices:
         self.starts: dict[str, int] = {}          # the train.run message of every device
         self.replies: dict[int, tuple] = {}       # device -> its feedback not yet used by an edge
         self.gone: set[int] = set()
+        self.asked: dict[str, int] = {}           # query.topology message -> a node that joined during the run
+        self.ignored_nodes: set[int] = set()      # nodes already asked
+        self.next_look = 0.0
         self.exchange_s, self.reply_s = self.flower.exchange_s, self.flower.reply_s
         self.bytes_sent = self.flower.bytes_sent
 
@@ -343,11 +352,42 @@ class StreamDevices:
             messages.append(Message(RecordDict(content), dst_node_id=self.flower.node_of[g], message_type="train.run"))
         self.starts.update(zip(self.flower.grid.push_messages(messages), devices))
 
+    def look_for_moved_devices(self) -> None:
+        """A SuperNode that restarts joins under a new node id: while a device is gone, every
+        ``REFIND_S`` seconds ask the nodes that joined since where they belong; one that claims a gone device
+        takes its place and is sent the device's ``train.run`` (it then rejoins as any restarted device)."""
+        now = time.time()
+        grid, flower = self.flower.grid, self.flower
+        if self.asked:
+            for reply in grid.pull_messages(list(self.asked)):
+                node = self.asked.pop(reply.metadata.reply_to_message_id, None)
+                if node is None or not reply.has_content():
+                    continue
+                try:
+                    g = global_device_index(self.cfg, *claimed_device(node, reply))
+                except (ConfigError, ValueError, KeyError):
+                    log.warning("deploy: node %s joined with no place in the topology; ignored", node)
+                    continue
+                if g in self.gone:
+                    log.warning("deploy: device %d is back on node %s (a new node id)", g, node)
+                    flower.node_of[g] = node
+                    self.start([g])
+        if not self.gone or now < self.next_look:
+            return
+        self.next_look = now + REFIND_S
+        known = set(flower.node_of.values()) | set(self.asked.values()) | self.ignored_nodes
+        new = [n for n in grid.get_node_ids() if n not in known]
+        self.ignored_nodes.update(new)           # asked once
+        if new:
+            ids = grid.push_messages([Message(RecordDict({}), dst_node_id=n, message_type="query.topology") for n in new])
+            self.asked.update(zip(ids, new))
+
     def exchange(self, module, due: list[int], real_index: dict, unfinished: np.ndarray, asynchronous: bool,
                  timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
         """Work frames to ``due``, then wait on the stream as ``FlowerDevices.exchange`` waits on messages. A
         device whose stream ends is given up for its work in flight and started again (a new ``train.run``
-        message to its node); when it rejoins it is counted in ``faults/device_restarts``."""
+        message to its node, or to the node that took its place: ``look_for_moved_devices``); when it rejoins
+        it is counted in ``faults/device_restarts``."""
         from fedgen_pl.flower.stream import encode
 
         N = len(unfinished)
@@ -367,6 +407,7 @@ class StreamDevices:
         started = time.time()
         while True:
             now = time.time()
+            self.look_for_moved_devices()
             item = self.stream.receive(timeout=self.flower.poll_s or 0.001)
             if item is not None:
                 g, kind, meta, tensors = item

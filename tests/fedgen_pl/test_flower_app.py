@@ -446,6 +446,50 @@ def test_over_the_stream_a_device_that_comes_back_rejoins_fresh_and_is_counted(t
     assert len(workers) == 2 and workers[1] is not workers[0]           # a fresh worker: a fresh discriminator
 
 
+def test_over_the_stream_a_supernode_back_under_a_new_node_id_is_found_and_serves(tmp_path, monkeypatch):
+    """Device 3's SuperNode dies (its task with it; the old node never answers again) and comes back under a new
+    node id with the same --node-config: the edge finds it among the nodes that joined, starts the device's task
+    there, and the device rejoins fresh, counted, and serves to the end."""
+    import json
+
+    from flwr.app import Context, RecordDict
+
+    from fedgen_pl.flower.device import DeviceWorker
+    from fedgen_pl.flower.edge import StreamDevices
+
+    monkeypatch.setattr("fedgen_pl.flower.edge.REFIND_S", 0.05)
+    grid = InProcessGrid(FOUR)
+    old_node = next(n for n, c in FOUR.items() if (c["community"], c["device"]) == (1, 1))
+    step, workers, served = DeviceWorker.step, [], []
+
+    def node_dies_once(self, work, iteration):
+        if self.g == 3 and self not in workers:
+            workers.append(self)
+        if self.g == 3:
+            served.append(self)
+        if self.g == 3 and self is workers[0] and iteration >= 2:
+            grid.silent.add(old_node)                       # the old node is gone for good ...
+            grid.contexts[99] = Context(run_id=1, node_id=99, node_config=dict(FOUR[old_node]), state=RecordDict(),
+                                        run_config={})      # ... and its SuperNode is back as node 99
+            raise RuntimeError("device 3's SuperNode dies")
+        return step(self, work, iteration)
+
+    monkeypatch.setattr(DeviceWorker, "step", node_dies_once)
+    cfg = load_config([*TWO_BY_TWO, "federation.global_rounds=3", "deploy.exchange_timeout_s=20",
+                       "deploy.stream_address=127.0.0.1:19589", f"output_dir={tmp_path / 'run'}"])
+    devices = StreamDevices(grid, cfg, poll_s=0)
+    devices.learn_topology(timeout_s=5)
+    try:
+        run_dir = train(cfg, device_transport=devices)
+    finally:
+        devices.close()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["faults"]["device_restarts"] == 1
+    assert devices.flower.node_of[3] == 99 and len(workers) == 2
+    assert any(node == 99 and m.metadata.message_type == "train.run" for node, m in grid.log)
+    assert served.count(workers[1]) > 0                       # the device on the new node did work
+
+
 @pytest.mark.parametrize("transport", ["stream", "messages"])
 def test_feedback_that_is_not_the_answer_to_its_work_is_dropped_and_counted(tmp_path, monkeypatch, transport):
     """Device 3 answers with feedback of the wrong shape (network input): it is dropped and counted, never
