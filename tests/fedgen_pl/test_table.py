@@ -232,3 +232,19 @@ def test_unknown_splits_and_tables_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="unknown table 'table9'"):
         definition("table9")
     assert not (tmp_path / "t").exists()
+
+
+def test_vae_render_has_its_rows_leaves_out_absent_ones_and_counts_bytes(tmp_path):
+    summaries = {}
+    for key, _ in runs_for("vae", "quick", [0, 1], splits=("iid", "anomaly")):
+        seed = key[3]
+        metrics = {"global/negative_elbo": 100.0 + seed, "global/iw_negative_elbo": 95.0,
+                   "devices/negative_elbo": 101.0, "global/fid_classifier": 50.0, "global/acc": 0.4}
+        if key[1] == "anomaly":
+            metrics["devices/anomaly_auroc"] = 0.6 + 0.1 * seed
+        summaries[key] = {"metrics": metrics, "bytes_device_edge": 2 ** 20, "bytes_edge_cloud": 2 ** 20, "rounds": 1}
+    text = render(summaries, ["vae"], [0, 1], tmp_path, "quick", splits=("iid", "anomaly"))
+    assert "| iid | -ELBO `negative_elbo` | 100.5 ± 0.7 |" in text
+    assert "| anomaly | anomaly AUROC `anomaly_auroc` | 0.650 ± 0.071 |" in text
+    assert "| iid | anomaly AUROC" not in text and "FID (Inception)" not in text      # no run has them
+    assert "| iid | MiB per round (all tiers) | 2.0 ± 0.0 |" in text
