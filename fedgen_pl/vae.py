@@ -220,7 +220,7 @@ class FedVAE(FederationModule):
         """Per image, the bound of the federation's generative model: the global VAE, or (local-only) the
         mixture of the devices' VAEs by their share of the data."""
         if not self.local_only:
-            return self.per_sample_bounds(self.global_vae.eval(), x, labels, generator, k)
+            return self.per_sample_bounds(self.global_vae, x, labels, generator, k)
         members = torch.stack([self.per_sample_bounds(v, x, labels, generator, k) for v in self.member_vaes()])
         return mixture_bound(members, self.mixture_weights().to(x.device))
 
