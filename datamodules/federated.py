@@ -67,6 +67,7 @@ class FederatedDataModule(pl.LightningDataModule):
         names = [c.data for c in communities]
         sources: dict[str, SourceData] = {name: load_source(cfg, name) for name in dict.fromkeys(names)}
         classes = []
+        self.classes_without_images: dict[str, list[int]] = {}      # left out of a community that lists no classes
         for i, community in enumerate(communities):
             source = sources[community.data]
             wanted = list(range(source.num_classes)) if community.classes is None else list(community.classes)
@@ -85,8 +86,9 @@ class FederatedDataModule(pl.LightningDataModule):
                                   f"({source.origin or 'its loader'}); the metrics need them: add test images",
                                   where=f"federation.communities[{i}]")
             if absent:
-                log.warning("community %d: '%s' has no training images of class(es) %s; it trains on the other %d",
-                            i, community.data, absent, len(wanted) - len(absent))
+                log.warning("community %d: '%s' has no training images of class(es) %s; it trains on the other %d "
+                            "(recorded in summary.json)", i, community.data, absent, len(wanted) - len(absent))
+                self.classes_without_images[f"community_{i}"] = absent
             classes.append([c for c in wanted if c in present])
         shapes = {name: tuple(s.train_x.shape[1:]) for name, s in sources.items()}
         if len(set(shapes.values())) > 1:

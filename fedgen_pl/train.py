@@ -261,6 +261,7 @@ def summarise(cfg: DictConfig, model, run_dir: Path, started: float, aggregation
         "cloud_weights_last_round": aggregation.history[-1].get("cloud_weights") if aggregation.history else None,
         "devices_below_batch": {str(n): size for n, size in
                                 getattr(trainer.datamodule, "devices_below_batch", {}).items()},  # they draw repeats
+        "classes_without_images": getattr(trainer.datamodule, "classes_without_images", {}),
         "run_dir": str(run_dir),
         "resumed_from": cfg.resume,
     }

@@ -212,3 +212,17 @@ def test_eval_warns_when_the_run_folder_config_disagrees_with_the_checkpoint(tmp
     assert main(["eval", str(run)]) == 0
     err = capsys.readouterr().err
     assert "config.yaml differs from the checkpoint's configuration at federation.local_iters" in err
+
+
+def test_a_class_without_training_images_is_left_out_logged_and_recorded(tmp_path, capsys, classifier_cache):
+    import json
+
+    _npz(tmp_path / "data" / "gaps", [0, 1] * 20, [0, 1, 2], names=["a", "b", "c"])     # no training image of c
+    run = tmp_path / "run"
+    assert main(["train", *IMAGES, f"data.root={tmp_path / 'data'}", "federation.communities=[{data: gaps}]",
+                 "federation.global_rounds=1", "federation.local_iters=1", "metrics.num_samples=10",
+                 "metrics.classifier_epochs=1", f"metrics.cache_dir={classifier_cache}", "trainer.progress_bar=false",
+                 f"output_dir={run}"]) == 0
+    assert "community 0: 'gaps' has no training images of class(es) [2]; it trains on the other 2" in \
+        capsys.readouterr().err
+    assert json.loads((run / "summary.json").read_text())["classes_without_images"] == {"community_0": [2]}
