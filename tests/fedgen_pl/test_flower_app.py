@@ -2,6 +2,8 @@
 (every node with its own context) stands in for the SuperLink. The deployment itself is tested in
 test_deploy.py."""
 
+import time
+
 import pytest
 import torch
 
@@ -422,28 +424,65 @@ def test_over_the_stream_every_device_gone_stops_the_run_with_an_error(tmp_path,
         _stream_run(tmp_path, "run")
 
 
-def test_over_the_stream_a_device_that_comes_back_rejoins_fresh_and_is_counted(tmp_path, monkeypatch):
-    """Device 3's task dies once; the edge starts it again (a new train.run message to its node): it rejoins
-    with a fresh discriminator, is counted as restarted, and serves to the end of the run."""
-    import json
+def _wait_for_device_3_back(devices, workers, died) -> None:
+    """Hold a device's step (at most 30 s) until device 3 is back on the edge's stream with a new worker, so
+    that its rejoin falls inside the run however slow the machine is."""
+    deadline = time.time() + 30
+    while died.is_set() and time.time() < deadline and not (len(workers) == 2 and devices.stream is not None
+                                                            and 3 in devices.stream.connected):
+        time.sleep(0.01)
+
+
+def _device_3_restart_run(tmp_path, monkeypatch, grid, on_death, *extra):
+    """A run over the stream in which device 3's first worker dies at iteration 2 (``on_death`` runs first);
+    the others wait for it to be back. Returns (run_dir, devices, device 3's workers, its steps by worker)."""
+    import threading
 
     from fedgen_pl.flower.device import DeviceWorker
+    from fedgen_pl.flower.edge import StreamDevices
 
-    step, workers = DeviceWorker.step, []
+    step, init, workers, steps, died = DeviceWorker.step, DeviceWorker.__init__, [], [], threading.Event()
+    cfg = load_config([*TWO_BY_TWO, "deploy.exchange_timeout_s=20", *extra, "deploy.stream_address=127.0.0.1:19589",
+                       f"output_dir={tmp_path / 'run'}"])
+    devices = StreamDevices(grid, cfg, poll_s=0)
+
+    def recorded(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if self.g == 3:
+            workers.append(self)
 
     def dies_once(self, work, iteration):
-        if self.g == 3 and self not in workers:
-            workers.append(self)
-        if self.g == 3 and self is workers[0] and iteration >= 2:
-            raise RuntimeError("device 3 dies once")
+        if self.g == 3:
+            steps.append(self)
+            if self is workers[0] and iteration >= 2:
+                on_death()
+                died.set()
+                raise RuntimeError("device 3 dies")
+        else:
+            _wait_for_device_3_back(devices, workers, died)
         return step(self, work, iteration)
 
+    monkeypatch.setattr(DeviceWorker, "__init__", recorded)
     monkeypatch.setattr(DeviceWorker, "step", dies_once)
-    run_dir, devices = _stream_run(tmp_path, "run")
+    devices.learn_topology(timeout_s=5)
+    try:
+        run_dir = train(cfg, device_transport=devices)
+    finally:
+        devices.close()
+    return run_dir, devices, workers, steps
+
+
+def test_over_the_stream_a_device_that_comes_back_rejoins_fresh_and_is_counted(tmp_path, monkeypatch):
+    """Device 3's task dies once; the edge starts it again (a new train.run message to its node): a new worker,
+    with a fresh discriminator, rejoins, is counted as restarted and serves to the end of the run."""
+    import json
+
+    run_dir, devices, workers, steps = _device_3_restart_run(tmp_path, monkeypatch, InProcessGrid(FOUR), lambda: None)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["faults"]["device_restarts"] == 1
     assert summary["faults"]["timeouts"] >= 1 and summary["deployment"]["stream"]["reconnections"] == 1
     assert len(workers) == 2 and workers[1] is not workers[0]           # a fresh worker: a fresh discriminator
+    assert steps.count(workers[1]) > 0                                 # and it works again
 
 
 def test_over_the_stream_a_supernode_back_under_a_new_node_id_is_found_and_serves(tmp_path, monkeypatch):
@@ -454,40 +493,22 @@ def test_over_the_stream_a_supernode_back_under_a_new_node_id_is_found_and_serve
 
     from flwr.app import Context, RecordDict
 
-    from fedgen_pl.flower.device import DeviceWorker
-    from fedgen_pl.flower.edge import StreamDevices
-
     monkeypatch.setattr("fedgen_pl.flower.edge.REFIND_S", 0.05)
     grid = InProcessGrid(FOUR)
     old_node = next(n for n, c in FOUR.items() if (c["community"], c["device"]) == (1, 1))
-    step, workers, served = DeviceWorker.step, [], []
 
-    def node_dies_once(self, work, iteration):
-        if self.g == 3 and self not in workers:
-            workers.append(self)
-        if self.g == 3:
-            served.append(self)
-        if self.g == 3 and self is workers[0] and iteration >= 2:
-            grid.silent.add(old_node)                       # the old node is gone for good ...
-            grid.contexts[99] = Context(run_id=1, node_id=99, node_config=dict(FOUR[old_node]), state=RecordDict(),
-                                        run_config={})      # ... and its SuperNode is back as node 99
-            raise RuntimeError("device 3's SuperNode dies")
-        return step(self, work, iteration)
+    def node_moves():
+        grid.silent.add(old_node)                               # the old node is gone for good ...
+        grid.contexts[99] = Context(run_id=1, node_id=99, node_config=dict(FOUR[old_node]), state=RecordDict(),
+                                    run_config={})              # ... and its SuperNode is back as node 99
 
-    monkeypatch.setattr(DeviceWorker, "step", node_dies_once)
-    cfg = load_config([*TWO_BY_TWO, "federation.global_rounds=3", "deploy.exchange_timeout_s=20",
-                       "deploy.stream_address=127.0.0.1:19589", f"output_dir={tmp_path / 'run'}"])
-    devices = StreamDevices(grid, cfg, poll_s=0)
-    devices.learn_topology(timeout_s=5)
-    try:
-        run_dir = train(cfg, device_transport=devices)
-    finally:
-        devices.close()
+    run_dir, devices, workers, steps = _device_3_restart_run(tmp_path, monkeypatch, grid, node_moves,
+                                                             "federation.global_rounds=3")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 3 and summary["faults"]["device_restarts"] == 1
-    assert devices.flower.node_of[3] == 99 and len(workers) == 2
+    assert devices.flower.node_of[3] == 99 and len(workers) == 2 and workers[1] is not workers[0]
     assert any(node == 99 and m.metadata.message_type == "train.run" for node, m in grid.log)
-    assert served.count(workers[1]) > 0                       # the device on the new node did work
+    assert steps.count(workers[1]) > 0
 
 
 @pytest.mark.parametrize("transport", ["stream", "messages"])
