@@ -70,7 +70,7 @@ def warn_if_config_differs(checkpoint: Path, cfg) -> None:
     """A run folder's ``config.yaml`` that disagrees with its checkpoint (edited, or copied from another run):
     say so once; the checkpoint's configuration is the one used."""
     from fedgen_pl.config import flatten, with_defaults
-    from fedgen_pl.resume import run_dir_of
+    from fedgen_pl.resume import changeable_on_resume, run_dir_of
 
     saved = run_dir_of(checkpoint) / "config.yaml"
     if not saved.is_file():
@@ -81,8 +81,8 @@ def warn_if_config_differs(checkpoint: Path, cfg) -> None:
         log.warning("eval: %s is unreadable (%s); using the checkpoint's configuration", saved, type(err).__name__)
         return
     used = flatten(OmegaConf.to_container(cfg, resolve=True))
-    differ = sorted(k for k in set(written) | set(used)
-                    if written.get(k) != used.get(k) and not k.startswith(("metrics.", "resume", "output_dir")))
+    differ = sorted(k for k in set(written) | set(used)       # keys a resumed run may change legitimately differ
+                    if written.get(k) != used.get(k) and not changeable_on_resume(k))
     if differ:
         log.warning("eval: %s differs from the checkpoint's configuration at %s; using the checkpoint's",
                     saved, ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else ""))

@@ -27,7 +27,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from fedgen_pl.config import flatten
-from fedgen_pl.errors import InputError
+from fedgen_pl.errors import InputError, check_writable_dir
 from fedgen_pl.plots import plt
 
 # Keys that say where or how a run was launched, logged or evaluated, not what it computed: runs that
@@ -249,7 +249,8 @@ def _curve_keys(runs: list[Run]) -> list[str]:
 
 
 def build_report(run_dirs: list[Path], out: Path) -> Path:
-    runs = [Run(p) for p in run_dirs]
+    runs = [Run(p) for p in run_dirs]             # the runs first: a wrong run path is the likelier mistake
+    check_writable_dir(Path(out).expanduser().parent, "--out")
     while len({r.name for r in runs}) < len(runs):      # same directory names (seed0, seed1 under each method)
         depth = max(len(Path(r.name).parts) for r in runs) + 1
         for run in runs:

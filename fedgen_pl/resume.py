@@ -79,7 +79,7 @@ def run_dir_of(checkpoint_path: Path) -> Path:
     return folder.parent if folder.name == "checkpoints" else folder
 
 
-def _allowed(key: str) -> bool:
+def changeable_on_resume(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
 
 
@@ -111,7 +111,7 @@ def resume_config(overrides: list[str]) -> DictConfig:
     cfg = with_defaults(saved)               # keys added since the run was made take their defaults
     for item in overrides:
         key = item.split("=", 1)[0]
-        if _allowed(key):
+        if changeable_on_resume(key):
             continue
         new, old = OmegaConf.select(cli, key), OmegaConf.select(saved, key, default="<absent>")
         if OmegaConf.is_config(new):
@@ -123,7 +123,7 @@ def resume_config(overrides: list[str]) -> DictConfig:
                               f"line; a resumed run keeps its configuration except "
                               f"{', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in RESUMABLE_KEYS)}. "
                               f"Start a new run to change it")
-    allowed = OmegaConf.from_dotlist([item for item in overrides if _allowed(item.split("=", 1)[0])])
+    allowed = OmegaConf.from_dotlist([item for item in overrides if changeable_on_resume(item.split("=", 1)[0])])
     cfg = _merge(cfg, allowed, "command line")
     cfg.resume = str(path)
     cfg.output_dir = str(run_dir_of(path))
