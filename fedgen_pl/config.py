@@ -640,5 +640,5 @@ def validate(cfg: DictConfig) -> None:
                 _require(not overlap, "metrics.anomaly_classes",
                          f"community {i} trains on class(es) {overlap} of {mc.anomaly_data}, so they are not "
                          f"anomalies; give federation.communities[{i}].classes without them")
-        _require(mc.classifier_train_samples is None or mc.classifier_train_samples >= 100,
+    _require(mc.classifier_train_samples is None or mc.classifier_train_samples >= 100,
              "metrics.classifier_train_samples", f"must be null (all) or >= 100, got {mc.classifier_train_samples}")

@@ -194,7 +194,7 @@ class GenerationEvaluator:
                  anomaly_data: str | None = None, anomaly_classes: list[int] = ()):
         self.device = torch.device(device)
         self.iw_samples = iw_samples
-        self.anomaly = None         # VAEs: (normal images, anomalous images, label prior) of fedgen_pl/anomaly.py
+        self.anomaly = None         # VAEs: (normal images, anomalous images, label prior) of metrics/anomaly.py
         if anomaly_data is not None:
             from fedgen_pl.metrics.anomaly import held_out_images
 

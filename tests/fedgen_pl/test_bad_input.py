@@ -120,6 +120,8 @@ def _setup(case, root, monkeypatch):
         _npz(root / "data" / "three", [0, 1, 2], [0, 1, 2])
         return ["train", *IMAGES, f"data.root={root / 'data'}", "federation.communities=[{data: three}]",
                 "data.batch_size=16", "federation.devices_per_community=1", f"output_dir={root / 'run'}"]
+    if case == "too few classifier samples":
+        return ["train", *GRID, "metrics.classifier_train_samples=5", f"output_dir={root / 'run'}"]
     if case == "misspelt section of a key":
         return ["train", "dat.batch_size=3", f"output_dir={root / 'run'}"]
     raise AssertionError(case)
@@ -152,6 +154,7 @@ CASES = [
     ("config --keys with overrides", "(fedgen config)", "take no overrides"),
     ("report of a file", "afile)", "not a run directory"),
     ("eval with an unknown metrics key", "(metrics.foo)", "not in 'MetricsConfig'"),
+    ("too few classifier samples", "(metrics.classifier_train_samples)", "must be null (all) or >= 100"),
     ("a community smaller than one batch", "(federation.communities[0])", "fewer than one batch (data.batch_size=16)"),
 ]
 
