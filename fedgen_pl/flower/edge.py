@@ -293,7 +293,7 @@ class StreamDevices:
         self.replies: dict[int, tuple] = {}       # device -> its feedback not yet used by an edge
         self.gone: set[int] = set()
         self.asked: dict[str, int] = {}           # query.topology message -> a node that joined during the run
-        self.ignored_nodes: set[int] = set()      # nodes already asked
+        self.asked_nodes: set[int] = set()        # nodes already asked (once each)
         self.next_look = 0.0
         self.exchange_s, self.reply_s = self.flower.exchange_s, self.flower.reply_s
         self.bytes_sent = self.flower.bytes_sent
@@ -363,11 +363,15 @@ class StreamDevices:
                 node = self.asked.pop(reply.metadata.reply_to_message_id, None)
                 if node is None or not reply.has_content():
                     continue
-                try:
-                    g = global_device_index(self.cfg, *claimed_device(node, reply))
-                except (ConfigError, ValueError, KeyError):
+                counts = devices_per_community(self.cfg)
+                try:                                                   # network input: a place that exists
+                    c, d = claimed_device(node, reply)
+                    if not (0 <= c < len(counts) and 0 <= d < counts[c]):
+                        raise ValueError
+                except (ConfigError, ValueError, TypeError, KeyError):
                     log.warning("deploy: node %s joined with no place in the topology; ignored", node)
                     continue
+                g = global_device_index(self.cfg, c, d)
                 if g in self.gone:
                     log.warning("deploy: device %d is back on node %s (a new node id)", g, node)
                     flower.node_of[g] = node
@@ -375,9 +379,8 @@ class StreamDevices:
         if not self.gone or now < self.next_look:
             return
         self.next_look = now + REFIND_S
-        known = set(flower.node_of.values()) | set(self.asked.values()) | self.ignored_nodes
-        new = [n for n in grid.get_node_ids() if n not in known]
-        self.ignored_nodes.update(new)           # asked once
+        new = [n for n in grid.get_node_ids() if n not in self.asked_nodes and n not in flower.node_of.values()]
+        self.asked_nodes.update(new)
         if new:
             ids = grid.push_messages([Message(RecordDict({}), dst_node_id=n, message_type="query.topology") for n in new])
             self.asked.update(zip(ids, new))

@@ -498,6 +498,9 @@ def test_over_the_stream_a_supernode_back_under_a_new_node_id_is_found_and_serve
     old_node = next(n for n, c in FOUR.items() if (c["community"], c["device"]) == (1, 1))
 
     def node_moves():
+        # a node claiming a place that does not exist (community 2 of 2, device -1) is network input: ignored
+        grid.contexts[98] = Context(run_id=1, node_id=98, node_config={"community": 2, "device": -1},
+                                    state=RecordDict(), run_config={})
         grid.silent.add(old_node)                               # the old node is gone for good ...
         grid.contexts[99] = Context(run_id=1, node_id=99, node_config=dict(FOUR[old_node]), state=RecordDict(),
                                     run_config={})              # ... and its SuperNode is back as node 99
@@ -508,6 +511,7 @@ def test_over_the_stream_a_supernode_back_under_a_new_node_id_is_found_and_serve
     assert summary["rounds"] == 3 and summary["faults"]["device_restarts"] == 1
     assert devices.flower.node_of[3] == 99 and len(workers) == 2 and workers[1] is not workers[0]
     assert any(node == 99 and m.metadata.message_type == "train.run" for node, m in grid.log)
+    assert not any(node == 98 and m.metadata.message_type == "train.run" for node, m in grid.log)
     assert steps.count(workers[1]) > 0
 
 
