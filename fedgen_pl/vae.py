@@ -9,6 +9,7 @@ data. Samples for the metrics decode z ~ N(0, I) (with the label when conditiona
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -82,6 +83,7 @@ class FedVAE(FederationModule):
         num_labels = self.spec.num_labels if m.conditional else 0
         self.global_vae = VAE(self.spec.data_shape, m.latent_dim, num_labels, m.g_channels, m.g_norm)
         # one VAE per member: per device (fed_vae) or one for the pooled data (centralized_vae)
+        self.member_of_device = np.asarray(self.federation.device_groups[self.recipe.generators])
         self.device_vaes = StackedModule(self.global_vae, self.num_generators,
                                         execution=self.cfg.trainer.member_execution, compile_mode=self.cfg.trainer.compile)
 
@@ -112,8 +114,9 @@ class FedVAE(FederationModule):
         device for the centralized VAE)."""
         opt = optimizers[0]
         groups = self.federation.generators
-        arrived = torch.from_numpy(event.arrived).to(self.device)
-        arrived = torch.zeros(groups.num_groups, device=self.device).index_add_(0, groups.group, arrived.float()) > 0
+        member_arrived = np.zeros(groups.num_groups, dtype=bool)       # on the host: no device sync
+        np.logical_or.at(member_arrived, self.member_of_device, event.arrived)
+        arrived = torch.from_numpy(member_arrived).to(self.device)
         rng, B = self.generator_rng(), self.cfg.data.batch_size
         x, y = self.data.sample_real(B, rng)
         x, y = groups.to_members(x), groups.to_members(y)
@@ -127,7 +130,7 @@ class FedVAE(FederationModule):
         clear = bool((step == arrived).all())       # the one host sync of the step
         if not clear:
             self.federation.report_nonfinite((arrived & ~step)[groups.group])
-        opt.step(active=None if clear and bool(arrived.all()) else step)
+        opt.step(active=None if clear and bool(member_arrived.all()) else step)
         with torch.no_grad():
             self.federation.record_updates(step, loss.detach())
         return {"arrived": step, "loss": loss.detach()}
