@@ -53,7 +53,8 @@ class GenerationMetrics(pl.Callback):
             self._evaluated_round = done
             started = time.time()
             # Inception (fid_inception, kid_inception) at the last evaluation only: minutes per 10,000 images on CPU
-            self.latest = self.evaluator.evaluate_model(pl_module, inception=pl_module.training_finished)
+            self.latest = {**self.evaluator.evaluate_model(pl_module, inception=pl_module.training_finished),
+                           **pl_module.privacy_metrics()}
             self.eval_seconds += time.time() - started
             pl_module.log_metrics(self.latest)
             paths = sample_grids(pl_module, self.plot_dir, self.per_label)

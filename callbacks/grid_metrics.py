@@ -55,6 +55,7 @@ class GaussianGridMetrics(pl.Callback):
             if getattr(pl_module, "has_ema", False):
                 with pl_module.ema_weights():
                     self.latest.update({f"ema/global/{k}": v for k, v in self.evaluate(pl_module)[0].items()})
+            self.latest.update(pl_module.privacy_metrics())
             pl_module.log_metrics(self.latest)
             if pl_module.training_finished and self.plot_dir is not None:
                 from fedgen_pl.plots import scatter_grid

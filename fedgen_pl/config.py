@@ -238,6 +238,18 @@ KEYS: list[Key] = [
         'images: train the classifier on this many samples (null = all; tests use fewer)'),
     Key('metrics.cache_dir', str, '~/.cache/fedgen-pl',
         'classifier cache (keyed by datasets, label space and code version)'),
+    Key('privacy.noise_multiplier', float, 0.0,
+        'sigma: Gaussian noise on what leaves a device, in units of privacy.clip; 0 = no privacy (no eps '
+        'is reported). docs/method.md §15', ge=0),
+    Key('privacy.clip', float, 1.0,
+        'C: l2 bound of each per-sample feedback (fedgen_fr, fedgen_lr, md_gan; GS-WGAN) or of each '
+        "device's model update (fed_gan, fed_cgan, fed_vae; DP-FedAvg)", gt=0),
+    Key('privacy.loss_bound', float, 5.0,
+        'b: L_kj is clamped into [-b, 0] before its noise (fedgen_fr, fedgen_lr, md_gan)', gt=0),
+    Key('privacy.delta', float, 1.0e-5, 'delta of the reported (eps, delta)', gt=0, lt=1),
+    Key('privacy.target_epsilon', Optional[float], None,
+        'solve privacy.noise_multiplier for this eps at the end of the schedule, before training (null = '
+        'use privacy.noise_multiplier)'),
     Key('trainer.accelerator', str, 'auto',
         'auto | cpu | gpu (Lightning accelerator; one device)',
         choices=('auto', 'cpu', 'gpu', 'cuda', 'mps')),
@@ -286,6 +298,7 @@ KEYS: list[Key] = [
 SECTIONS = {     # the comment of a section's line in default.yaml
     "clock": "the virtual clock (integer ticks) behind sync and async updates",
     "deploy": "the tiers on separate machines through Flower (fedgen deploy-local; docs/method.md §14)",
+    "privacy": "differential privacy of what leaves a device, with the (eps, delta) spent (docs/method.md §15)",
 }
 KEY = {key.name: key for key in KEYS}
 CHOICES = {key.name: key.choices for key in KEYS if key.choices}

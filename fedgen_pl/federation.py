@@ -23,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 from fedgen_pl.aggregation import RoundStats, aggregate
 from fedgen_pl.clock import VirtualClock
 from fedgen_pl.config import with_defaults
+from fedgen_pl.privacy import privacy_of, sanitize_updates
 from fedgen_pl.recipes import recipe_of
 from fedgen_pl.spec import FederationSpec
 
@@ -225,6 +226,7 @@ class FederationModule(pl.LightningModule):
         self.data = None        # the DataModule (set in on_fit_start, or by attach_data)
         self.ema: AveragedModel | None = None   # built by configure_model once the family's networks exist
         self.finished_round: dict | None = None  # the record of the round the last step completed
+        self.privacy = privacy_of(self.cfg, self.recipe)     # None: nothing is sanitised (privacy.noise_multiplier=0)
 
     # -- what a family fills in ---------------------------------------------------------------------
     def local_update(self, event, optimizers: list):
@@ -305,6 +307,21 @@ class FederationModule(pl.LightningModule):
         new_state, weights = aggregate(rule, global_state, community_state, stats)
         self.counters["cloud_left_out"] = self.counters.get("cloud_left_out", 0) + int((~stats.participating).sum())
         return new_state, {"community_loss": stats.community_loss.tolist(), "cloud_weights": weights.tolist()}
+
+    def sanitized_updates(self, stacked: dict[str, Tensor], start: dict[str, Tensor]) -> dict[str, Tensor]:
+        """DP-FedAvg on the device side (privacy.py): what each member sends of ``stacked`` (``[n, ...]``) when
+        it started the round from ``start``; ``stacked`` itself without privacy."""
+        if self.privacy is None:
+            return stacked
+        p = self.privacy
+        return sanitize_updates(stacked, start, p.clip, p.noise_multiplier, self.federation.rng(self.device))
+
+    def privacy_metrics(self) -> dict[str, float]:
+        """``privacy/epsilon``: the eps spent so far at ``privacy.delta`` (none without privacy)."""
+        if self.privacy is None:
+            return {}
+        steps = self.iteration if self.privacy.mechanism == "feedback" else self.round
+        return {"privacy/epsilon": self.privacy.epsilon(steps)}
 
     def close_round(self, bytes_sent: dict[str, int]) -> None:
         """After the new global model is in every member: the EMA takes it in, the next round starts and

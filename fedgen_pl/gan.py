@@ -34,6 +34,7 @@ from fedgen_pl.federation import FederationModule, Grouping
 from fedgen_pl.networks import build_discriminator, build_generator
 from fedgen_pl.optim import StackedAdam
 from fedgen_pl.stacked import StackedModule
+from fedgen_pl.privacy import sanitize_feedback
 from fedgen_pl.tiers import device_iteration, edge_generator_loss, finite_rows, zero_rows
 
 log = logging.getLogger("fedgen")
@@ -135,6 +136,7 @@ class FederatedGAN(FederationModule):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        self.remember_discriminators()
         if self.recipe.baseline:
             log.info("%s: this baseline's own rules replace %s", self.cfg.model.name, self.recipe.replaced_keys())
 
@@ -284,6 +286,10 @@ class FederatedGAN(FederationModule):
                 lambda loss: self.step_discriminators(loss, arrived, devices, opt_d),
                 work.real_x, work.real_y, work.fake_d, work.y_d, fake_g, work.y_g, self.cfg.model.gan_loss,
                 self.judged(work.y_d, devices), self.judged(work.y_g, devices))
+            if self.privacy is not None:        # what leaves each device, sanitised there (privacy.py)
+                p = self.privacy
+                device_loss, feedback = sanitize_feedback(device_loss, feedback, p.clip, p.loss_bound,
+                                                          p.noise_multiplier, self.federation.rng(self.device))
         usable = stepped & spread(finite_rows(device_loss, feedback).to(torch.float32)).bool()
         feedback = zero_rows(feedback, usable if devices is None else usable[devices])
         zero = torch.zeros(N, device=self.device)
@@ -358,9 +364,11 @@ class FederatedGAN(FederationModule):
         """Aggregate the G_k into G (the recipe's cloud rule over the members that took part), send G down,
         start the next round, then the recipe's round-end steps. Returns the round's record."""
         rule, tau_cloud, lr = self.cloud
-        new_state, record = self.aggregate_round(get_aggregation(rule), tau_cloud, lr,
-                                                 dict(self.global_generator.state_dict()),
-                                                 self.community_generators.stacked_state())
+        global_state = dict(self.global_generator.state_dict())
+        sent = self.community_generators.stacked_state()
+        if self.recipe.traffic == "models":       # every G_k started the round from G
+            sent = self.sanitized_updates(sent, {k: v.unsqueeze(0).expand_as(sent[k]) for k, v in global_state.items()})
+        new_state, record = self.aggregate_round(get_aggregation(rule), tau_cloud, lr, global_state, sent)
         self.global_generator.load_state_dict(new_state)
         self.community_generators.broadcast(dict(self.global_generator.state_dict()))
         self.close_round(self.round_bytes())
@@ -376,9 +384,20 @@ class FederatedGAN(FederationModule):
         (``federation.fedavg_via_edges``)."""
         counts = torch.tensor(self.spec.device_sample_counts, device=self.device)
         via_edges = self.cfg.federation.fedavg_via_edges
-        averaged = fedavg_average(self.device_discriminators.stacked_state(), counts,
-                                  self.federation.community_of_device if via_edges else None, self.num_communities)
+        sent = self.device_discriminators.stacked_state()
+        if self.privacy is not None:
+            sent = self.sanitized_updates(sent, self.discriminators_at_round_start)
+        averaged = fedavg_average(sent, counts, self.federation.community_of_device if via_edges else None,
+                                  self.num_communities)
         self.device_discriminators.broadcast(averaged)
+        self.remember_discriminators()
+
+    def remember_discriminators(self) -> None:
+        """DP-FedAvg needs where each D started the round (the devices' first D differ; checkpoints are
+        written between rounds, so a resumed run starts from what it loads)."""
+        if self.privacy is not None and "average_discriminators" in self.recipe.round_end:
+            self.discriminators_at_round_start = {k: v.clone() for k, v in
+                                                  self.device_discriminators.stacked_state().items()}
 
     def round_bytes(self) -> dict[str, int]:
         """The round's traffic. Three tiers: every edge sends G_k and L*_k up and receives G (and C, when the

@@ -27,6 +27,7 @@ from fedgen_pl.config import ConfigError
 from fedgen_pl.errors import RunDirError, check_writable_dir, release_held_logs
 from fedgen_pl.metrics.evaluator import build_evaluator
 from fedgen_pl.models import model_class
+from fedgen_pl.privacy import describe as describe_privacy, privacy_record
 from fedgen_pl.recipes import check_recipe_config
 
 log = logging.getLogger("fedgen")
@@ -182,6 +183,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None, device_transport
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     release_held_logs()                  # the input is good: the log lines held while checking it follow
+    log.info(describe_privacy(model.privacy, cfg))
     try:
         OmegaConf.save(cfg, run_dir / "config.yaml")
         datamodule.write_partition(run_dir)
@@ -265,6 +267,7 @@ def summarise(cfg: DictConfig, model, run_dir: Path, started: float, aggregation
         "run_dir": str(run_dir),
         "resumed_from": cfg.resume,
     }
+    summary["privacy"] = privacy_record(model)
     if getattr(model, "device_transport", None) is not None:
         summary["deployment"] = model.device_transport.summary()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

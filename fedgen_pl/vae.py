@@ -148,10 +148,11 @@ class FedVAE(FederationModule):
         stacked = self.device_vaes.stacked_state()
         record = {"community_loss": self.federation.round_stats(0.0, 1.0).community_loss.tolist()}
         if self.cfg.model.vae_average != "none":
-            new_state, record = self.aggregate_round(
-                get_aggregation("fedavg"), 0.0, 1.0,
-                {k: v for k, v in self.global_vae.state_dict().items() if self._shared(k)},
-                {k: v for k, v in stacked.items() if self._shared(k)})
+            global_state = {k: v for k, v in self.global_vae.state_dict().items() if self._shared(k)}
+            sent = {k: v for k, v in stacked.items() if self._shared(k)}
+            if self.recipe.traffic == "models":      # every member started the round from the global VAE's part
+                sent = self.sanitized_updates(sent, {k: v.unsqueeze(0).expand_as(sent[k]) for k, v in global_state.items()})
+            new_state, record = self.aggregate_round(get_aggregation("fedavg"), 0.0, 1.0, global_state, sent)
             self.global_vae.load_state_dict(new_state, strict=False)
             for name, value in new_state.items():
                 stacked[name].copy_(value.unsqueeze(0).expand_as(stacked[name]))

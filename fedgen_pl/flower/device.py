@@ -1,11 +1,14 @@
 """The ClientApp: one device. Its discriminator and Adam state live in the node's context
 (``context.state``); its data is its share of the partition that the experiment and seed define, built on
 the node from the datasets under its ``data-root`` node config (else ``data.root``), or its own
-``data-dir``, never sent. Its step is the engine's own ``tiers.device_iteration``."""
+``data-dir``, never sent. Its step is the engine's own ``tiers.device_iteration``, and with privacy on,
+what it sends goes through the engine's own ``privacy.sanitize_feedback``."""
 
 from __future__ import annotations
 
 import json
+import math
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from omegaconf import OmegaConf
 from torch.func import functional_call
 
 from fedgen_pl.flower.wire import from_record, global_device_index, to_record
+from fedgen_pl.privacy import privacy_of, sanitize_feedback
 from fedgen_pl.tiers import device_iteration
 
 client_app = ClientApp()
@@ -88,6 +92,9 @@ class DeviceWorker:
         if d_init is not None:                     # test mode: the in-process run's first weights
             self.discriminator.load_state_dict(d_init)
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=m.d_lr, betas=(m.beta1, m.beta2))
+        # Privacy: the noise must be secret from the edge, which knows the run's seed: the OS's randomness.
+        self.privacy = privacy_of(cfg, recipe_of(m.name))
+        self.noise = torch.Generator().manual_seed(secrets.randbits(63)) if self.privacy is not None else None
 
     def state(self) -> dict[str, torch.Tensor]:
         state = {f"d.{k}": v for k, v in self.discriminator.state_dict().items()}
@@ -138,7 +145,13 @@ class DeviceWorker:
         d_loss, device_loss, feedback, finite = device_iteration(
             discriminate, update, real_x[None], real_y[None], work["fake_d"][None], work["y_d"][None],
             work["fake_g"][None], work["y_g"][None], self.cfg.model.gan_loss)
-        return feedback[0], {"d_loss": float(d_loss.detach()[0]), "device_loss": float(device_loss.detach()[0]),
+        d_loss = float(d_loss.detach()[0])
+        if self.privacy is not None:     # sanitised before the transport; D's own loss is not sent (nan)
+            p = self.privacy
+            device_loss, feedback = sanitize_feedback(device_loss.detach(), feedback, p.clip, p.loss_bound,
+                                                      p.noise_multiplier, self.noise)
+            d_loss = math.nan
+        return feedback[0], {"d_loss": d_loss, "device_loss": float(device_loss.detach()[0]),
                              "stepped": float(finite)}
 
 

@@ -543,3 +543,46 @@ def test_feedback_that_is_not_the_answer_to_its_work_is_dropped_and_counted(tmp_
         dropped = json.loads((run_dir / "summary.json").read_text())["deployment"]["malformed_replies"]
     assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 1
     assert dropped >= 1
+
+
+def test_a_deployed_device_sanitises_what_it_sends_with_the_engines_function_and_secret_noise(monkeypatch):
+    """With privacy on, the ClientApp sends what ``privacy.sanitize_feedback`` returns (the engine's own
+    function), keeps its D loss to itself (nan), and draws its noise from the OS: the same work on two
+    nodes of the same run gets different noise (the edge knows the run's seed, so seeded noise would not hide
+    anything)."""
+    import json
+    import math
+
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from omegaconf import OmegaConf
+
+    from datamodules import FederatedDataModule
+    from fedgen_pl import privacy
+    from fedgen_pl.flower import device as device_app
+    from fedgen_pl.flower.wire import from_record, to_record
+
+    calls = []
+
+    def spy(*args):
+        calls.append(args[2:5])
+        return privacy.sanitize_feedback(*args)
+
+    monkeypatch.setattr(device_app, "sanitize_feedback", spy)
+    cfg = load_config([*TWO_BY_TWO, "privacy.noise_multiplier=3", "privacy.clip=0.5", "privacy.loss_bound=2"])
+    dm = FederatedDataModule(cfg)
+    dm.setup("fit")
+    run = {"config": json.dumps(OmegaConf.to_container(cfg, resolve=True)), "spec": json.dumps(dm.spec.to_dict()),
+           "iteration": 0}
+    g = torch.Generator().manual_seed(0)
+    work = {"fake_d": torch.randn(8, 2, generator=g), "y_d": torch.full((8,), 2),
+            "fake_g": torch.randn(8, 2, generator=g), "y_g": torch.full((8,), 2)}
+    sent = []
+    for node_id in (7, 8):
+        context = Context(run_id=1, node_id=node_id, node_config={"community": 1, "device": 0}, state=RecordDict(),
+                          run_config={})
+        reply = device_app.client_app(Message(RecordDict({"work": to_record(work), "run": ConfigRecord(run)}),
+                                              dst_node_id=node_id, message_type="train.step"), context)
+        sent.append(from_record(reply.content["feedback"])["feedback"])
+        assert math.isnan(reply.content["stats"]["d_loss"])
+    assert calls == [(0.5, 2.0, 3.0)] * 2
+    assert not torch.equal(sent[0], sent[1])
