@@ -54,7 +54,8 @@ ROWS = {"IS": "global/is_classifier", "FID": "global/fid_classifier", "Acc": "gl
         "KID (Inception)": "global/kid_inception", "FID (Inception), EMA": "ema/global/fid_inception",
         "FID, EMA": "ema/global/fid_classifier", "Acc, EMA": "ema/global/acc",
         "-ELBO": "global/negative_elbo", "-ELBO (IW)": "global/iw_negative_elbo",
-        "-ELBO of the device models": "devices/negative_elbo", "anomaly AUROC": "devices/anomaly_auroc"}
+        "-ELBO of the device models": "devices/negative_elbo", "anomaly AUROC": "devices/anomaly_auroc",
+        "eps": "privacy/epsilon"}
 LITERATURE_ROWS = ("FID (Inception)", "FID (Inception), EMA", "KID (Inception)", "FID", "FID, EMA", "Acc", "Acc, EMA")
 
 
@@ -190,7 +191,9 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
             lines += _literature_rows(summaries, chosen, seeds, splits_of(table, splits))
             continue
         title = definition(table).get("title", table)
-        lines += [f"**{title}**", "", "| split | metric | " + " | ".join(c for _, c in chosen) + " |",
+        headers = [_header(c, [summaries[(table, split, c, s)] for split in splits_of(table, splits) for s in seeds])
+                   for _, c in chosen]
+        lines += [f"**{title}**", "", "| split | metric | " + " | ".join(headers) + " |",
                   "|---|---|" + "---|" * len(chosen)]
         for split in splits_of(table, splits):
             paper = PAPER.get((table, split), {})
@@ -216,11 +219,25 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
                 lines.append(f"| {split} | MiB per round (all tiers) | " + " | ".join(
                     _cell([mib_per_round(summaries[(table, split, c, s)]) for s in seeds], digits=1)
                     for _, c in chosen) + " |")
+        published = definition(table).get("published") if table != "literature" else None
+        if published:
+            lines += ["Published (Inception FID): " + "; ".join(
+                f"{split}: " + ", ".join(f"{name} {value}" for name, value in published[split].items())
+                for split in splits_of(table, splits) if split in published), ""]
         lines.append("")
     lines.append("Run directories:")
     for key in sorted(summaries):
         lines.append(f"- {key[0]} {key[1]} {key[2]} seed {key[3]}: `{run_dir_for(root, key)}`")
     return "\n".join(lines)
+
+
+def _header(column: str, summaries: list[dict]) -> str:
+    """A column's name, with the eps its runs spent when they are private (``summary.json``'s privacy)."""
+    spent = sorted({round(s["privacy"]["epsilon"], 2) for s in summaries
+                    if (s.get("privacy") or {}).get("epsilon") is not None})
+    if not spent:
+        return column
+    return f"{column} (ε = {spent[0]:g})" if len(spent) == 1 else f"{column} (ε = {spent[0]:g}–{spent[-1]:g})"
 
 
 def _literature_rows(summaries: dict, chosen: list, seeds: list[int], splits: tuple[str, ...]) -> list[str]:

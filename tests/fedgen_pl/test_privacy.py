@@ -147,3 +147,12 @@ def test_a_private_run_reports_the_epsilon_it_spent(model, tmp_path):
     with open(run / "metrics.csv") as f:
         spent = [float(r["privacy/epsilon"]) for r in csv.DictReader(f) if r.get("privacy/epsilon")]
     assert len(spent) == 2 and spent[0] < spent[1] == pytest.approx(summary["privacy"]["epsilon"])
+
+
+def test_table_headers_carry_the_epsilon_their_runs_spent_and_plain_runs_none():
+    from fedgen_pl.table import _header
+
+    assert _header("M-D GAN, eps 10", [{"privacy": {"epsilon": 9.9961}}, {"privacy": {"epsilon": 9.9958}}]) == \
+        "M-D GAN, eps 10 (ε = 10)"
+    assert _header("FR sync", [{"privacy": {"mechanism": "none", "epsilon": None}}, {}]) == "FR sync"
+    assert _header("x", [{"privacy": {"epsilon": 1.0}}, {"privacy": {"epsilon": 2.5}}]) == "x (ε = 1–2.5)"
