@@ -2,8 +2,9 @@
 
 - in-process: ``fedgen train`` (every device in this process, batched);
 - Flower messages in this process: the ServerApp's FlowerDevices and the ClientApp called directly (what
-  Flower's message layer costs without processes or a network; Flower's simulation engine needs Ray,
-  which this project does not install);
+  Flower's message layer costs without processes or a network);
+- Flower's simulation engine (Ray; ``pip install 'flwr[simulation]==1.42.0'``, not a project dependency):
+  the same apps on virtual SuperNodes, each message run by a Ray actor;
 - local deployment over Flower's messages: ``fedgen deploy-local deploy.transport=messages`` (a SuperLink,
   one SuperNode per device, one ClientApp process per message);
 - local deployment over the stream: ``fedgen deploy-local deploy.transport=stream`` (the same, with one
@@ -78,6 +79,50 @@ def deployment(out: Path, iters: int, transport: str) -> float:
     return json.loads((run / "summary.json").read_text())["deployment"]["exchange_s_mean"]
 
 
+PAIRS = [(0, 0), (0, 1), (1, 0), (1, 1)]      # simulated node i is (community, device) PAIRS[i]
+
+
+def simulation(out: Path, iters: int) -> float | None:
+    """Flower's simulation engine (``flwr.simulation.run_simulation``, Ray backend; ``pip install
+    'flwr[simulation]==1.42.0'``): the same ServerApp logic and ClientApp handlers, every SuperNode a
+    virtual node and every message run by one of Ray's actors (one CPU each). Flower messages (the
+    stream needs a long-lived task per device, which would hold an actor for the whole run). None when Ray
+    is not installed."""
+    try:
+        from flwr.simulation import run_simulation
+    except ImportError:
+        return None
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+
+    from fedgen_pl.config import load_config
+    from fedgen_pl.flower import device
+    from fedgen_pl.flower.edge import FlowerDevices
+    from fedgen_pl.train import train
+
+    run_dir = out / "simulation"
+    server, client = ServerApp(), ClientApp()
+
+    @server.main()
+    def edge(grid, context) -> None:
+        cfg = load_config([*GRID, f"federation.local_iters={iters}", "deploy.transport=messages",
+                           f"output_dir={run_dir}"])
+        devices = FlowerDevices(grid, cfg)
+        devices.learn_topology(timeout_s=300)
+        train(cfg, device_transport=devices)
+
+    def as_device(context):          # the simulation numbers its nodes; fedgen's nodes say where they belong
+        community, index = PAIRS[int(context.node_config["partition-id"])]
+        context.node_config.update({"community": community, "device": index})
+        return context
+
+    client.query("topology")(lambda message, context: device.topology(message, as_device(context)))
+    client.train("step")(lambda message, context: device.device_step(message, as_device(context)))
+    run_simulation(server, client, num_supernodes=len(PAIRS),
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    return json.loads((run_dir / "summary.json").read_text())["deployment"]["exchange_s_mean"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=3)
@@ -86,13 +131,17 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="fedgen-flower-bench-"))
     results = {}
     for name, fn in (("in-process", in_process), ("Flower messages, in this process", in_memory_flower),
+                     ("Flower simulation engine, Ray (flwr 1.42, messages)", simulation),
                      ("local deployment, Flower messages (flwr 1.42)", lambda o, i: deployment(o, i, "messages")),
                      ("local deployment, stream (flwr 1.42)", lambda o, i: deployment(o, i, "stream"))):
         started = time.time()
         results[name] = fn(out, args.iters)
+        if results[name] is None:
+            print(f"{name}: not installed (pip install 'flwr[simulation]==1.42.0')", flush=True)
+            continue
         print(f"{name}: {results[name]:.3f} s per local iteration ({time.time() - started:.0f} s in all)", flush=True)
     base = results["in-process"]
-    print("ratios to in-process: " + ", ".join(f"{k} {v / base:.1f}x" for k, v in results.items()))
+    print("ratios to in-process: " + ", ".join(f"{k} {v / base:.1f}x" for k, v in results.items() if v is not None))
     (out / "flower_backends.json").write_text(json.dumps(results, indent=1))
 
 
