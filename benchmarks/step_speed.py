@@ -17,6 +17,9 @@
 (f) ``--make-train``: the training phase of ``make train`` (the default experiment, quick schedule: 100
     rounds, 5 evaluations; classifier set-up excluded) at each precision, with the shipped settings:
     .venv/bin/python benchmarks/step_speed.py --make-train
+(g) ``--privacy``: a local iteration of fedgen_fr, md_gan (GS-WGAN feedback sanitiser) and fed_gan
+    (DP-FedAvg at the round's end) with ``privacy.noise_multiplier=1`` against without, whole rounds:
+    .venv/bin/python benchmarks/step_speed.py --privacy
 Every ratio divides two timings taken in this run, on this machine; the script prints the hardware.
 Data: MNIST + FashionMNIST (the offline sources `make` installs), DCGAN networks of mnist_fmnist_noniid.
 """
@@ -97,6 +100,16 @@ def federated_step(system):
             system.end_round()
 
     return step
+
+
+def whole_rounds(system, rounds: int) -> float:
+    """Seconds per local iteration over ``rounds`` whole rounds (the cloud's round ends included)."""
+    step, start, iterations = federated_step(system), time.perf_counter(), system.iteration
+    done = system.round + rounds
+    while system.round < done:
+        step()
+    sync(str(system.device.type))
+    return (time.perf_counter() - start) / (system.iteration - iterations)
 
 
 def loop_step(system):
@@ -185,6 +198,8 @@ def main() -> None:
     parser.add_argument("--skip-loop", action="store_true")
     parser.add_argument("--precision", action="store_true", help="(e): 32-true against bf16-mixed, step and end to end")
     parser.add_argument("--make-train", action="store_true", help="(f): the training phase of `make train` per precision")
+    parser.add_argument("--privacy", action="store_true",
+                        help="(g): a local iteration with privacy.noise_multiplier=1 against without, per model")
     args = parser.parse_args()
     device = args.device
     hardware = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or platform.machine()}, " \
@@ -205,6 +220,22 @@ def main() -> None:
                   f"rounds, evaluation {summary['eval_seconds']:.1f} s of it), global/fid_classifier "
                   f"{summary['metrics']['global/fid_classifier']:.1f}")
         print(f"(f) bf16-mixed speed-up of the training phase: {phases['32-true'] / phases['bf16-mixed']:.2f}x")
+        return
+    if args.privacy:
+        rounds = max(2, args.repeat // 5)
+        for model in ("fedgen_fr", "md_gan", "fed_gan"):
+            systems = {name: build(config(args.layout, args.batch, device, [f"model.name={model}", *extra]), device)
+                       for name, extra in (("off", []), ("on", ["privacy.noise_multiplier=1"]))}
+            times = {name: [] for name in systems}
+            for name, system in systems.items():       # warm-up: one round each
+                whole_rounds(system, 1)
+            for _ in range(3):                          # interleaved, so drift in the machine's load hits both
+                for name, system in systems.items():
+                    times[name].append(whole_rounds(system, rounds))
+            off, on = statistics.median(times["off"]), statistics.median(times["on"])
+            print(f"(g) {model} ({systems['on'].privacy.mechanism} sanitiser): {off * 1000:.1f} ms per local "
+                  f"iteration without privacy, {on * 1000:.1f} ms with; ratio {on / off:.3f}x (whole rounds, round "
+                  f"ends included; median of 3 x {rounds} rounds)")
         return
     if args.precision:
         cfg = config(args.layout, args.batch, device, ["data.partition=shards"])

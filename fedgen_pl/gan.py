@@ -136,7 +136,6 @@ class FederatedGAN(FederationModule):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        self.remember_discriminators()
         if self.recipe.baseline:
             log.info("%s: this baseline's own rules replace %s", self.cfg.model.name, self.recipe.replaced_keys())
 
@@ -146,6 +145,7 @@ class FederatedGAN(FederationModule):
         histogram, group = self.data.label_histogram, self.discriminators.group.to(self.device)
         held = histogram.new_zeros(self.discriminators.num_groups, histogram.shape[1]).index_add(0, group, histogram)
         self.held_labels = (held > 0)[group]
+        self.remember_discriminators()      # training starts (or resumes, between rounds) from here
 
     # -- the networks, batched over devices --------------------------------------------------------
     def generate(self, z: Tensor, labels: Tensor, devices: Tensor | None = None) -> Tensor:
@@ -394,7 +394,8 @@ class FederatedGAN(FederationModule):
 
     def remember_discriminators(self) -> None:
         """DP-FedAvg needs where each D started the round (the devices' first D differ; checkpoints are
-        written between rounds, so a resumed run starts from what it loads)."""
+        written between rounds, so a resumed run starts from what it loads). Called by ``attach_data``
+        (training starts) and after every average."""
         if self.privacy is not None and "average_discriminators" in self.recipe.round_end:
             self.discriminators_at_round_start = {k: v.clone() for k, v in
                                                   self.device_discriminators.stacked_state().items()}

@@ -47,9 +47,14 @@ def _checkpoint(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
-@pytest.mark.parametrize("update", ["sync", "async", "sync with EMA"])
+PRIVATE = {"private feedback": ["privacy.noise_multiplier=2"],
+           "private updates": ["model.name=fed_gan", "privacy.noise_multiplier=2"]}
+
+
+@pytest.mark.parametrize("update", ["sync", "async", "sync with EMA", "private feedback", "private updates"])
 def test_sigkill_mid_round_then_resume_equals_uninterrupted_run(tmp_path, update):
-    overrides = [*FAST, *(ASYNC if update == "async" else []), f"model.ema_decay={0.9 if 'EMA' in update else 0}"]
+    overrides = [*FAST, *(ASYNC if update == "async" else []), f"model.ema_decay={0.9 if 'EMA' in update else 0}",
+                 *PRIVATE.get(update, [])]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert main(["train", *overrides, f"output_dir={straight}"]) == 0
 
