@@ -221,7 +221,7 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
                     for _, c in chosen) + " |")
         published = definition(table).get("published") if table != "literature" else None
         if published:
-            lines += ["Published (Inception FID): " + "; ".join(
+            lines += ["", "Published (Inception FID): " + "; ".join(
                 f"{split}: " + ", ".join(f"{name} {value}" for name, value in published[split].items())
                 for split in splits_of(table, splits) if split in published), ""]
         lines.append("")
