@@ -251,7 +251,7 @@ def _literature_rows(summaries: dict, chosen: list, seeds: list[int], splits: tu
             values = [[v for v in column if v is not None] for column in values]
             if not any(values):
                 continue
-            scale, digits, unit = (100.0, 2, "%") if row.startswith("Acc") else (1.0, 2, "")
+            scale, digits, unit = (100.0, 2, "%") if row.startswith("Acc") else (1.0, 4 if row.startswith("KID") else 2, "")
             cells = [_cell(v, scale, digits) + (unit if v else "") for v in values]
             lines.append(f"| {split} | {row} `{ROWS[row].split('/')[-1]}` | " + " | ".join(cells) + " |")
         per_round = [[mib_per_round(summaries[("literature", split, c, s)]) for s in seeds] for _, c in chosen]
