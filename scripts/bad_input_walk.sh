@@ -120,4 +120,13 @@ trian
 deploy-local experiment=gaussian_grid deploy.stream_address=nonsense
 deploy-local experiment=gaussian_grid deploy.superlink_port=70000
 deploy-local model.name=fed_vae
+train $G model.name=centralized_gan privacy.noise_multiplier=1
+train $G model.name=fed_vae model.vae_average=none privacy.target_epsilon=10
+train $G privacy.clip=0.5
+train $G model.name=fed_gan privacy.noise_multiplier=1 privacy.loss_bound=2
+train $G privacy.noise_multiplier=1 privacy.target_epsilon=5
+train $G federation.update=async privacy.target_epsilon=5
+train $G privacy.target_epsilon=1e-9
+train $G privacy.delta=1 privacy.noise_multiplier=1
+train $G privacy.epsilon=3
 CASES
