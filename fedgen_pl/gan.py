@@ -33,8 +33,8 @@ from fedgen_pl.config import cloud_lr
 from fedgen_pl.federation import FederationModule, Grouping
 from fedgen_pl.networks import build_discriminator, build_generator
 from fedgen_pl.optim import StackedAdam
-from fedgen_pl.stacked import StackedModule
 from fedgen_pl.privacy import sanitize_feedback
+from fedgen_pl.stacked import StackedModule
 from fedgen_pl.tiers import device_iteration, edge_generator_loss, finite_rows, zero_rows
 
 log = logging.getLogger("fedgen")
@@ -286,7 +286,7 @@ class FederatedGAN(FederationModule):
                 lambda loss: self.step_discriminators(loss, arrived, devices, opt_d),
                 work.real_x, work.real_y, work.fake_d, work.y_d, fake_g, work.y_g, self.cfg.model.gan_loss,
                 self.judged(work.y_d, devices), self.judged(work.y_g, devices))
-            if self.privacy is not None:        # what leaves each device, sanitised there (privacy.py)
+            if self.privacy is not None and self.privacy.mechanism == "feedback":   # what leaves a device (privacy.py)
                 p = self.privacy
                 device_loss, feedback = sanitize_feedback(device_loss, feedback, p.clip, p.loss_bound,
                                                           p.noise_multiplier, self.federation.rng(self.device))

@@ -133,9 +133,16 @@ def test_no_noise_is_bit_identical_to_no_privacy_block_and_never_sanitises(tmp_p
 
 
 @pytest.mark.parametrize("model", ["fedgen_fr", "fed_gan"])
-def test_a_private_run_reports_the_epsilon_it_spent(model, tmp_path):
+def test_a_private_run_reports_the_epsilon_it_spent_and_sanitises_only_what_leaves(model, tmp_path, monkeypatch):
+    """Feedback models sanitise their feedback; FedAvg models their round updates only (their feedback
+    never leaves the device: each device trains its own G against its own D)."""
     import json
 
+    calls = {"feedback": 0, "updates": 0}
+    for name in calls:
+        original = getattr(privacy, f"sanitize_{name}")
+        monkeypatch.setattr(f"fedgen_pl.{'gan' if name == 'feedback' else 'federation'}.sanitize_{name}",
+                            lambda *args, _name=name, _f=original: (calls.__setitem__(_name, calls[_name] + 1), _f(*args))[1])
     run = tmp_path / "run"
     assert main(["train", *GRID, f"model.name={model}", "privacy.noise_multiplier=50", f"output_dir={run}"]) == 0
     summary = json.loads((run / "summary.json").read_text())
@@ -147,6 +154,10 @@ def test_a_private_run_reports_the_epsilon_it_spent(model, tmp_path):
     with open(run / "metrics.csv") as f:
         spent = [float(r["privacy/epsilon"]) for r in csv.DictReader(f) if r.get("privacy/epsilon")]
     assert len(spent) == 2 and spent[0] < spent[1] == pytest.approx(summary["privacy"]["epsilon"])
+    if p.mechanism == "feedback":
+        assert calls == {"feedback": summary["iterations"], "updates": 0}
+    else:   # G at every round end, D at every average
+        assert calls == {"feedback": 0, "updates": 2 * summary["rounds"]}
 
 
 def test_table_headers_carry_the_epsilon_their_runs_spent_and_plain_runs_none():
