@@ -125,6 +125,12 @@ def resume_config(overrides: list[str]) -> DictConfig:
                               f"Start a new run to change it")
     allowed = OmegaConf.from_dotlist([item for item in overrides if changeable_on_resume(item.split("=", 1)[0])])
     cfg = _merge(cfg, allowed, "command line")
+    target = OmegaConf.select(cfg, "privacy.target_epsilon")
+    if target is not None and cfg.federation.global_rounds != saved.federation.global_rounds:
+        # the noise was solved for the saved schedule: more messages at that noise would spend more than the target
+        raise ConfigError(f"resume: {path} trains with the noise solved for privacy.target_epsilon={target} over "
+                          f"{saved.federation.global_rounds} rounds; {cfg.federation.global_rounds} rounds would spend "
+                          f"a different eps. Start a new run with the schedule you want", where="federation.global_rounds")
     cfg.resume = str(path)
     cfg.output_dir = str(run_dir_of(path))
     import_plugins(cfg.plugins)

@@ -167,3 +167,16 @@ def test_table_headers_carry_the_epsilon_their_runs_spent_and_plain_runs_none():
         "M-D GAN, eps 10 (ε = 10)"
     assert _header("FR sync", [{"privacy": {"mechanism": "none", "epsilon": None}}, {}]) == "FR sync"
     assert _header("x", [{"privacy": {"epsilon": 1.0}}, {"privacy": {"epsilon": 2.5}}]) == "x (ε = 1–2.5)"
+
+
+def test_a_run_with_a_target_epsilon_cannot_be_resumed_for_more_rounds(tmp_path, capsys):
+    """Its noise was solved for its schedule; more rounds at that noise would spend more than the target while
+    the target solved again would report less than was spent."""
+    run = tmp_path / "run"
+    assert main(["train", *GRID, "privacy.target_epsilon=10", f"output_dir={run}"]) == 0
+    before = (run / "checkpoints" / "last.ckpt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", f"resume={run}", "federation.global_rounds=4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fedgen: configuration error (federation.global_rounds): resume: ")
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == before
