@@ -310,8 +310,8 @@ class FederationModule(pl.LightningModule):
 
     def sanitized_updates(self, stacked: dict[str, Tensor], start: dict[str, Tensor]) -> dict[str, Tensor]:
         """DP-FedAvg on the device side (privacy.py): what each member sends of ``stacked`` (``[n, ...]``) when
-        it started the round from ``start``; ``stacked`` itself without privacy."""
-        if self.privacy is None:
+        it started the round from ``start``; ``stacked`` itself unless the run's privacy sanitises updates."""
+        if self.privacy is None or self.privacy.mechanism != "updates":
             return stacked
         p = self.privacy
         return sanitize_updates(stacked, start, p.clip, p.noise_multiplier, self.federation.rng(self.device))

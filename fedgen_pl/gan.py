@@ -365,9 +365,8 @@ class FederatedGAN(FederationModule):
         start the next round, then the recipe's round-end steps. Returns the round's record."""
         rule, tau_cloud, lr = self.cloud
         global_state = dict(self.global_generator.state_dict())
-        sent = self.community_generators.stacked_state()
-        if self.recipe.traffic == "models":       # every G_k started the round from G
-            sent = self.sanitized_updates(sent, {k: v.unsqueeze(0).expand_as(sent[k]) for k, v in global_state.items()})
+        sent = self.community_generators.stacked_state()      # every G_k started the round from G:
+        sent = self.sanitized_updates(sent, {k: v.unsqueeze(0).expand_as(sent[k]) for k, v in global_state.items()})
         new_state, record = self.aggregate_round(get_aggregation(rule), tau_cloud, lr, global_state, sent)
         self.global_generator.load_state_dict(new_state)
         self.community_generators.broadcast(dict(self.global_generator.state_dict()))

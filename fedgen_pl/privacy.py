@@ -34,6 +34,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from fedgen_pl.config import KEYS
 from fedgen_pl.errors import ConfigError
 
 # Opacus' RDP orders (RDPAccountant.DEFAULT_ALPHAS), with orders near 1 for large eps and large ones for the
@@ -138,8 +139,6 @@ class Privacy:
 
 
 # -- a run's privacy, from its config ---------------------------------------------------------------------
-PRIVACY_KEYS = {"privacy.noise_multiplier": 0.0, "privacy.clip": 1.0, "privacy.loss_bound": 5.0,
-                "privacy.delta": 1.0e-5, "privacy.target_epsilon": None}
 
 
 def _where_nothing_leaves(cfg, recipe) -> str | None:
@@ -162,7 +161,8 @@ def check_config(cfg, recipe) -> None:
     """Privacy keys only where they mean something for the model's ``recipe`` (recipes.py), and a target eps
     the schedule can meet (exit 2 otherwise)."""
     p = cfg.privacy
-    changed = [k for k, default in PRIVACY_KEYS.items() if OmegaConf.select(cfg, k) != default]
+    defaults = {key.name: key.default for key in KEYS if key.name.startswith("privacy.")}   # config.py's one place
+    changed = [k for k, default in defaults.items() if OmegaConf.select(cfg, k) != default]
     if not changed:
         return
     nothing = _where_nothing_leaves(cfg, recipe)
@@ -172,9 +172,10 @@ def check_config(cfg, recipe) -> None:
     if not on:
         raise ConfigError("has no effect without noise (privacy.noise_multiplier=0 is no privacy); set "
                           "privacy.noise_multiplier > 0 or privacy.target_epsilon", where=changed[0])
-    if recipe.traffic != "samples" and p.loss_bound != PRIVACY_KEYS["privacy.loss_bound"]:
+    if recipe.traffic != "samples" and "privacy.loss_bound" in changed:
         raise ConfigError(f"bounds the loss value that {cfg.model.name}'s devices never send (they send model "
-                          f"updates: privacy.clip bounds those); leave it at 5.0", where="privacy.loss_bound")
+                          f"updates: privacy.clip bounds those); leave it at {defaults['privacy.loss_bound']}",
+                          where="privacy.loss_bound")
     if p.target_epsilon is None:
         return
     if p.noise_multiplier > 0:

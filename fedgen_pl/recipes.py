@@ -40,7 +40,6 @@ from dataclasses import dataclass
 
 from omegaconf import OmegaConf
 
-from fedgen_pl import privacy
 from fedgen_pl.errors import ConfigError
 
 
@@ -117,7 +116,6 @@ def check_recipe_config(cfg) -> None:
     if recipe.family == "vae" and recipe.generators == "single" and cfg.model.vae_average != "all":
         raise ConfigError(f"'{cfg.model.vae_average}' has no meaning for the one pooled-data VAE of "
                           f"{cfg.model.name}; leave it at all", where="model.vae_average")
-    privacy.check_config(cfg, recipe)
     if recipe.conditioning == "domain" and cfg.data.label_space != "shared":
         raise ConfigError(f"the label-related model ({cfg.model.name}) needs label_space=shared (the same "
                           f"classes in every domain)", where="data.label_space")

@@ -219,16 +219,20 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
                 lines.append(f"| {split} | MiB per round (all tiers) | " + " | ".join(
                     _cell([mib_per_round(summaries[(table, split, c, s)]) for s in seeds], digits=1)
                     for _, c in chosen) + " |")
-        published = definition(table).get("published") if table != "literature" else None
+        published = definition(table).get("published")
         if published:
-            lines += ["", "Published (Inception FID): " + "; ".join(
-                f"{split}: " + ", ".join(f"{name} {value}" for name, value in published[split].items())
-                for split in splits_of(table, splits) if split in published), ""]
+            lines += ["", "Published (Inception FID): " + _published(published, splits_of(table, splits)), ""]
         lines.append("")
     lines.append("Run directories:")
     for key in sorted(summaries):
         lines.append(f"- {key[0]} {key[1]} {key[2]} seed {key[3]}: `{run_dir_for(root, key)}`")
     return "\n".join(lines)
+
+
+def _published(published: dict, splits) -> str:
+    """``published`` ({split: {method: value}}) as one line, for the splits shown."""
+    return "; ".join(f"{split}: " + ", ".join(f"{name} {value}" for name, value in published[split].items())
+                     for split in splits if split in published)
 
 
 def _header(column: str, summaries: list[dict]) -> str:
@@ -256,8 +260,7 @@ def _literature_rows(summaries: dict, chosen: list, seeds: list[int], splits: tu
             lines.append(f"| {split} | {row} `{ROWS[row].split('/')[-1]}` | " + " | ".join(cells) + " |")
         per_round = [[mib_per_round(summaries[("literature", split, c, s)]) for s in seeds] for _, c in chosen]
         lines.append(f"| {split} | MiB per round (all tiers) | " + " | ".join(_cell(v, digits=1) for v in per_round) + " |")
-    lines += ["", "PRISM's published Inception FID (10k samples, non-i.i.d., no DP): " + "; ".join(
-        f"{split}: " + ", ".join(f"{name} {value}" for name, value in PRISM[split].items()) for split in splits), ""]
+    lines += ["", "PRISM's published Inception FID (10k samples, non-i.i.d., no DP): " + _published(PRISM, splits), ""]
     return lines
 
 

@@ -27,8 +27,8 @@ from fedgen_pl.config import ConfigError
 from fedgen_pl.errors import RunDirError, check_writable_dir, release_held_logs
 from fedgen_pl.metrics.evaluator import build_evaluator
 from fedgen_pl.models import model_class
-from fedgen_pl.privacy import describe as describe_privacy, privacy_record
-from fedgen_pl.recipes import check_recipe_config
+from fedgen_pl.privacy import check_config as check_privacy_config, describe as describe_privacy, privacy_record
+from fedgen_pl.recipes import check_recipe_config, recipe_of
 
 log = logging.getLogger("fedgen")
 
@@ -84,6 +84,7 @@ def resolve_names(cfg: DictConfig):
     if cfg.metrics.anomaly_data is not None:
         check_dataset(cfg, cfg.metrics.anomaly_data, "metrics.anomaly_data")
     check_recipe_config(cfg)
+    check_privacy_config(cfg, recipe_of(cfg.model.name))
     return cls
 
 

@@ -150,8 +150,8 @@ class FedVAE(FederationModule):
         if self.cfg.model.vae_average != "none":
             global_state = {k: v for k, v in self.global_vae.state_dict().items() if self._shared(k)}
             sent = {k: v for k, v in stacked.items() if self._shared(k)}
-            if self.recipe.traffic == "models":      # every member started the round from the global VAE's part
-                sent = self.sanitized_updates(sent, {k: v.unsqueeze(0).expand_as(sent[k]) for k, v in global_state.items()})
+            # every member started the round from the global VAE's part
+            sent = self.sanitized_updates(sent, {k: v.unsqueeze(0).expand_as(sent[k]) for k, v in global_state.items()})
             new_state, record = self.aggregate_round(get_aggregation("fedavg"), 0.0, 1.0, global_state, sent)
             self.global_vae.load_state_dict(new_state, strict=False)
             for name, value in new_state.items():

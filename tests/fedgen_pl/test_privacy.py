@@ -98,7 +98,7 @@ def test_the_noise_has_the_stated_variance():
 # -- keys and runs ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides, key", [
     (["model.name=centralized_gan", "privacy.noise_multiplier=1"], "privacy.noise_multiplier"),
-    (["model.name=reg_cgan", "privacy.target_epsilon=5"], "privacy.target_epsilon"),
+    (["model.name=centralized_vae", "privacy.target_epsilon=5"], "privacy.target_epsilon"),
     (["model.name=fed_gan", "privacy.noise_multiplier=1", "privacy.loss_bound=2"], "privacy.loss_bound"),
     (["privacy.clip=2"], "privacy.clip"),
     (["privacy.noise_multiplier=1", "privacy.target_epsilon=3"], "privacy.target_epsilon"),
