@@ -96,7 +96,7 @@ def simulation(out: Path, iters: int) -> float | None:
     from flwr.serverapp import ServerApp
 
     from fedgen_pl.config import load_config
-    from fedgen_pl.flower import device
+    from fedgen_pl.flower import client as device_app
     from fedgen_pl.flower.edge import FlowerDevices
     from fedgen_pl.train import train
 
@@ -116,8 +116,8 @@ def simulation(out: Path, iters: int) -> float | None:
         context.node_config.update({"community": community, "device": index})
         return context
 
-    client.query("topology")(lambda message, context: device.topology(message, as_device(context)))
-    client.train("step")(lambda message, context: device.device_step(message, as_device(context)))
+    client.query("topology")(lambda message, context: device_app.topology(message, as_device(context)))
+    client.train("step")(lambda message, context: device_app.device_step(message, as_device(context)))
     run_simulation(server, client, num_supernodes=len(PAIRS),
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     return json.loads((run_dir / "summary.json").read_text())["deployment"]["exchange_s_mean"]

@@ -1,24 +1,23 @@
-"""The federated DataModule: communities and devices from ``federation.communities``.
+"""The federated data: communities and devices from ``federation.communities``.
 
 All training data lives in one tensor ordered device by device (community-major), so a training
 step draws a batch for every device at once by index arithmetic: no per-device DataLoaders. The
 Lightning dataloader only ticks (it yields the iteration number); the model pulls the batch with
 ``sample_real`` using its own seeded generator, which keeps the draw reproducible and resumable.
+``FederatedData`` needs no Lightning, so a deployed device (the Flower ClientApp) builds its share without
+importing it; ``datamodules.datamodule.FederatedDataModule`` is its Lightning face.
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.partition import PartitionError, community_shares, partition_devices
 from datamodules.sources import SourceData, load_source
@@ -27,13 +26,6 @@ from fedgen_pl.images import normalise_images
 from fedgen_pl.spec import FederationSpec
 
 log = logging.getLogger("fedgen")
-
-
-class _Ticker(IterableDataset):
-    """An endless stream of iteration numbers; training stops when the model says the last round ended."""
-
-    def __iter__(self):
-        return itertools.count()
 
 
 def fake_label_probs(label_histogram: Tensor, community_of: list[int]) -> dict[str, Tensor]:
@@ -52,9 +44,9 @@ def fake_label_probs(label_histogram: Tensor, community_of: list[int]) -> dict[s
             "pooled": (pooled / pooled.sum(1, keepdim=True)).contiguous()}
 
 
-class FederatedDataModule(pl.LightningDataModule):
+class FederatedData:
     def __init__(self, cfg):
-        super().__init__()
+        super().__init__()          # FederatedDataModule puts LightningDataModule next in line
         self.cfg = cfg
         self.spec: FederationSpec | None = None
 
@@ -221,7 +213,7 @@ class FederatedDataModule(pl.LightningDataModule):
             tests[name] = (source.test_x[keep], lookup[source.test_y[keep]])
         return torch.cat(xs), torch.cat(ys), tests
 
-    def to(self, device: torch.device) -> "FederatedDataModule":
+    def to(self, device: torch.device) -> "FederatedData":
         """Move the training tensors to ``device`` (the GPU when training on one)."""
         for name in ("train_x", "train_y", "device_sizes", "device_offsets", "label_histogram"):
             setattr(self, name, getattr(self, name).to(device))
@@ -252,6 +244,3 @@ class FederatedDataModule(pl.LightningDataModule):
         return torch.multinomial(self.fake_label_probs[scope], batch_size, replacement=True, generator=generator)
 
     normalise = staticmethod(normalise_images)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Ticker(), batch_size=None)

@@ -48,23 +48,63 @@ class Processes:
         return process
 
     def stop(self, grace_s: float = 5.0) -> None:
+        # Flower starts some processes detached, in sessions of their own (the SuperLink's SuperExec and its
+        # ServerApp): they are found as descendants, before anything is signalled, and stopped too.
+        started = {process.pid for _, process, _ in self.started}
+        below = descendants(started)
         for _, process, _ in self.started:
-            _signal_group(process, signal.SIGTERM)
+            _signal(process.pid, signal.SIGTERM)
+        for pid in below:
+            _signal(pid, signal.SIGTERM)
         deadline = time.time() + grace_s
         for _, process, _ in self.started:
             try:
                 process.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 pass
-            _signal_group(process, signal.SIGKILL)      # and whatever it started in its session
+        while any(_alive(pid) for pid in below) and time.time() < deadline:
+            time.sleep(0.1)
+        for pid in [*started, *below]:
+            _signal(pid, signal.SIGKILL)                 # and whatever each started in its session
+        for _, process, _ in self.started:
             process.wait()
         for _, _, log in self.started:
             log.close()
 
 
-def _signal_group(process: subprocess.Popen, sig: int) -> None:
+def descendants(pids: set[int]) -> set[int]:
+    """Every live process below ``pids``, through the parent links in /proc (empty where there is no /proc:
+    then only the process groups are signalled)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
     try:
-        os.killpg(process.pid, sig)
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    """``sig`` to the process group that ``pid`` leads (a session started for it), else to ``pid`` alone."""
+    try:
+        os.killpg(pid, sig) if os.getpgid(pid) == pid else os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 

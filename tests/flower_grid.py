@@ -7,7 +7,7 @@ import threading
 
 from flwr.app import Context, Error, Message, RecordDict
 
-from fedgen_pl.flower.device import client_app
+from fedgen_pl.flower.client import client_app
 
 
 class InProcessGrid:

@@ -21,7 +21,8 @@ from a fresh discriminator and Adam state; it says so in its reply and the Serve
 ``faults/device_restarts``.
 
 - ``wire.py``: tensors <-> Flower records, a device's global index;
-- ``device.py``: the ClientApp (one device): its data, its discriminator, ``tiers.device_iteration``;
+- ``client.py``: the ClientApp (one device per node): its three message handlers;
+- ``device.py``: the device: its data, its discriminator, ``tiers.device_iteration``;
 - ``edge.py``: the ServerApp (edges and cloud): the devices reached through Flower, what can be deployed;
 - ``clock.py``: ``WallClock``, the virtual clock's interface over real replies (bookkeeping only, no I/O).
 """

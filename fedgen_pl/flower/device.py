@@ -1,8 +1,8 @@
-"""The ClientApp: one device. Its discriminator and Adam state live in the node's context
-(``context.state``); its data is its share of the partition that the experiment and seed define, built on
-the node from the datasets under its ``data-root`` node config (else ``data.root``), or its own
-``data-dir``, never sent. Its step is the engine's own ``tiers.device_iteration``, and with privacy on,
-what it sends goes through the engine's own ``privacy.sanitize_feedback``."""
+"""One deployed device: its data (its share of the partition that the experiment and seed define, built
+on the node from the datasets under its ``data-root`` node config, else ``data.root``, or its own
+``data-dir``, never sent), its discriminator and Adam state, and its step, the engine's own
+``tiers.device_iteration``; with privacy on, what it sends goes through the engine's own
+``privacy.sanitize_feedback``. The Flower ClientApp that serves it is ``client.py``."""
 
 from __future__ import annotations
 
@@ -13,28 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
-from fedgen_pl.flower.wire import from_record, global_device_index, to_record
+from fedgen_pl.flower.wire import global_device_index
 from fedgen_pl.privacy import privacy_of, sanitize_feedback
 from fedgen_pl.tiers import device_iteration
 
-client_app = ClientApp()
 NODE_DATA: dict[str, object] = {}    # the ClientApp's data for the run it serves (one entry)
-
-
-@client_app.query("topology")
-def topology(message: Message, context: Context) -> Message:
-    """This node's place in the federation, from its ``--node-config``; with a ``data-dir``, also how many
-    samples of each label it holds (what the edge needs for the ``device`` fake labels)."""
-    node = {key: context.node_config[key] for key in ("community", "device") if key in context.node_config}
-    if "data-dir" in context.node_config:
-        _, y = read_node_data(Path(str(context.node_config["data-dir"])))
-        node["label_counts"] = [int(c) for c in np.bincount(y.numpy())]
-    return Message(RecordDict({"node": ConfigRecord(node)}), reply_to=message)
 
 
 def read_node_data(directory: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,7 +144,7 @@ class DeviceWorker:
 def node_data(cfg, spec, node_config):
     """(own data, None) from the node's ``data-dir``, else (None, its share of the partition), built once per
     run and process."""
-    from datamodules import FederatedDataModule
+    from datamodules import FederatedData
 
     key = json.dumps([json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True),
                       str(node_config.get("data-dir"))])
@@ -167,60 +153,7 @@ def node_data(cfg, spec, node_config):
         if "data-dir" in node_config:              # this node's own data, nothing else
             NODE_DATA[key] = (node_batch_source(Path(str(node_config["data-dir"])), spec), None)
         else:
-            datamodule = FederatedDataModule(cfg)
+            datamodule = FederatedData(cfg)
             datamodule.setup("fit")
             NODE_DATA[key] = (None, datamodule)
     return NODE_DATA[key]
-
-
-def _run_of(message: Message):
-    from fedgen_pl.spec import FederationSpec
-
-    run = message.content["run"]
-    torch.set_num_threads(1)
-    return run, OmegaConf.create(json.loads(str(run["config"]))), FederationSpec.from_dict(json.loads(str(run["spec"])))
-
-
-@client_app.train("step")
-def device_step(message: Message, context: Context) -> Message:
-    """One local iteration of this device, its D and Adam state kept in ``context.state`` between messages."""
-    run, cfg, spec = _run_of(message)
-    fresh = "discriminator" not in context.state
-    d_init = from_record(message.content["d_init"]) if fresh and "d_init" in message.content else None
-    worker = DeviceWorker(cfg, spec, context.node_config, d_init)
-    if not fresh:                                    # this device's D and Adam state from its last step
-        worker.load_state(from_record(context.state["discriminator"]))
-    restarted = float(fresh and int(run["iteration"]) > 0)   # a device that lost its state starts afresh
-    feedback, stats = worker.step(from_record(message.content["work"]), int(run["iteration"]))
-    context.state["discriminator"] = to_record(worker.state())
-    return Message(RecordDict({"feedback": to_record({"feedback": feedback}),
-                               "stats": MetricRecord({**stats, "restarted": restarted})}), reply_to=message)
-
-
-@client_app.train("run")
-def device_run(message: Message, context: Context) -> Message:
-    """The stream path: one message starts this device for the whole run. It builds its data, D and Adam
-    once, connects to the edge's stream with the run's secret, and answers every work frame with a feedback
-    frame until the edge sends ``stop``; the reply to the message says how many iterations it served."""
-    from fedgen_pl.flower.stream import DeviceStream, encode
-
-    run, cfg, spec = _run_of(message)
-    stream_cfg = message.content["stream"]
-    d_init = from_record(message.content["d_init"]) if "d_init" in message.content else None
-    worker = DeviceWorker(cfg, spec, context.node_config, d_init)
-    root = str(stream_cfg["root_certificate"]).encode() if "root_certificate" in stream_cfg else None
-    stream = DeviceStream(str(stream_cfg["address"]), worker.g, bytes.fromhex(str(stream_cfg["secret"])),
-                          int(stream_cfg["max_frame_bytes"]), root_certificate=root)
-    served = 0
-    try:
-        while True:
-            item = stream.receive()
-            if item is None or item[0] == "stop":
-                break
-            kind, meta, work = item
-            feedback, stats = worker.step(work, int(meta["iteration"]))
-            stream.send(encode("feedback", {"feedback": feedback}, iteration=int(meta["iteration"]), **stats))
-            served += 1
-    finally:
-        stream.close()
-    return Message(RecordDict({"stats": MetricRecord({"served": float(served)})}), reply_to=message)

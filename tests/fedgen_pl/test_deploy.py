@@ -121,24 +121,54 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def _tree(root: int) -> dict[int, str]:
+    """Every live process below ``root`` (whatever session it made for itself), with its command line."""
+    parent_of = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent_of[int(entry)] = int(stat.read().split(")")[-1].split()[1])
+            except (OSError, ValueError):
+                pass
+    found, changed = {root}, True
+    while changed:
+        grown = found | {pid for pid, parent in parent_of.items() if parent in found}
+        changed, found = grown != found, grown
+    tree = {}
+    for pid in found - {root}:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                tree[pid] = cmdline.read().replace(b"\0", b" ").decode()
+        except OSError:
+            pass
+    return tree
+
+
 @pytest.mark.slow
 def test_sigterm_stops_everything_deploy_local_started(tmp_path):
-    """`kill` (SIGTERM) of a running deploy-local stops its SuperLink, SuperNodes and apps, as Ctrl-C does."""
+    """`kill` (SIGTERM) of a running deploy-local stops its SuperLink, SuperNodes, SuperExecs and apps, the
+    ServerApp that Flower starts detached (a session of its own) included, as Ctrl-C does."""
     import subprocess
     import sys
 
     command = [sys.executable, "-m", "fedgen_pl.cli", "deploy-local", *GRID, "federation.global_rounds=50",
-               "deploy.superlink_port=19491", "deploy.supernode_port=19520", "deploy.stream_address=127.0.0.1:19540", f"output_dir={tmp_path / 'run'}"]
-    deploy = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    for line in deploy.stderr:                     # the nodes are up and the app is starting
-        if "running the app" in line:
+               "federation.local_iters=50", "deploy.superlink_port=19491", "deploy.supernode_port=19520",
+               "deploy.stream_address=127.0.0.1:19540", f"output_dir={tmp_path / 'run'}"]
+    deploy = subprocess.Popen(command, stderr=subprocess.DEVNULL, start_new_session=True)
+    seen: dict[int, str] = {}
+    deadline = time.time() + 240
+    while time.time() < deadline and deploy.poll() is None:    # until the ServerApp runs
+        seen.update(_tree(deploy.pid))
+        if any("flwr-serverapp" in c for c in seen.values()):
             break
-    time.sleep(3)
-    before = _session_pids({deploy.pid})
+        time.sleep(0.2)
+    assert any("flwr-serverapp" in c for c in seen.values()), sorted(seen.values())
     deploy.send_signal(signal.SIGTERM)
     time.sleep(1.0)
     deploy.send_signal(signal.SIGTERM)         # a second one, during the clean-up (`timeout` and `kill` both send)
     deploy.wait(timeout=60)
     assert deploy.returncode != 0
     time.sleep(0.5)
-    assert len(before) > 1 and _session_pids({deploy.pid}) == []     # it had started processes; none is left
+    left = {pid: seen[pid] for pid in seen if _alive(pid)}
+    assert len(seen) > 5 and left == {}        # it had started the tiers' processes; none is left

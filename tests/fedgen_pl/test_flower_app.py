@@ -308,7 +308,7 @@ def test_the_stream_path_serves_the_same_steps_as_the_message_path():
     from omegaconf import OmegaConf
 
     from datamodules import FederatedDataModule
-    from fedgen_pl.flower.device import client_app
+    from fedgen_pl.flower.client import client_app
     from fedgen_pl.flower.stream import EdgeStream, encode, new_secret
     from fedgen_pl.flower.wire import from_record, to_record
 
@@ -558,6 +558,7 @@ def test_a_deployed_device_sanitises_what_it_sends_with_the_engines_function_and
 
     from datamodules import FederatedDataModule
     from fedgen_pl import privacy
+    from fedgen_pl.flower import client as client_app_module
     from fedgen_pl.flower import device as device_app
     from fedgen_pl.flower.wire import from_record, to_record
 
@@ -580,7 +581,7 @@ def test_a_deployed_device_sanitises_what_it_sends_with_the_engines_function_and
     for node_id in (7, 8):
         context = Context(run_id=1, node_id=node_id, node_config={"community": 1, "device": 0}, state=RecordDict(),
                           run_config={})
-        reply = device_app.client_app(Message(RecordDict({"work": to_record(work), "run": ConfigRecord(run)}),
+        reply = client_app_module.client_app(Message(RecordDict({"work": to_record(work), "run": ConfigRecord(run)}),
                                               dst_node_id=node_id, message_type="train.step"), context)
         sent.append(from_record(reply.content["feedback"])["feedback"])
         assert math.isnan(reply.content["stats"]["d_loss"])
