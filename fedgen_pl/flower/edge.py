@@ -471,10 +471,13 @@ class StreamDevices:
 
         if self.stream is None:
             return
-        for g in self.stream.connected:
+        stopped = set(self.stream.connected)
+        for g in stopped:
             self.stream.send(g, encode("stop"))
+        # Only the tasks told to stop answer: a device that is gone (its node killed, its task dead) never will.
+        latest = {g: message for message, g in self.starts.items()}       # a device started again: its last task
+        pending = {message: g for g, message in latest.items() if g in stopped}
         deadline = time.time() + 10
-        pending = dict(self.starts)
         while pending and time.time() < deadline:
             for reply in self.flower.grid.pull_messages(list(pending)):
                 pending.pop(reply.metadata.reply_to_message_id, None)
