@@ -64,7 +64,7 @@ class Processes:
                 pass
         while any(_alive(pid) for pid in below) and time.time() < deadline:
             time.sleep(0.1)
-        for pid in [*started, *below]:
+        for pid in [*started, *(pid for pid in below if _alive(pid))]:   # (a pid gone may be reused)
             _signal(pid, signal.SIGKILL)                 # and whatever each started in its session
         for _, process, _ in self.started:
             process.wait()
