@@ -18,8 +18,7 @@ import sys
 from omegaconf import OmegaConf
 
 from fedgen_pl.config import load_config
-from fedgen_pl.errors import InputError, release_held_logs
-from fedgen_pl.federation import NonFiniteError
+from fedgen_pl.errors import InputError, NonFiniteError, release_held_logs
 
 
 def _train(args) -> int:

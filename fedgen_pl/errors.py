@@ -87,3 +87,7 @@ def release_held_logs() -> None:
     for handler in logging.getLogger("fedgen").handlers:
         if hasattr(handler, "let_through"):
             handler.let_through()
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or inf in a device's loss or gradients, with ``trainer.nonfinite=stop``."""

@@ -23,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 from fedgen_pl.aggregation import RoundStats, aggregate
 from fedgen_pl.clock import VirtualClock
 from fedgen_pl.config import with_defaults
+from fedgen_pl.errors import NonFiniteError
 from fedgen_pl.privacy import privacy_of, sanitize_updates
 from fedgen_pl.recipes import recipe_of
 from fedgen_pl.spec import FederationSpec
@@ -47,10 +48,6 @@ def ema_average(decay: float):
                 a.copy_(c)
 
     return update
-
-
-class NonFiniteError(RuntimeError):
-    """A NaN or inf in a device's loss or gradients, with ``trainer.nonfinite=stop``."""
 
 
 class Grouping(torch.nn.Module):

@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 
 from fedgen_pl.config import load_config
-from fedgen_pl.federation import NonFiniteError
+from fedgen_pl.errors import NonFiniteError
 from fedgen_pl.train import train
 from tests.conftest import SMALL_GRID
 
