@@ -82,7 +82,6 @@ def _report(args) -> int:
 
 def _config(args) -> int:
     from fedgen_pl.config import KEYS, defaults_yaml
-    from fedgen_pl.train import resolve_names
 
     if (args.defaults or args.keys) and args.overrides:
         raise InputError(f"--defaults and --keys print the key table and take no overrides, got "
@@ -100,6 +99,8 @@ def _config(args) -> int:
             print(f"{key.name}\t{kind}\t{key.default}\t{allowed or '-'}\t{key.doc}")
         return 0
     cfg = load_config(args.overrides)
+    from fedgen_pl.train import resolve_names     # the registries (models, datasets): heavy imports
+
     resolve_names(cfg)
     print(OmegaConf.to_yaml(cfg), end="")
     return 0
