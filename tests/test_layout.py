@@ -114,3 +114,32 @@ def test_metrics_do_not_import_the_models():
     for name in graph:
         if name.startswith("fedgen_pl.metrics"):
             assert not reaches(name, set()) & models, name
+
+
+def test_light_entry_points_stay_light():
+    """What each process imports at start-up, in a fresh interpreter: the CLI module without Lightning (usage
+    errors answer at once), the ClientApp module without torch (a node's topology query is a process of its
+    own), and a deployed device, built, without Lightning (every device is a process)."""
+    import json
+    import subprocess
+    import sys
+
+    probe = """
+import json, sys
+import fedgen_pl.cli
+cli = "pytorch_lightning" in sys.modules
+import fedgen_pl.flower.client
+client = "torch" in sys.modules
+from fedgen_pl.config import load_config
+from datamodules import FederatedData
+from fedgen_pl.flower.device import DeviceWorker
+cfg = load_config(["experiment=gaussian_grid"])
+data = FederatedData(cfg)
+data.setup("fit")
+DeviceWorker(cfg, data.spec, {"community": 0, "device": 0})
+print(json.dumps({"cli": cli, "client_torch": client, "device_lightning": "pytorch_lightning" in sys.modules}))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"cli": False, "client_torch": False,
+                                                               "device_lightning": False}
