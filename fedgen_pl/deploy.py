@@ -109,6 +109,23 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+def stage_app(dest: Path) -> Path:
+    """A copy of the Flower app's files (pyproject.toml and its ``fab-include`` globs) in ``dest``: ``flwr run``
+    walks and resolves every file under the directory it is given, .venv included (about 3 s here), before it
+    filters them; the FAB built from the copy is the same."""
+    import tomllib
+
+    pyproject = PROJECT_DIR / "pyproject.toml"
+    dest.mkdir(parents=True)
+    shutil.copy2(pyproject, dest / "pyproject.toml")
+    for pattern in tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["fab-include"]:
+        for path in PROJECT_DIR.glob(pattern):
+            target = dest / path.relative_to(PROJECT_DIR)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+    return dest
+
+
 def _wait_for_port(port: int, timeout_s: float) -> bool:
     import socket
 
@@ -202,7 +219,7 @@ def deploy_local(overrides: list[str], on_started=None) -> Path:
               f"(ports {node_port}-{node_port + sum(counts) - 1}); running the app", file=sys.stderr, flush=True)
         if on_started is not None:
             on_started(processes, node_pids)
-        app = subprocess.run(["flwr", "run", str(PROJECT_DIR), "local", "--stream", "--run-config", str(run_config)],
+        app = subprocess.run(["flwr", "run", str(stage_app(work / "app")), "local", "--stream", "--run-config", str(run_config)],
                              env=flower_env(work / "cli"), cwd=PROJECT_DIR, capture_output=True, text=True)
         (log_dir / "flwr_run.log").write_text(app.stdout + app.stderr)
     finally:
