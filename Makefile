@@ -3,10 +3,13 @@
 #   make train ARGS="experiment=gaussian_grid seed=3"     pass overrides to `fedgen train`
 #   make test ARGS="-k aggregation"                       pass options to pytest
 #   make test-all                                         also the slow end-to-end tests (real Flower deployments)
+#   make test WORKERS=4                                   pytest-xdist workers (default 2; 0 runs in this process)
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
+WORKERS ?= 2
+XDIST := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
 .PHONY: setup train test test-all clean-venv
@@ -46,10 +49,10 @@ train: setup
 	$(BIN)/fedgen train $(ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow" $(ARGS)
 
 test-all: setup
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

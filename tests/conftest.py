@@ -6,6 +6,7 @@ import tempfile
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 
 import datamodules.sources as sources
 from datamodules import FederatedDataModule
@@ -20,7 +21,7 @@ for _var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-torch.set_num_threads(2)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)   # under pytest-xdist (make test): a core per worker
 
 SMALL_GRID = [
     "experiment=gaussian_grid",
@@ -131,7 +132,12 @@ needs_real_data = pytest.mark.skipif(not HAVE_REAL_DATA,
 def classifier_cache(tmp_path_factory):
     """The metrics cache of the whole test run. A classifier's cache key covers its data's bytes, label
     space and epochs, so every test that trains on the same tiny dataset loads the one classifier
-    trained first instead of training its own."""
+    trained first instead of training its own. The pytest-xdist workers share it (their base temp's parent),
+    so what one worker trained the other loads (``mnist_fmnist_scenario`` takes a lock while it trains)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "classifier-cache"
+        shared.mkdir(exist_ok=True)
+        return shared
     return tmp_path_factory.mktemp("classifier-cache")
 
 
@@ -152,7 +158,8 @@ def mnist_fmnist_scenario(classifier_cache):
                     "data.partition=shards", "data.classes_per_device=2", "federation.devices_per_community=5")
     dm = FederatedDataModule(cfg)
     dm.setup()
-    classifier, record = load_or_train(dm, classifier_cache, train_samples=6000, epochs=2)
+    with FileLock(str(classifier_cache / "mnist_fmnist.lock")):     # one xdist worker trains, the other loads
+        classifier, record = load_or_train(dm, classifier_cache, train_samples=6000, epochs=2)
     return dm, classifier, record
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def load_or_train(datamodule, cache_dir: Path, train_samples: int | None = None,
               "train_samples": len(train_x), "epochs": epochs, "label_names": spec.label_names,
               "code_version": CODE_VERSION, "train_seconds": round(time.time() - started, 1), "key": key}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")   # runs sharing a cache (a sweep's agents) may write at once
     torch.save({"state_dict": model.state_dict(), "record": record}, tmp)
     tmp.replace(path)
     log.info("classifier: test accuracy %.4f %s", record["test_accuracy"], per_dataset)

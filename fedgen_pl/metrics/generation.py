@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -171,7 +172,7 @@ def real_inception_features(network: nn.Module, images: Tensor, cache: Path | No
     log.info("metrics: real Inception features of %d images in %.0f s", len(images), time.time() - started)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")   # runs sharing a cache may write at once
         torch.save(features.float().cpu(), tmp)
         tmp.replace(path)
     return features

@@ -18,7 +18,7 @@ from fedgen_pl.deploy import deploy_local  # noqa: E402
 
 GRID = ["experiment=gaussian_grid", "federation.communities=[{data: gaussian_grid, classes: [0, 1]}, "
         "{data: gaussian_grid, classes: [2]}]", "federation.devices_per_community=2", "federation.global_rounds=1",
-        "federation.local_iters=2", "trainer.progress_bar=false", "deploy.exchange_timeout_s=40",
+        "federation.local_iters=2", "trainer.progress_bar=false", "deploy.exchange_timeout_s=90",
         "deploy.superlink_port=19291", "deploy.supernode_port=19300"]
 
 
