@@ -1,7 +1,7 @@
-"""Real local deployments (flwr 1.42: a SuperLink and four SuperNodes on 127.0.0.1, one ClientApp process
-per message) of a Gaussian grid of 2 communities x 2 devices, 2 local iterations and one aggregation: in
-test mode it equals the in-process run; a SuperNode killed once training has started is a timeout and
-the run finishes; every process started is gone at the end of each."""
+"""Real local deployments (flwr 1.42: a SuperLink and a SuperNode per device on 127.0.0.1) of a Gaussian grid
+of 2 communities: in test mode (2 x 2 devices, 2 local iterations, one aggregation) it equals the in-process
+run; a SuperNode killed once training has started (1 + 2 devices) is a timeout and the run finishes; SIGTERM
+(1 + 1) stops everything deploy-local started; every process started is gone at the end of each."""
 
 import json
 import os
@@ -102,8 +102,10 @@ def test_a_killed_supernode_is_a_timeout_and_the_run_finishes(tmp_path):
 
     # Many short iterations, so the kill (within 0.2 s of the partition file) lands while training runs however
     # loaded the machine is: from then on the killed device is left out of each of its updates.
-    deploy_local([*GRID, "federation.local_iters=200", f"output_dir={run_dir}"],
-                 on_started=kill_one_node_once_training_starts)
+    # Three nodes (a node costs about 6 CPU-seconds to start): community 1's second device is killed, its first
+    # carries the community on.
+    deploy_local([*GRID, "federation.devices_per_community=[1, 2]", "federation.local_iters=200",
+                  f"output_dir={run_dir}"], on_started=kill_one_node_once_training_starts)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 1 and summary["iterations"] == 200
     assert 1 <= summary["faults"]["timeouts"] <= 200           # the killed device, left out from its kill on
@@ -152,7 +154,8 @@ def test_sigterm_stops_everything_deploy_local_started(tmp_path):
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "fedgen_pl.cli", "deploy-local", *GRID, "federation.global_rounds=50",
+    command = [sys.executable, "-m", "fedgen_pl.cli", "deploy-local", *GRID, "federation.devices_per_community=1",
+               "federation.global_rounds=50",
                "federation.local_iters=50", "deploy.superlink_port=19491", "deploy.supernode_port=19520",
                "deploy.stream_address=127.0.0.1:19540", f"output_dir={tmp_path / 'run'}"]
     deploy = subprocess.Popen(command, stderr=subprocess.DEVNULL, start_new_session=True)
