@@ -6,10 +6,13 @@ beside them and leaves both untouched."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pytorch_lightning as pl
+
+from fedgen_pl.errors import DiskFullError
 
 
 class RoundCheckpoint(pl.Callback):
@@ -29,7 +32,17 @@ class RoundCheckpoint(pl.Callback):
     def save(self, trainer: pl.Trainer, path: Path, keep_previous: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)
+        try:
+            trainer.save_checkpoint(tmp, weights_only=False)
+        except BaseException as err:
+            tmp.unlink(missing_ok=True)                 # a partial file: nothing to keep, and it holds disk space
+            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+                kept = f"{self.last_path} (round {self._saved_round}) is intact" if self._saved_round >= 0 \
+                    else "no checkpoint was written yet"
+                raise DiskFullError(f"no space left on the disk of '{self.dirpath}' while writing {path.name}: the run "
+                                    f"stopped; {kept}; free some space, then `fedgen train "
+                                    f"resume={self.dirpath.parent}`") from err
+            raise
         if keep_previous and path.exists():
             os.replace(path, self.previous_path)
         os.replace(tmp, path)

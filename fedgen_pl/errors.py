@@ -91,3 +91,7 @@ def release_held_logs() -> None:
 
 class NonFiniteError(RuntimeError):
     """A NaN or inf in a device's loss or gradients, with ``trainer.nonfinite=stop``."""
+
+
+class DiskFullError(RuntimeError):
+    """The disk filled while a run wrote its checkpoint; the previous checkpoint is intact (``fedgen`` exits 4)."""

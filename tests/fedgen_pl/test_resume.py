@@ -79,6 +79,41 @@ def test_sigkill_mid_round_then_resume_equals_uninterrupted_run(tmp_path, update
     assert _csv_rows(killed) == _csv_rows(straight)
 
 
+def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    """The disk fills while round 3's checkpoint is written: the partial file is removed, round 2's checkpoint
+    is kept, `fedgen train` says so in one line (exit code 4), and resuming later finishes the run exactly."""
+    import errno
+
+    import pytorch_lightning as pl
+
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    assert main(["train", *FAST, f"output_dir={straight}"]) == 0
+    save = pl.Trainer.save_checkpoint
+
+    def full_at_round_three(trainer, path, *args, **kwargs):
+        if trainer.lightning_module.round == 3 and str(path).endswith("last.ckpt.tmp"):
+            with open(path, "wb") as partial:
+                partial.write(b"\0" * 1000)           # what the write got onto the disk before it filled
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(trainer, path, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint", full_at_round_three)
+    capsys.readouterr()
+    assert main(["train", *FAST, f"output_dir={run}"]) == 4
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fedgen:")]
+    assert err == [f"fedgen: no space left on the disk of '{run / 'checkpoints'}' while writing last.ckpt: the run "
+                   f"stopped; {run / 'checkpoints' / 'last.ckpt'} (round 2) is intact; free some space, then "
+                   f"`fedgen train resume={run}`"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name != "crash.ckpt") == [
+        "last.ckpt", "previous.ckpt"]                                     # no partial file left
+    assert _checkpoint(run)["federation_state"]["round"] == 2
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint", save)             # space freed
+    assert main(["train", f"resume={run}"]) == 0
+    a, b = _checkpoint(straight), _checkpoint(run)
+    for name, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][name]), name
+
+
 def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path, caplog):
     run = tmp_path / "run"
     assert main(["train", *FAST, "federation.global_rounds=2", f"output_dir={run}"]) == 0
