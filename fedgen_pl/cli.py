@@ -68,7 +68,8 @@ def _table(args) -> int:
 
     if args.out:
         check_writable_dir(args.out, "--out")
-    print(table(args.schedule, args.seeds, args.tables, args.out, args.overrides, args.splits, args.methods))
+    print(table(args.schedule, args.seeds, args.tables, args.out, args.overrides, args.splits, args.methods,
+                train_missing=not args.no_train))
     return 0
 
 
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--methods", nargs="+", default=None, metavar="COLUMN",
                      help="only these columns, by name (e.g. 'FR sync' 'M-D GAN'; default all)")
     sub.add_argument("--out", default=None, help="runs and table.md go here (default runs/table-<schedule>-<time>)")
+    sub.add_argument("--no-train", action="store_true",
+                     help="only print the table of finished runs; refuse if one has not finished (nothing is trained)")
     sub.add_argument("overrides", nargs="*", help="key=value overrides applied to every run, e.g. "
                                                   "federation.fake_labels=community")
     sub.set_defaults(fn=_table)

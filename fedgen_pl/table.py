@@ -118,9 +118,11 @@ def run_dir_for(root: Path, key: tuple) -> Path:
 
 
 def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str], overrides: list[str] = (),
-                splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None) -> dict[tuple, dict]:
+                splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None,
+                train_missing: bool = True) -> dict[tuple, dict]:
     """Train every run the tables need (in order) and return their summaries; finished runs are reused.
-    Every configuration is loaded and checked before the first run starts."""
+    Every configuration is loaded and checked before the first run starts. ``train_missing=False``
+    (``--no-train``) refuses, before anything is written, when a run has not finished."""
     from fedgen_pl.train import resolve_names, train
 
     planned = []
@@ -135,6 +137,11 @@ def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str], 
             if started and not (run_dir / "summary.json").is_file():     # cut off: continue it
                 cfg = resume_config([f"resume={run_dir}", "trainer.progress_bar=false"])
             planned.append((key, run_dir, cfg))
+    missing = [run_dir for _, run_dir, _ in planned if not (run_dir / "summary.json").is_file()]
+    if missing and not train_missing:
+        raise ConfigError(f"{len(missing)} of the {len(planned)} runs have not finished (the first: {missing[0]}); "
+                         f"drop --no-train to train them, or choose finished ones with --splits, --methods and "
+                         f"--seeds", where="--no-train")
     summaries = {}
     for key, run_dir, cfg in planned:
         summary_path = run_dir / "summary.json"
@@ -310,7 +317,7 @@ def figures(root: Path, tables: list[str], seeds: list[int], splits, methods) ->
 
 
 def main(schedule: str, seeds: list[int], tables: list[str], out: str | None, overrides: list[str] = (),
-         splits: tuple[str, ...] | None = None, methods: list[str] | None = None) -> Path:
+         splits: tuple[str, ...] | None = None, methods: list[str] | None = None, train_missing: bool = True) -> Path:
     root = Path(out) if out else Path("runs") / f"table-{schedule}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     overrides = list(overrides)
     known = [c for t in tables for c, _ in methods_of(t)]
@@ -322,7 +329,7 @@ def main(schedule: str, seeds: list[int], tables: list[str], out: str | None, ov
     unknown = [split for split in splits if split not in known]
     if unknown:
         raise ConfigError(f"--splits: unknown split(s) {unknown}; the tables {tables} have {sorted(known)}")
-    summaries = ensure_runs(root, schedule, seeds, tables, overrides, tuple(splits), methods)
+    summaries = ensure_runs(root, schedule, seeds, tables, overrides, tuple(splits), methods, train_missing)
     origin = {**provenance(), "settings": run_settings(root, summaries)}
     text = render(summaries, tables, seeds, root, schedule, overrides, tuple(splits), methods, origin)
     root.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,32 @@ def test_existing_runs_are_reused(tmp_path):
     assert summaries[key]["metrics"]["modes_covered"] == 9
 
 
+def test_no_train_prints_finished_runs_and_refuses_missing_ones_before_writing(tmp_path, monkeypatch, capsys):
+    import fedgen_pl.train
+    from fedgen_pl.cli import main
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--no-train trained a run")
+    monkeypatch.setattr(fedgen_pl.train, "train", no_training)
+    keys = [key for key, _ in runs_for("grid", "quick", [0])]
+    for key in keys[:-1]:                                  # every run but the last has finished
+        run_dir = run_dir_for(tmp_path, key)
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"metrics": {"modes_covered": 9, "high_quality_share": 1.0}}))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["table", "--tables", "grid", "--seeds", "0", "--no-train", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"fedgen: configuration error (--no-train): 1 of the {len(keys)} runs have not finished (the first: "
+        f"{run_dir_for(tmp_path, keys[-1])}); drop --no-train to train them, or choose finished ones with --splits, "
+        f"--methods and --seeds"]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before       # nothing written
+    last = run_dir_for(tmp_path, keys[-1])
+    last.mkdir(parents=True)
+    (last / "summary.json").write_text(json.dumps({"metrics": {"modes_covered": 3, "high_quality_share": 0.5}}))
+    assert main(["table", "--tables", "grid", "--seeds", "0", "--no-train", "--out", str(tmp_path)]) == 0
+    assert "| modes_covered |" in (tmp_path / "table.md").read_text()
+
+
 def test_overrides_reach_every_run_and_win():
     runs = runs_for("table1", "quick", [0], ["federation.fake_labels=community", "federation.update=sync"],
                     splits=("noniid",), methods=["FR sync", "FR async"])
