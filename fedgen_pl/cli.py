@@ -18,7 +18,7 @@ import sys
 from omegaconf import OmegaConf
 
 from fedgen_pl.config import load_config
-from fedgen_pl.errors import DiskFullError, InputError, NonFiniteError, release_held_logs
+from fedgen_pl.errors import InputError, RunStopped, release_held_logs
 
 
 def _train(args) -> int:
@@ -237,14 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             handler.drop_held()
         print(f"fedgen: {err}", file=sys.stderr)
         return 2
-    except NonFiniteError as err:
+    except RunStopped as err:         # non-finite values (3), a full disk (4)
         release_held_logs()
         print(f"fedgen: {err}", file=sys.stderr)
-        return 3
-    except DiskFullError as err:
-        release_held_logs()
-        print(f"fedgen: {err}", file=sys.stderr)
-        return 4
+        return err.exit_code
     except BaseException:
         release_held_logs()           # an internal error keeps everything that led to it
         raise

@@ -219,8 +219,9 @@ def deploy_local(overrides: list[str], on_started=None) -> Path:
               f"(ports {node_port}-{node_port + sum(counts) - 1}); running the app", file=sys.stderr, flush=True)
         if on_started is not None:
             on_started(processes, node_pids)
-        app = subprocess.run(["flwr", "run", str(stage_app(work / "app")), "local", "--stream", "--run-config", str(run_config)],
-                             env=flower_env(work / "cli"), cwd=PROJECT_DIR, capture_output=True, text=True)
+        app = subprocess.run(["flwr", "run", str(stage_app(work / "app")), "local", "--stream", "--run-config",
+                              str(run_config)], env=flower_env(work / "cli"), cwd=PROJECT_DIR, capture_output=True,
+                             text=True)
         (log_dir / "flwr_run.log").write_text(app.stdout + app.stderr)
     finally:
         processes.stop()

@@ -89,9 +89,19 @@ def release_held_logs() -> None:
             handler.let_through()
 
 
-class NonFiniteError(RuntimeError):
+class RunStopped(RuntimeError):
+    """A run that stopped on purpose mid-way: ``fedgen`` prints one line and exits with ``exit_code``."""
+
+    exit_code = 1
+
+
+class NonFiniteError(RunStopped):
     """A NaN or inf in a device's loss or gradients, with ``trainer.nonfinite=stop``."""
 
+    exit_code = 3
 
-class DiskFullError(RuntimeError):
-    """The disk filled while a run wrote its checkpoint; the previous checkpoint is intact (``fedgen`` exits 4)."""
+
+class DiskFullError(RunStopped):
+    """The disk filled while a run wrote its checkpoint; the previous checkpoint is intact."""
+
+    exit_code = 4
