@@ -159,7 +159,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None, device_transport
     """Train one run; returns its directory. ``extra_callbacks`` run after the built-in ones.
     With ``cfg.resume`` (a checkpoint, set by ``fedgen_pl.resume.resume_config``) the run continues.
     ``device_transport`` runs the devices' side elsewhere (fedgen_pl/flower/); None: in this process."""
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     # Everything that can fail on bad input runs before the run directory is written.
     model_cls = resolve_names(cfg)
     check_accelerator(cfg)
@@ -203,7 +203,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None, device_transport
     except BaseException:
         finish_wandb(loggers, exit_code=1)
         raise
-    return summarise(cfg, model, run_dir, started, aggregation, evaluation, trainer, loggers)
+    return summarise(cfg, model, run_dir, (started, cpu_started), aggregation, evaluation, trainer, loggers)
 
 
 def build_trainer(cfg: DictConfig, datamodule, run_dir: Path, resume_state: dict | None, extra_callbacks):
@@ -241,15 +241,18 @@ def build_trainer(cfg: DictConfig, datamodule, run_dir: Path, resume_state: dict
     return trainer, aggregation, evaluation, loggers
 
 
-def summarise(cfg: DictConfig, model, run_dir: Path, started: float, aggregation, evaluation, trainer,
+def summarise(cfg: DictConfig, model, run_dir: Path, started: tuple[float, float], aggregation, evaluation, trainer,
               loggers) -> Path:
-    """``summary.json``; closes the loggers."""
+    """``summary.json``; closes the loggers. ``started``: the wall clock and this process's CPU time when the
+    run (or its last resumed segment) began; ``cpu_seconds`` is the CPU time of all the process's threads since
+    (core-seconds: what the run cost on a shared machine, where the wall time depends on the load)."""
     summary = {
         "experiment": cfg.experiment,
         "seed": int(cfg.seed),
         "rounds": model.round,
         "iterations": model.iteration,
-        "wall_time_s": round(time.time() - started, 2),
+        "wall_time_s": round(time.time() - started[0], 2),
+        "cpu_seconds": round(time.process_time() - started[1], 2),
         "virtual_time": model.clock.tick,
         "bytes_device_edge": model.bytes["device_to_edge"] + model.bytes["edge_to_device"],
         "bytes_edge_cloud": model.bytes["edge_to_cloud"] + model.bytes["cloud_to_edge"],

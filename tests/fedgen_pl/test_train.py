@@ -2,6 +2,7 @@
 
 import csv
 import json
+import time
 
 import pytest
 import torch
@@ -43,6 +44,19 @@ def test_train_writes_run_outputs(tmp_path, capsys):
     for name, value in model.global_generator.state_dict().items():
         for k in range(3):   # after the last aggregation every G_k equals G
             torch.testing.assert_close(model.community_generators.stacked_state()[name][k], value)
+
+
+def test_summary_counts_the_cpu_time_of_the_run_alone(tmp_path):
+    """``cpu_seconds`` is the run's own CPU time (core-seconds), not the process's: a table trains many runs
+    in one process, and the work done before a run (here: a second of busy loop) is not its cost."""
+    busy = time.process_time() + 1.0
+    while time.process_time() < busy:
+        pass
+    before = time.process_time()
+    assert main(["train", *FAST, f"output_dir={tmp_path / 'run'}"]) == 0
+    after = time.process_time()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0 < summary["cpu_seconds"] <= after - before + 0.01
 
 
 def test_train_with_wandb_offline(tmp_path):
