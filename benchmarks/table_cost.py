@@ -144,7 +144,8 @@ def main() -> None:
                     evaluations = n // int(cfg.metrics.eval_every) + 1
                     hours += (n * per_round + evaluations * per_eval + images * per_image) / 3600
             total += hours
-            extra = " (+ the IW bound and anomaly scores at the end)" if hasattr(system, "likelihood_metrics") else ""
+            extra = "" if not hasattr(system, "likelihood_metrics") else \
+                " (+ the IW bound and anomaly scores at the end)" if cfg.metrics.anomaly_data else " (+ the IW bound at the end)"
             print(f"| {table_} | {split} | {column} | {cfg.trainer.precision} | {per_round:.1f} | {per_eval:.1f} | "
                   f"{per_image:.3f} | {sum(1 for n in left if n)} | {sum(left)} | {hours:.1f}{extra} |")
     print(f"\nTotal: {total:.1f} core-hours ({total / 2:.1f} hours of a 2-core machine running two runs at a time).")
