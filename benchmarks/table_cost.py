@@ -87,6 +87,7 @@ def inception_cost(precision: str, image_shape: tuple, images: int = 32) -> floa
 
 
 def remaining_rounds(run_dir: Path, rounds: int) -> int:
+    """Rounds a run still has to train: none when finished, the rest after its checkpoint when cut off."""
     if (run_dir / "summary.json").is_file():
         return 0
     if (run_dir / "checkpoints" / "last.ckpt").is_file():
@@ -95,7 +96,41 @@ def remaining_rounds(run_dir: Path, rounds: int) -> int:
     return rounds
 
 
-def main() -> None:
+def core_hours(rounds_left: int, eval_every: int, per_round: float, per_eval: float, last_eval_extra: float) -> float:
+    """A run's core-hours for ``rounds_left`` rounds: every round, an evaluation every ``eval_every`` rounds and
+    at the end (the end's Inception images on top, ``last_eval_extra`` core-seconds); nothing when finished."""
+    if rounds_left <= 0:
+        return 0.0
+    evaluations = rounds_left // eval_every + 1
+    return (rounds_left * per_round + evaluations * per_eval + last_eval_extra) / 3600
+
+
+def column_cost(cfg, rounds: int) -> dict:
+    """Core-seconds of one column, measured: a round, a periodic evaluation, the last evaluation's Inception
+    images (and, once per machine, the real images' features)."""
+    torch.manual_seed(0)
+    system, datamodule = build(cfg)
+    per_round = round_cost(system, str(cfg.trainer.precision), rounds)
+    if len(datamodule.spec.data_shape) == 1:           # the Gaussian grid: its own metrics, no networks
+        from callbacks.grid_metrics import GaussianGridMetrics
+
+        grid = GaussianGridMetrics(1, cfg.metrics.grid_samples_per_label, cfg.data.gaussian_std)
+        return {"round": per_round, "evaluation": cpu_seconds(lambda: grid.evaluate(system)), "per_image": 0.0,
+                "last_extra": 0.0, "real_stats": 0.0, "likelihood": False}
+    inception = use_inception(cfg, torch.device("cpu"))
+    cfg.metrics.inception = False        # the real Inception statistics are timed per image, not computed
+    evaluator = build_evaluator(cfg, datamodule, torch.device("cpu"))
+    per_eval = cpu_seconds(lambda: evaluator.evaluate_model(system, inception=False))
+    per_image = inception_cost(str(cfg.metrics.inception_precision), tuple(datamodule.spec.data_shape)) \
+        if inception else 0.0
+    scopes = 1 if cfg.metrics.inception_scopes == "global" else 1 + datamodule.spec.num_communities
+    images = inception_samples(cfg) * scopes
+    return {"round": per_round, "evaluation": per_eval, "per_image": per_image,
+            "last_extra": images * (2 if getattr(system, "has_ema", False) else 1) * per_image,
+            "real_stats": images * per_image, "likelihood": hasattr(system, "likelihood_metrics")}
+
+
+def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", nargs="+", required=True)
     parser.add_argument("--schedule", default="full")
@@ -105,7 +140,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="the table's --out: count only what its runs still have to do")
     parser.add_argument("--rounds", type=int, default=2, help="rounds timed per column (after one warm-up round)")
     parser.add_argument("overrides", nargs="*", help="key=value for every run, as for fedgen table")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), torch "
           f"{torch.__version__}; core-seconds measured with time.process_time")
@@ -126,31 +161,20 @@ def main() -> None:
             if not any(left):
                 print(f"| {table_} | {split} | {column} | {cfg.trainer.precision} | – | – | – | 0 | 0 | 0 |")
                 continue
-            torch.manual_seed(0)
-            system, datamodule = build(cfg)
-            per_round = round_cost(system, str(cfg.trainer.precision), args.rounds)
-            inception = use_inception(cfg, torch.device("cpu"))
-            cfg.metrics.inception = False        # the real Inception statistics are timed per image, not computed
-            evaluator = build_evaluator(cfg, datamodule, torch.device("cpu"))
-            per_eval = cpu_seconds(lambda: evaluator.evaluate_model(system, inception=False))
-            per_image = inception_cost(str(cfg.metrics.inception_precision), tuple(datamodule.spec.data_shape)) \
-                if inception else 0.0
-            scopes = 1 if cfg.metrics.inception_scopes == "global" else 1 + datamodule.spec.num_communities
-            images = inception_samples(cfg) * scopes * (2 if getattr(system, "has_ema", False) else 1)
-            real_stats = max(real_stats, inception_samples(cfg) * scopes * per_image / 3600)
-            hours = 0.0
-            for n in left:
-                if n:
-                    evaluations = n // int(cfg.metrics.eval_every) + 1
-                    hours += (n * per_round + evaluations * per_eval + images * per_image) / 3600
+            cost = column_cost(cfg, args.rounds)
+            hours = sum(core_hours(n, int(cfg.metrics.eval_every), cost["round"], cost["evaluation"],
+                                   cost["last_extra"]) for n in left)
             total += hours
-            extra = "" if not hasattr(system, "likelihood_metrics") else \
+            real_stats = max(real_stats, cost["real_stats"] / 3600)
+            extra = "" if not cost["likelihood"] else \
                 " (+ the IW bound and anomaly scores at the end)" if cfg.metrics.anomaly_data else " (+ the IW bound at the end)"
-            print(f"| {table_} | {split} | {column} | {cfg.trainer.precision} | {per_round:.1f} | {per_eval:.1f} | "
-                  f"{per_image:.3f} | {sum(1 for n in left if n)} | {sum(left)} | {hours:.1f}{extra} |")
+            print(f"| {table_} | {split} | {column} | {cfg.trainer.precision} | {cost['round']:.1f} | "
+                  f"{cost['evaluation']:.1f} | {cost['per_image']:.3f} | {sum(1 for n in left if n)} | {sum(left)} | "
+                  f"{hours:.1f}{extra} |")
     print(f"\nTotal: {total:.1f} core-hours ({total / 2:.1f} hours of a 2-core machine running two runs at a time).")
     if real_stats:
         print(f"Once per machine and dataset, if not cached: up to {real_stats:.2f} core-hours of real Inception features.")
+    return total
 
 
 if __name__ == "__main__":
