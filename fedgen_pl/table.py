@@ -147,8 +147,22 @@ def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str], 
         summary_path = run_dir / "summary.json"
         if not summary_path.is_file():
             train(cfg)
-        summaries[key] = json.loads(summary_path.read_text())
+        summaries[key] = with_later_scores(json.loads(summary_path.read_text()), run_dir)
     return summaries
+
+
+def with_later_scores(summary: dict, run_dir: Path) -> dict:
+    """A finished run's metrics, plus those a later ``fedgen eval`` of its final checkpoint added
+    (``checkpoints/metrics.json``, e.g. ``metrics.inception=true`` on a run trained without it). Only metrics
+    the run did not record itself are added, and only from an evaluation of the run's last round."""
+    later = run_dir / "checkpoints" / "metrics.json"
+    if not later.is_file():
+        return summary
+    scores = json.loads(later.read_text())
+    if scores.get("round") != summary.get("rounds"):
+        return summary
+    added = {k: v for k, v in scores.items() if k not in summary.get("metrics", {}) and "/" in k}
+    return {**summary, "metrics": {**summary.get("metrics", {}), **added}}
 
 
 def run_settings(root: Path, summaries: dict) -> dict[str, list]:

@@ -274,3 +274,20 @@ def test_vae_render_has_its_rows_leaves_out_absent_ones_and_counts_bytes(tmp_pat
     assert "| anomaly | anomaly AUROC `anomaly_auroc` | 0.650 ± 0.071 |" in text
     assert "| iid | anomaly AUROC" not in text and "FID (Inception)" not in text      # no run has them
     assert "| iid | MiB per round (all tiers) | 2.0 ± 0.0 |" in text
+
+
+def test_a_later_eval_of_the_final_checkpoint_adds_its_metrics_to_the_table(tmp_path):
+    """`fedgen eval <run> metrics.inception=true` after training writes checkpoints/metrics.json; the table shows
+    what it added (the Inception FID), keeps what the run recorded, and ignores an evaluation of another round."""
+    from fedgen_pl.table import with_later_scores
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    summary = {"rounds": 300, "metrics": {"global/fid_classifier": 50.0}}
+    assert with_later_scores(summary, run_dir) == summary                       # no later evaluation
+    later = {"round": 300, "iteration": 1500, "global/fid_classifier": 51.0, "global/fid_inception": 80.0}
+    (run_dir / "checkpoints" / "metrics.json").write_text(json.dumps(later))
+    assert with_later_scores(summary, run_dir)["metrics"] == {"global/fid_classifier": 50.0,
+                                                              "global/fid_inception": 80.0}
+    (run_dir / "checkpoints" / "metrics.json").write_text(json.dumps({**later, "round": 290}))
+    assert with_later_scores(summary, run_dir) == summary                       # another round's scores
