@@ -186,6 +186,11 @@ def _cell(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def _seeds_note(found: int, seeds: list[int]) -> str:
+    """A cell that only some of the seeds' runs have (a metric scored later on some of them) says so."""
+    return f" ({found} of {len(seeds)} seeds)" if 0 < found < len(seeds) else ""
+
+
 def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], root: Path, schedule: str,
            overrides: list[str] = (), splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None,
            origin: dict | None = None) -> str:
@@ -230,7 +235,8 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
                     values = [v for v in values if v is not None]
                     scale, digits = (100.0, 2) if row == "Acc" else (1.0, 2 if row == "FID" else 1 if row.startswith(
                         "-ELBO") else 3)
-                    cell = _cell(values, scale, digits) + ("%" if row == "Acc" and values else "")
+                    cell = _cell(values, scale, digits) + ("%" if row == "Acc" and values else "") + _seeds_note(
+                        len(values), seeds)
                     if row in paper:
                         cell += f" ({paper[row][i]}{'%' if row == 'Acc' else ''})"
                     cells.append(cell)
@@ -277,7 +283,7 @@ def _literature_rows(summaries: dict, chosen: list, seeds: list[int], splits: tu
             if not any(values):
                 continue
             scale, digits, unit = (100.0, 2, "%") if row.startswith("Acc") else (1.0, 4 if row.startswith("KID") else 2, "")
-            cells = [_cell(v, scale, digits) + (unit if v else "") for v in values]
+            cells = [_cell(v, scale, digits) + (unit if v else "") + _seeds_note(len(v), seeds) for v in values]
             lines.append(f"| {split} | {row} `{ROWS[row].split('/')[-1]}` | " + " | ".join(cells) + " |")
         per_round = [[mib_per_round(summaries[("literature", split, c, s)]) for s in seeds] for _, c in chosen]
         lines.append(f"| {split} | MiB per round (all tiers) | " + " | ".join(_cell(v, digits=1) for v in per_round) + " |")

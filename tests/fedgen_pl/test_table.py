@@ -274,6 +274,10 @@ def test_vae_render_has_its_rows_leaves_out_absent_ones_and_counts_bytes(tmp_pat
     assert "| anomaly | anomaly AUROC `anomaly_auroc` | 0.650 ± 0.071 |" in text
     assert "| iid | anomaly AUROC" not in text and "FID (Inception)" not in text      # no run has them
     assert "| iid | MiB per round (all tiers) | 2.0 ± 0.0 |" in text
+    summaries[("vae", "iid", "FedAvg", 0)]["metrics"]["global/fid_inception"] = 80.0      # scored on one seed
+    text = render(summaries, ["vae"], [0, 1], tmp_path, "quick", splits=("iid", "anomaly"))
+    row = next(line for line in text.splitlines() if line.startswith("| iid | FID (Inception)"))
+    assert "80.000 (1 of 2 seeds)" in row and row.count("–") == 4          # the other columns have none
 
 
 def test_a_later_eval_of_the_final_checkpoint_adds_its_metrics_to_the_table(tmp_path):
