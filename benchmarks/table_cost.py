@@ -7,7 +7,7 @@ For every (split, column) of the tables it builds the run's system from the tabl
 (configs/tables/<table>.yaml, the same overrides as ``fedgen table``) and measures, in CPU seconds of this
 process (``time.process_time``: all its threads, so the figure is core-seconds and holds on a shared machine):
 
-- a training round (the clock's events of ``round_rounds`` rounds after one warm-up round, the cloud's
+- a training round (the clock's events of ``--rounds`` rounds after one warm-up round, the cloud's
   aggregation included, under the autocast of ``trainer.precision``);
 - a periodic evaluation (``GenerationEvaluator.evaluate_model`` without Inception, the EMA's included);
 - the Inception network per image at ``metrics.inception_precision`` (when the run scores ``fid_inception``),
