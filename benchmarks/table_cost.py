@@ -98,10 +98,11 @@ def remaining_rounds(run_dir: Path, rounds: int) -> int:
 
 def core_hours(rounds_left: int, eval_every: int, per_round: float, per_eval: float, last_eval_extra: float) -> float:
     """A run's core-hours for ``rounds_left`` rounds: every round, an evaluation every ``eval_every`` rounds and
-    at the end (the end's Inception images on top, ``last_eval_extra`` core-seconds); nothing when finished."""
+    at the last round (once when it falls on one; the end's Inception images on top, ``last_eval_extra``
+    core-seconds); nothing when finished."""
     if rounds_left <= 0:
         return 0.0
-    evaluations = rounds_left // eval_every + 1
+    evaluations = -(-rounds_left // eval_every)         # ceil: the last round's evaluation is one of them
     return (rounds_left * per_round + evaluations * per_eval + last_eval_extra) / 3600
 
 

@@ -16,8 +16,10 @@ spec.loader.exec_module(table_cost)
 
 
 def test_core_hours_counts_rounds_evaluations_and_the_last_evaluation():
-    # 100 rounds x 2 s, evaluations at rounds 20, 40, 60, 80, 100 and the end's (6 x 5 s), 60 s of Inception
-    assert table_cost.core_hours(100, 20, 2.0, 5.0, 60.0) == pytest.approx((200 + 30 + 60) / 3600)
+    # 100 rounds x 2 s, evaluations at rounds 20, 40, 60, 80 and 100, the last (5 x 5 s), 60 s of Inception
+    assert table_cost.core_hours(100, 20, 2.0, 5.0, 60.0) == pytest.approx((200 + 25 + 60) / 3600)
+    # 90 rounds: at 20, 40, 60, 80 and at the last round, 90
+    assert table_cost.core_hours(90, 20, 2.0, 5.0, 60.0) == pytest.approx((180 + 25 + 60) / 3600)
     assert table_cost.core_hours(0, 20, 2.0, 5.0, 60.0) == 0.0
 
 
