@@ -145,12 +145,22 @@ def load_or_train(datamodule, cache_dir: Path, train_samples: int | None = None,
     record = {"test_accuracy": overall, "test_accuracy_per_dataset": per_dataset,
               "train_samples": len(train_x), "epochs": epochs, "label_names": spec.label_names,
               "code_version": CODE_VERSION, "train_seconds": round(time.time() - started, 1), "key": key}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")   # runs sharing a cache (a sweep's agents) may write at once
-    torch.save({"state_dict": model.state_dict(), "record": record}, tmp)
-    tmp.replace(path)
+    save_to_cache({"state_dict": model.state_dict(), "record": record}, path)
     log.info("classifier: test accuracy %.4f %s", record["test_accuracy"], per_dataset)
     return _freeze(model), record
+
+
+def save_to_cache(obj, path: Path) -> None:
+    """``torch.save`` into a cache shared by several runs (a sweep's agents, test workers): each process writes
+    its own temporary file and renames it into place, so a reader sees a whole file or none; a failed write
+    (a full disk) leaves nothing behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _freeze(model: Classifier) -> Classifier:

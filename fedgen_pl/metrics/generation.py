@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from fedgen_pl.images import normalise_images
-from fedgen_pl.metrics.classifier import Classifier
+from fedgen_pl.metrics.classifier import Classifier, save_to_cache
 
 log = logging.getLogger("fedgen")
 
@@ -171,10 +170,7 @@ def real_inception_features(network: nn.Module, images: Tensor, cache: Path | No
     features = inception_features(network, images, device)
     log.info("metrics: real Inception features of %d images in %.0f s", len(images), time.time() - started)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")   # runs sharing a cache may write at once
-        torch.save(features.float().cpu(), tmp)
-        tmp.replace(path)
+        save_to_cache(features.float().cpu(), path)
     return features
 
 
