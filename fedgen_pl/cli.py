@@ -69,7 +69,7 @@ def _table(args) -> int:
     if args.out:
         check_writable_dir(args.out, "--out")
     print(table(args.schedule, args.seeds, args.tables, args.out, args.overrides, args.splits, args.methods,
-                train_missing=not args.no_train))
+                train_missing=not args.no_train, jobs=args.jobs))
     return 0
 
 
@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--out", default=None, help="runs and table.md go here (default runs/table-<schedule>-<time>)")
     sub.add_argument("--no-train", action="store_true",
                      help="only print the table of finished runs; refuse if one has not finished (nothing is trained)")
+    sub.add_argument("--jobs", type=int, default=1,
+                     help="train this many runs at once, each in its own process with this process's threads "
+                          "divided among them (default 1: one after another)")
     sub.add_argument("overrides", nargs="*", help="key=value overrides applied to every run, e.g. "
                                                   "federation.fake_labels=community")
     sub.set_defaults(fn=_table)

@@ -29,6 +29,9 @@ class InputError(Exception):
     def __str__(self) -> str:
         return f"{self.what} ({self.where}): {self.message}" if self.where else f"{self.what}: {self.message}"
 
+    def __reduce__(self):                 # pickled whole across processes (fedgen table --jobs)
+        return type(self), (self.message, self.where)
+
 
 class ConfigError(InputError, ValueError):
     what = "configuration error"

@@ -12,8 +12,13 @@ Every table records its overrides, schedule, seeds, commit and hardware (``table
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import datetime
+from multiprocessing import get_context
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -119,10 +124,10 @@ def run_dir_for(root: Path, key: tuple) -> Path:
 
 def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str], overrides: list[str] = (),
                 splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None,
-                train_missing: bool = True) -> dict[tuple, dict]:
-    """Train every run the tables need (in order) and return their summaries; finished runs are reused.
-    Every configuration is loaded and checked before the first run starts. ``train_missing=False``
-    (``--no-train``) refuses, before anything is written, when a run has not finished."""
+                train_missing: bool = True, jobs: int = 1) -> dict[tuple, dict]:
+    """Train every run the tables need (in order, ``jobs`` at a time) and return their summaries; finished
+    runs are reused. Every configuration is loaded and checked before the first run starts.
+    ``train_missing=False`` (``--no-train``) refuses, before anything is written, when a run has not finished."""
     from fedgen_pl.train import resolve_names, train
 
     planned = []
@@ -142,6 +147,9 @@ def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str], 
         raise ConfigError(f"{len(missing)} of the {len(planned)} runs have not finished (the first: {missing[0]}); "
                          f"drop --no-train to train them, or choose finished ones with --splits, --methods and "
                          f"--seeds", where="--no-train")
+    to_train = [(run_dir, cfg) for _, run_dir, cfg in planned if not (run_dir / "summary.json").is_file()]
+    if jobs > 1 and len(to_train) > 1:
+        train_in_parallel(to_train, jobs)
     summaries = {}
     for key, run_dir, cfg in planned:
         summary_path = run_dir / "summary.json"
@@ -149,6 +157,66 @@ def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str], 
             train(cfg)
         summaries[key] = with_later_scores(json.loads(summary_path.read_text()), run_dir)
     return summaries
+
+
+def train_in_parallel(runs: list[tuple[Path, object]], jobs: int) -> None:
+    """Train ``runs`` (run directory, configuration) ``jobs`` at a time, each in a process of its own with
+    this process's torch threads divided among the jobs (at least one each), its output in ``<run dir>.log``.
+    A run that fails does not stop the others (each is resumable on its own); the first failure is raised
+    once every run has ended. A run trained with other thread counts can differ in float rounding."""
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    print(f"[table] training {len(runs)} runs, {jobs} at a time with {threads} thread(s) each; each run's "
+          f"output: <run dir>.log", flush=True)
+    failures = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        started = time.time()
+        futures = {pool.submit(train_logged, OmegaConf.to_container(cfg), str(log_path(run_dir)), threads): run_dir
+                   for run_dir, cfg in runs}
+        for done, future in enumerate(as_completed(futures), 1):
+            run_dir, error = futures[future], future.exception()
+            state = "finished" if error is None else f"failed ({type(error).__name__}: see {log_path(run_dir)})"
+            print(f"[table] {done}/{len(runs)} {state}: {run_dir} ({(time.time() - started) / 60:.1f} min)", flush=True)
+            if error is not None:
+                failures.append(error)
+    if failures:
+        raise failures[0]
+
+
+def log_path(run_dir: Path) -> Path:
+    return run_dir.parent / f"{run_dir.name}.log"
+
+
+def train_logged(config: dict, log: str, threads: int) -> None:
+    """One run in a worker process of ``train_in_parallel``: stdout and stderr appended to ``log``. The
+    configuration crosses as a plain dict and is rebuilt as a saved run's is (``with_defaults``)."""
+    import logging
+
+    import torch
+
+    from fedgen_pl.config import import_plugins
+    from fedgen_pl.train import train
+
+    torch.set_num_threads(threads)
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as out:
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+    sys.stdout.reconfigure(line_buffering=True)     # the log in the order it was written
+    fedgen_log = logging.getLogger("fedgen")
+    if not fedgen_log.handlers:            # the lines `fedgen train` prints with its own handler
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[fedgen] %(message)s"))
+        fedgen_log.addHandler(handler)
+        fedgen_log.setLevel(logging.INFO)
+    cfg = with_defaults(config)
+    import_plugins(cfg.plugins)
+    try:
+        train(cfg)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def with_later_scores(summary: dict, run_dir: Path) -> dict:
@@ -337,7 +405,10 @@ def figures(root: Path, tables: list[str], seeds: list[int], splits, methods) ->
 
 
 def main(schedule: str, seeds: list[int], tables: list[str], out: str | None, overrides: list[str] = (),
-         splits: tuple[str, ...] | None = None, methods: list[str] | None = None, train_missing: bool = True) -> Path:
+         splits: tuple[str, ...] | None = None, methods: list[str] | None = None, train_missing: bool = True,
+         jobs: int = 1) -> Path:
+    if jobs < 1:
+        raise ConfigError(f"must be at least 1, got {jobs}; 1 trains the runs one after another", where="--jobs")
     root = Path(out) if out else Path("runs") / f"table-{schedule}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     overrides = list(overrides)
     known = [c for t in tables for c, _ in methods_of(t)]
@@ -349,7 +420,7 @@ def main(schedule: str, seeds: list[int], tables: list[str], out: str | None, ov
     unknown = [split for split in splits if split not in known]
     if unknown:
         raise ConfigError(f"--splits: unknown split(s) {unknown}; the tables {tables} have {sorted(known)}")
-    summaries = ensure_runs(root, schedule, seeds, tables, overrides, tuple(splits), methods, train_missing)
+    summaries = ensure_runs(root, schedule, seeds, tables, overrides, tuple(splits), methods, train_missing, jobs)
     origin = {**provenance(), "settings": run_settings(root, summaries)}
     text = render(summaries, tables, seeds, root, schedule, overrides, tuple(splits), methods, origin)
     root.mkdir(parents=True, exist_ok=True)

@@ -83,6 +83,8 @@ def _setup(case, root, monkeypatch):
     if case == "table --out is a file":
         (root / "afile").write_text("mine")
         return ["table", "--tables", "grid", "--out", str(root / "afile")]
+    if case == "table --jobs 0":
+        return ["table", "--tables", "grid", "--jobs", "0", "--out", str(root / "t")]
     if case == "unknown flag":
         return ["sample", str(root), "--bogus"]
     if case == "unknown command":
@@ -142,6 +144,7 @@ CASES = [
     ("sample --out under a file", "output error (--out)", "is a file"),
     ("report --out under a file", "output error (--out)", "is a file"),
     ("table --out is a file", "output error (--out)", "is a file"),
+    ("table --jobs 0", "configuration error (--jobs)", "must be at least 1, got 0"),
     ("unknown flag", "usage error (fedgen sample)", "--bogus; see fedgen sample --help"),
     ("unknown command", "usage error (fedgen)", "invalid choice: 'trian'"),
     ("bad choice of a flag", "usage error (fedgen table)", "invalid choice: 'slow'"),

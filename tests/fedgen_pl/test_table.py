@@ -1,4 +1,4 @@
-"""`fedgen table`: the run list and the Markdown layout (on fabricated summaries; no training)."""
+"""`fedgen table`: the run list and the Markdown layout (on fabricated summaries), and runs trained in parallel."""
 
 import json
 
@@ -6,6 +6,7 @@ import pytest
 
 from fedgen_pl.config import load_config
 from fedgen_pl.table import PAPER, ensure_runs, render, run_dir_for, runs_for, tables
+from tests.conftest import SMALL_GRID
 
 
 def test_runs_cover_every_method_split_and_seed():
@@ -295,3 +296,42 @@ def test_a_later_eval_of_the_final_checkpoint_adds_its_metrics_to_the_table(tmp_
                                                               "global/fid_inception": 80.0}
     (run_dir / "checkpoints" / "metrics.json").write_text(json.dumps({**later, "round": 290}))
     assert with_later_scores(summary, run_dir) == summary                       # another round's scores
+
+
+def test_runs_trained_two_at_a_time_equal_runs_trained_one_after_another(tmp_path, capsys):
+    from fedgen_pl.cli import main
+
+    quick = ["--tables", "grid", "--methods", "FR sync", "--seeds", "0", "1"]
+    shorter = ["federation.global_rounds=2", "metrics.eval_every=1"]
+    assert main(["table", *quick, "--jobs", "2", "--out", str(tmp_path / "parallel"), *shorter]) == 0
+    assert "2 runs, 2 at a time" in capsys.readouterr().out
+    assert main(["table", *quick, "--out", str(tmp_path / "serial"), *shorter]) == 0
+    for seed in (0, 1):
+        parallel = tmp_path / "parallel" / "grid" / "grid" / "FR_sync" / f"seed{seed}"
+        serial = tmp_path / "serial" / "grid" / "grid" / "FR_sync" / f"seed{seed}"
+        metrics = [json.loads((run / "summary.json").read_text())["metrics"] for run in (parallel, serial)]
+        assert metrics[0] == metrics[1] and "global/high_quality_share" in metrics[0]
+        assert "round 2/2" in (parallel.parent / f"seed{seed}.log").read_text()     # the run's own output
+
+
+def test_a_failed_parallel_run_is_raised_whole_after_the_others_end(tmp_path):
+    from fedgen_pl.errors import OutputError
+    from fedgen_pl.table import train_in_parallel
+
+    settings = [*SMALL_GRID, "federation.global_rounds=1", "trainer.progress_bar=false"]
+    (tmp_path / "afile").write_text("mine")
+    good = load_config([*settings, f"output_dir={tmp_path / 'good'}"])
+    bad = load_config([*settings, f"output_dir={tmp_path / 'afile'}"])      # refused inside its worker
+    with pytest.raises(OutputError, match=r"output error \(output_dir\): .* is a file"):
+        train_in_parallel([(tmp_path / "afile", bad), (tmp_path / "good", good)], jobs=2)
+    assert (tmp_path / "good" / "summary.json").is_file()                  # the other run went on
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_an_input_error_crosses_processes_whole():
+    import pickle
+
+    from fedgen_pl.errors import ConfigError
+
+    error = pickle.loads(pickle.dumps(ConfigError("must be at least 1, got 0", where="--jobs")))
+    assert type(error) is ConfigError and str(error) == "configuration error (--jobs): must be at least 1, got 0"
