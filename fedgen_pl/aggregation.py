@@ -165,25 +165,40 @@ def fedavg_weights(counts: Tensor) -> Tensor:
     return (counts / counts.sum()).to(torch.float32)
 
 
+def edge_averages(member_state: dict[str, Tensor], stats: RoundStats, edge_of_member: Tensor,
+                  num_edges: int) -> tuple[dict[str, Tensor], RoundStats]:
+    """FedAvg's edge tier: each edge's average of its members that took part, weighted by sample counts,
+    ``E_k = sum_{j in k} (n_j / n_k) theta_j`` with ``n_k`` the total of those members, and the round as the
+    cloud then sees it: K members with counts ``n_k``, losses the count-weighted means, taking part when any
+    of theirs did. A count-weighted cloud average of the ``E_k`` is the flat average in exact arithmetic
+    (method §9); in floats the two differ by rounding. Integer tensors come from member 0."""
+    part = torch.ones_like(stats.sample_counts, dtype=torch.bool) if stats.participating is None else stats.participating
+    counts = torch.where(part, stats.sample_counts.to(torch.float64), 0.0)
+    totals = segment_sum(counts, edge_of_member, num_edges)
+    safe_totals = torch.where(totals > 0, totals, 1.0)          # an edge none of whose members took part: weight 0
+    within = (counts / safe_totals[edge_of_member]).to(torch.float32)
+    edges = {}
+    for name, stacked in member_state.items():
+        if not torch.is_floating_point(stacked):
+            edges[name] = stacked[:1].expand(num_edges, *stacked.shape[1:]).clone()
+            continue
+        out = torch.zeros(num_edges, *stacked.shape[1:], dtype=stacked.dtype, device=stacked.device)
+        edges[name] = out.index_add_(0, edge_of_member, stacked * within.view((-1,) + (1,) * (stacked.dim() - 1)))
+    loss = segment_sum(counts * stats.community_loss.to(torch.float64), edge_of_member, num_edges) / safe_totals
+    edge_stats = RoundStats(loss.to(stats.community_loss.dtype), totals.to(stats.sample_counts.dtype),
+                            stats.tau_cloud, stats.cloud_lr, totals > 0)
+    return edges, edge_stats
+
+
 def fedavg_average(member_state: dict[str, Tensor], counts: Tensor, edge_of_member: Tensor | None = None,
                    num_edges: int = 0) -> dict[str, Tensor]:
     """The count-weighted average of stacked members ``[n, ...]``. With ``edge_of_member``, through the
-    edge tier: each edge averages its members by sample counts, the cloud averages the edges by their
-    totals (method §9; equal to the flat average up to float rounding). Integer tensors come from member 0."""
-    if edge_of_member is None:
-        weights = fedavg_weights(counts)
-        return {name: (t * weights.view((-1,) + (1,) * (t.dim() - 1))).sum(0)
-                if torch.is_floating_point(t) else t[0].clone() for name, t in member_state.items()}
-    totals = segment_sum(counts.to(torch.float64), edge_of_member, num_edges)
-    within = (counts.to(torch.float64) / totals[edge_of_member]).to(torch.float32)
-    across = fedavg_weights(totals)
-    out = {}
-    for name, stacked in member_state.items():
-        if not torch.is_floating_point(stacked):
-            out[name] = stacked[0].clone()
-            continue
-        shape = (-1,) + (1,) * (stacked.dim() - 1)
-        edges = torch.zeros(num_edges, *stacked.shape[1:], dtype=stacked.dtype, device=stacked.device)
-        edges.index_add_(0, edge_of_member, stacked * within.view(shape))
-        out[name] = (edges * across.view(shape)).sum(0)
-    return out
+    edge tier (``edge_averages``): each edge averages its members by sample counts, the cloud averages the
+    edges by their totals (method §9). Integer tensors come from member 0."""
+    if edge_of_member is not None:
+        stats = RoundStats(torch.zeros(len(counts)), counts, 0.0, 1.0)
+        member_state, stats = edge_averages(member_state, stats, edge_of_member, num_edges)
+        counts = stats.sample_counts
+    weights = fedavg_weights(counts)
+    return {name: (t * weights.view((-1,) + (1,) * (t.dim() - 1))).sum(0)
+            if torch.is_floating_point(t) else t[0].clone() for name, t in member_state.items()}

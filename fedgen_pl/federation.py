@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-from fedgen_pl.aggregation import RoundStats, aggregate
+from fedgen_pl.aggregation import RoundStats, aggregate, edge_averages
 from fedgen_pl.clock import VirtualClock
 from fedgen_pl.config import with_defaults
 from fedgen_pl.errors import NonFiniteError
@@ -301,8 +301,12 @@ class FederationModule(pl.LightningModule):
         """The cloud's aggregation (``rule``) over the members that took part: the new global state and the
         round's record."""
         stats = self.federation.round_stats(tau_cloud, cloud_lr)
-        new_state, weights = aggregate(rule, global_state, community_state, stats)
         self.counters["cloud_left_out"] = self.counters.get("cloud_left_out", 0) + int((~stats.participating).sum())
+        if self.recipe.generators == "device" and self.cfg.federation.fedavg_via_edges:
+            # one model per device: the edges average theirs first, and the cloud sees only the K edge averages
+            community_state, stats = edge_averages(community_state, stats, self.federation.community_of_device,
+                                                   self.num_communities)
+        new_state, weights = aggregate(rule, global_state, community_state, stats)
         return new_state, {"community_loss": stats.community_loss.tolist(), "cloud_weights": weights.tolist()}
 
     def sanitized_updates(self, stacked: dict[str, Tensor], start: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -10,6 +10,7 @@ from fedgen_pl.aggregation import (
     aggregate,
     cloud_weights,
     community_losses,
+    edge_averages,
     fedavg,
     fedavg_average,
     fedavg_weights,
@@ -128,6 +129,31 @@ def test_aggregate_renormalises_over_the_participants():
     nobody = RoundStats(losses, torch.ones(3), 1.0, 1.0, torch.zeros(3, dtype=torch.bool))
     new, weights = aggregate(loss_softmax, g, members, nobody)
     assert torch.equal(new["w"], g["w"]) and not weights.any()
+
+
+def test_edge_averages_hand_computed_with_a_member_left_out():
+    members = {"w": torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0], [7.0, 7.0]]), "n": torch.tensor([[7], [8], [9], [6]])}
+    stats = RoundStats(torch.tensor([-1.0, -3.0, -2.0, -9.0]), torch.tensor([10, 30, 60, 20]), 0.0, 1.0,
+                       participating=torch.tensor([True, True, True, False]))
+    edges, cloud = edge_averages(members, stats, torch.tensor([0, 0, 1, 1]), 2)
+    # edge 0 = (10*[1,0] + 30*[3,2]) / 40 = [2.5, 1.5], loss (10*-1 + 30*-3) / 40 = -2.5;
+    # edge 1 = member 2 alone (member 3 took no part): [5, 4], loss -2
+    torch.testing.assert_close(edges["w"], torch.tensor([[2.5, 1.5], [5.0, 4.0]]))
+    torch.testing.assert_close(cloud.community_loss, torch.tensor([-2.5, -2.0]))
+    assert cloud.sample_counts.tolist() == [40, 60] and cloud.participating.tolist() == [True, True]
+    assert edges["n"].tolist() == [[7], [7]]
+    # the cloud's FedAvg of the edges: 0.4*[2.5, 1.5] + 0.6*[5, 4] = [4.0, 3.0]
+    new, weights = aggregate(fedavg, {"w": torch.zeros(2), "n": torch.tensor([0])}, edges, cloud)
+    torch.testing.assert_close(new["w"], torch.tensor([4.0, 3.0]))
+    torch.testing.assert_close(weights, torch.tensor([0.4, 0.6]))
+
+    # no member of edge 1 took part: the edge takes no part, and the cloud averages edge 0 alone
+    stats.participating = torch.tensor([True, True, False, False])
+    edges, cloud = edge_averages(members, stats, torch.tensor([0, 0, 1, 1]), 2)
+    assert cloud.participating.tolist() == [True, False] and cloud.sample_counts.tolist() == [40, 0]
+    new, weights = aggregate(fedavg, {"w": torch.zeros(2), "n": torch.tensor([0])}, edges, cloud)
+    torch.testing.assert_close(new["w"], torch.tensor([2.5, 1.5]))
+    torch.testing.assert_close(weights, torch.tensor([1.0, 0.0]))
 
 
 def test_fedavg_hand_computed():

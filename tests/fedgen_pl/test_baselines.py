@@ -30,9 +30,10 @@ def _run_rounds(system, rounds):
     return aggregation
 
 
-def test_fed_gan_averages_generators_and_discriminators_by_counts():
+@pytest.mark.parametrize("via_edges", [False, True])
+def test_fed_gan_averages_generators_and_discriminators_by_counts(via_edges):
     system, dm = build_system("model.name=fed_gan", "federation.local_iters=2",
-                              "federation.devices_per_community=[1, 3, 2]")
+                              "federation.devices_per_community=[1, 3, 2]", f"federation.fedavg_via_edges={via_edges}")
     assert system.num_generators == 6 and system.device_discriminators.n == 6
     counts = torch.tensor(dm.spec.device_sample_counts, dtype=torch.float32)
     opt_g, opt_d = system.configure_optimizers()[:2]
@@ -42,6 +43,8 @@ def test_fed_gan_averages_generators_and_discriminators_by_counts():
     d_members = {k: v.clone() for k, v in system.device_discriminators.stacked_state().items()}
     if system.round_complete:      # as training_step does
         system.finished_round = system.end_round()
+    # through the edges the cloud weighs the 3 edge averages, else the 6 devices' generators
+    assert len(system.finished_round["cloud_weights"]) == (3 if via_edges else 6)
     GlobalAggregation().on_train_batch_end(_Trainer(), system, None, None, 0)
     w = counts / counts.sum()
     for name, stacked in g_members.items():
