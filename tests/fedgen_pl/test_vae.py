@@ -60,9 +60,9 @@ class _Trainer:
     loggers = []
 
 
-def test_decoder_only_averaging_keeps_encoders_private(image_root, classifier_cache):
-    cfg = load_config([*_overrides(image_root, classifier_cache), "model.vae_average=decoder",
-                       "federation.local_iters=2"])
+def _one_round_trained(image_root, classifier_cache, *extra):
+    """A FedVAE whose devices have taken one round's 2 local steps, the cloud's round not yet run."""
+    cfg = load_config([*_overrides(image_root, classifier_cache), "federation.local_iters=2", *extra])
     dm = FederatedDataModule(cfg)
     dm.setup()
     model = FedVAE(OmegaConf.to_container(cfg), dm.spec.to_dict())
@@ -70,6 +70,11 @@ def test_decoder_only_averaging_keeps_encoders_private(image_root, classifier_ca
     opt = model.configure_optimizers()
     for _ in range(2):
         model.step_event(opt)
+    return model, dm
+
+
+def test_decoder_only_averaging_keeps_encoders_private(image_root, classifier_cache):
+    model, dm = _one_round_trained(image_root, classifier_cache, "model.vae_average=decoder")
     encoders = {k: v.clone() for k, v in model.device_vaes.stacked_state().items() if not k.startswith("decoder.")}
     decoders = {k: v.clone() for k, v in model.device_vaes.stacked_state().items() if k.startswith("decoder.")}
     if model.round_complete:      # as training_step does
@@ -216,15 +221,8 @@ def test_fedavg_through_the_edges_sends_the_cloud_only_the_edge_averages(image_r
         return fedavg(global_state, member_state, stats)
 
     monkeypatch.setattr(fedgen_pl.vae, "get_aggregation", lambda name: cloud_rule)
-    cfg = load_config([*_overrides(image_root, classifier_cache), "federation.fedavg_via_edges=true",
-                       "federation.local_iters=2", "data.quantity_skew=1.0", "data.partition=dirichlet"])
-    dm = FederatedDataModule(cfg)
-    dm.setup()
-    model = FedVAE(OmegaConf.to_container(cfg), dm.spec.to_dict())
-    model.attach_data(dm)
-    opt = model.configure_optimizers()
-    for _ in range(2):
-        model.step_event(opt)
+    model, dm = _one_round_trained(image_root, classifier_cache, "federation.fedavg_via_edges=true",
+                                   "data.quantity_skew=1.0", "data.partition=dirichlet")
     devices = {k: v.clone() for k, v in model.device_vaes.stacked_state().items()}
     assert model.round_complete
     model.end_round()
