@@ -10,6 +10,7 @@ A family (``FederatedGAN`` in gan.py, ``FedVAE`` in vae.py) builds its networks 
 
 from __future__ import annotations
 
+import logging
 import random
 from contextlib import contextmanager
 
@@ -27,6 +28,8 @@ from fedgen_pl.errors import NonFiniteError
 from fedgen_pl.privacy import privacy_of, sanitize_updates
 from fedgen_pl.recipes import recipe_of
 from fedgen_pl.spec import FederationSpec
+
+log = logging.getLogger("fedgen")
 
 
 def ema_average(decay: float):
@@ -336,6 +339,8 @@ class FederationModule(pl.LightningModule):
     # -- Lightning glue ----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         self.attach_data(self.trainer.datamodule)
+        if self.recipe.cloud == "fedavg":     # the baselines and the VAEs: say which keys do not apply
+            log.info("%s: this model's own rules replace %s", self.cfg.model.name, self.recipe.replaced_keys())
 
     def training_step(self, batch, batch_idx):
         """One clock event and, when it completes the round, the cloud's round (``callbacks.GlobalAggregation``

@@ -19,7 +19,6 @@ step calls ``end_round``: the cloud aggregates the G_k into G (Eq. 1 or FedAvg) 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +36,6 @@ from fedgen_pl.privacy import sanitize_feedback
 from fedgen_pl.stacked import StackedModule
 from fedgen_pl.tiers import device_iteration, edge_generator_loss, finite_rows, zero_rows
 
-log = logging.getLogger("fedgen")
 
 INFLIGHT = ("real_x", "real_y", "z_d", "y_d", "fake_d", "z_g", "y_g", "fake_g")
 
@@ -133,11 +131,6 @@ class FederatedGAN(FederationModule):
             return [opt_g, opt_d]
         return [opt_g, opt_d, torch.optim.Adam(self.domain_classifier.parameters(), lr=m.classifier_lr,
                                                betas=(0.5, 0.999))]
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        if self.recipe.baseline:
-            log.info("%s: this baseline's own rules replace %s", self.cfg.model.name, self.recipe.replaced_keys())
 
     def attach_data(self, datamodule) -> None:
         super().attach_data(datamodule)

@@ -243,8 +243,11 @@ def test_fedavg_through_the_edges_sends_the_cloud_only_the_edge_averages(image_r
         torch.testing.assert_close(model.global_vae.state_dict()[name].double(), flat, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_fedavg_through_the_edges_equals_flat_fedavg_up_to_rounding(tmp_path, image_root, classifier_cache):
+def test_fedavg_through_the_edges_equals_flat_fedavg_up_to_rounding(tmp_path, image_root, classifier_cache, capsys):
     flat, flat_summary = _tiny_run(tmp_path, image_root, classifier_cache, "flat", "federation.fedavg_via_edges=false")
+    # the cloud's keys of the three-tier models do not apply, and the run says so
+    assert "[fedgen] fed_vae: this model's own rules replace federation.tau_edge, federation.tau_cloud, " \
+           "federation.cloud_lr, federation.aggregation" in capsys.readouterr().err
     edges, edges_summary = _tiny_run(tmp_path, image_root, classifier_cache, "edges", "federation.fedavg_via_edges=true")
     for key, value in flat_summary["metrics"].items():      # the same models: every metric to 5 digits
         assert edges_summary["metrics"][key] == pytest.approx(value, rel=1e-5), key
