@@ -116,6 +116,11 @@ def check_recipe_config(cfg) -> None:
     if recipe.family == "vae" and recipe.generators == "single" and cfg.model.vae_average != "all":
         raise ConfigError(f"'{cfg.model.vae_average}' has no meaning for the one pooled-data VAE of "
                           f"{cfg.model.name}; leave it at all", where="model.vae_average")
+    averages_devices = recipe.traffic == "models" and not (recipe.family == "vae" and cfg.model.vae_average == "none")
+    if cfg.federation.fedavg_via_edges and not averages_devices:
+        raise ConfigError(f"model.name={cfg.model.name} averages no device models, so there is nothing to send "
+                          f"through the edges (fed_gan, fed_cgan and fed_vae do); leave it false",
+                          where="federation.fedavg_via_edges")
     if recipe.conditioning == "domain" and cfg.data.label_space != "shared":
         raise ConfigError(f"the label-related model ({cfg.model.name}) needs label_space=shared (the same "
                           f"classes in every domain)", where="data.label_space")

@@ -124,6 +124,8 @@ def _setup(case, root, monkeypatch):
                 "data.batch_size=16", "federation.devices_per_community=1", f"output_dir={root / 'run'}"]
     if case == "too few classifier samples":
         return ["train", *GRID, "metrics.classifier_train_samples=5", f"output_dir={root / 'run'}"]
+    if case == "FedAvg through the edges of a model without device models":
+        return ["train", *GRID, "federation.fedavg_via_edges=true", f"output_dir={root / 'run'}"]
     if case == "misspelt section of a key":
         return ["train", "dat.batch_size=3", f"output_dir={root / 'run'}"]
     raise AssertionError(case)
@@ -158,6 +160,8 @@ CASES = [
     ("report of a file", "afile)", "not a run directory"),
     ("eval with an unknown metrics key", "(metrics.foo)", "not in 'MetricsConfig'"),
     ("too few classifier samples", "(metrics.classifier_train_samples)", "must be null (all) or >= 100"),
+    ("FedAvg through the edges of a model without device models", "(federation.fedavg_via_edges)",
+     "model.name=fedgen_fr averages no device models"),
     ("a community smaller than one batch", "(federation.communities[0])", "fewer than one batch (data.batch_size=16)"),
 ]
 
