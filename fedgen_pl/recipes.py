@@ -113,6 +113,9 @@ def check_recipe_config(cfg) -> None:
     if recipe.family != "vae" and cfg.metrics.anomaly_data is not None:
         raise ConfigError(f"anomaly scores are VAE likelihoods; model.name={cfg.model.name} has none (use fed_vae "
                           f"or centralized_vae), or leave it null", where="metrics.anomaly_data")
+    if recipe.family != "vae" and cfg.model.vae_average != "all":
+        raise ConfigError(f"'{cfg.model.vae_average}' chooses what fed_vae averages; model.name={cfg.model.name} "
+                          f"is not a VAE, so leave it at all", where="model.vae_average")
     if recipe.family == "vae" and recipe.generators == "single" and cfg.model.vae_average != "all":
         raise ConfigError(f"'{cfg.model.vae_average}' has no meaning for the one pooled-data VAE of "
                           f"{cfg.model.name}; leave it at all", where="model.vae_average")
