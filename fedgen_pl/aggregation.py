@@ -172,7 +172,9 @@ def edge_averages(member_state: dict[str, Tensor], stats: RoundStats, edge_of_me
     cloud then sees it: K members with counts ``n_k``, losses the count-weighted means, taking part when any
     of theirs did. A count-weighted cloud average of the ``E_k`` is the flat average in exact arithmetic
     (method §9); in floats the two differ by rounding. Integer tensors come from member 0."""
-    part = torch.ones_like(stats.sample_counts, dtype=torch.bool) if stats.participating is None else stats.participating
+    part = stats.participating
+    if part is None:
+        part = torch.ones_like(stats.sample_counts, dtype=torch.bool)
     counts = torch.where(part, stats.sample_counts.to(torch.float64), 0.0)
     totals = segment_sum(counts, edge_of_member, num_edges)
     safe_totals = torch.where(totals > 0, totals, 1.0)          # an edge none of whose members took part: weight 0

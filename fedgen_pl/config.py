@@ -153,7 +153,8 @@ KEYS: list[Key] = [
         'constant image)'),
     Key('model.vae_average', str, 'all',
         'fed_vae: average the whole VAE (all), the decoder only (encoders stay private) or nothing (none: '
-        'local-only VAEs, the no-federation floor); other models refuse anything but all', choices=('all', 'decoder', 'none')),
+        'local-only VAEs, the no-federation floor); other models refuse anything but all',
+        choices=('all', 'decoder', 'none')),
     Key('model.ema_decay', float, 0.99,
         'EMA of the global model over rounds (warm-up: min(this, r / (r + 9))), evaluated and sampled'
         ' beside it (ema/global/..., plots/ema/); 0 = off', ge=0, lt=1),
