@@ -95,7 +95,8 @@ KEYS: list[Key] = [
     Key('federation.aggregation', str, 'loss_softmax',
         'registered aggregation rule: loss_softmax (Eq. 1) | fedavg | your own'),
     Key('federation.fedavg_via_edges', bool, False,
-        'fed_gan / fed_cgan / fed_vae: average through the edge tier (else devices -> cloud); other models refuse it'),
+        'fed_gan / fed_cgan / fed_vae: average through the edge tier (else devices -> cloud); other models '
+        'refuse it'),
     Key('federation.fake_labels', str, 'device',
         "labels of a device's fakes: device (its own label histogram; the edge knows it) | community "
         "(uniform over the community's labels; centralized: over all labels)",
