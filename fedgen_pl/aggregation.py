@@ -198,7 +198,7 @@ def fedavg_average(member_state: dict[str, Tensor], counts: Tensor, edge_of_memb
     edge tier (``edge_averages``): each edge averages its members by sample counts, the cloud averages the
     edges by their totals (method §9). Integer tensors come from member 0."""
     if edge_of_member is not None:
-        stats = RoundStats(torch.zeros(len(counts)), counts, 0.0, 1.0)
+        stats = RoundStats(torch.zeros(len(counts), device=counts.device), counts, 0.0, 1.0)
         member_state, stats = edge_averages(member_state, stats, edge_of_member, num_edges)
         counts = stats.sample_counts
     weights = fedavg_weights(counts)

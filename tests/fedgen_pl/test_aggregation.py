@@ -166,3 +166,10 @@ def test_fedavg_hand_computed():
     out = fedavg_average(members, counts, torch.tensor([0, 0, 1]), 2)
     torch.testing.assert_close(out["w"], torch.tensor([4.0, 3.0]))
     assert out["n"].tolist() == [7]
+
+
+def test_fedavg_through_the_edges_stays_on_the_members_device():
+    # the meta device stands in for a GPU: nothing may be created on the CPU beside the members
+    members = {"w": torch.ones(4, 2, device="meta")}
+    out = fedavg_average(members, torch.tensor([1, 2, 3, 4], device="meta"), torch.tensor([0, 0, 1, 1], device="meta"), 2)
+    assert out["w"].device.type == "meta" and out["w"].shape == (2,)
