@@ -335,3 +335,44 @@ def test_an_input_error_crosses_processes_whole():
 
     error = pickle.loads(pickle.dumps(ConfigError("must be at least 1, got 0", where="--jobs")))
     assert type(error) is ConfigError and str(error) == "configuration error (--jobs): must be at least 1, got 0"
+
+
+def _keep_records(src, dest):
+    import subprocess
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[2] / "scripts" / "keep_records.sh"
+    return subprocess.run(["bash", str(script), str(src), str(dest)], capture_output=True, text=True)
+
+
+def test_kept_records_print_the_runs_table_and_a_differing_record_is_refused_before_writing(tmp_path, capsys):
+    from fedgen_pl.cli import main
+
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    for i, (key, _) in enumerate(runs_for("grid", "quick", [0])):
+        run_dir = run_dir_for(runs, key)
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"metrics": {"modes_covered": i, "high_quality_share": 0.5}}))
+        (run_dir / "metrics.csv").write_text(f"round,modes_covered\n1,{i}\n")
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x" * 1000)      # not a record: stays behind
+    done = _keep_records(runs, records)
+    assert done.returncode == 0, done.stderr
+    assert not list(records.rglob("last.ckpt"))
+    assert main(["table", "--tables", "grid", "--seeds", "0", "--no-train", "--out", str(runs)]) == 0
+    assert main(["table", "--tables", "grid", "--seeds", "0", "--no-train", "--out", str(records)]) == 0
+    def body(root):                     # the header line names the root; the tables below it must agree
+        return (root / "table.md").read_text().split("Run directories")[0].splitlines()[1:]
+    table = "\n".join(body(runs))
+    assert body(runs) == body(records)
+    assert "| modes_covered |" in table
+
+    first = run_dir_for(runs, runs_for("grid", "quick", [0])[0][0])
+    (first / "summary.json").write_text(json.dumps({"metrics": {"modes_covered": 99, "high_quality_share": 0.5}}))
+    (first / "config.yaml").write_text("seed: 0\n")                         # new, but the copy must not start
+    refused = _keep_records(runs, records)
+    kept = run_dir_for(records, runs_for("grid", "quick", [0])[0][0])
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (f"fedgen: record ({kept}/summary.json): differs from {first}/summary.json; "
+                                      f"remove it or choose another DEST")
+    assert not (kept / "config.yaml").exists()
+    assert json.loads((kept / "summary.json").read_text())["metrics"]["modes_covered"] == 0
+    assert _keep_records(tmp_path / "absent", records).returncode == 2
