@@ -344,7 +344,7 @@ def _keep_records(src, dest):
     return subprocess.run(["bash", str(script), str(src), str(dest)], capture_output=True, text=True)
 
 
-def test_kept_records_print_the_runs_table_and_a_differing_record_is_refused_before_writing(tmp_path, capsys):
+def test_kept_records_print_the_runs_table_and_a_differing_record_is_refused_before_writing(tmp_path):
     from fedgen_pl.cli import main
 
     runs, records = tmp_path / "runs", tmp_path / "records"
