@@ -14,6 +14,8 @@
 (e) ``--precision``: the federated step and end-to-end ``fedgen train`` at ``trainer.precision=32-true``
     against ``bf16-mixed`` (the step under the same autocast Lightning applies), batch 32 as in
     mnist_fmnist_noniid:  .venv/bin/python benchmarks/step_speed.py --precision --batch 32
+    With ``--experiment NAME --model M`` the step is that experiment's own (its networks, devices and batch;
+    e.g. the literature table's ``prism_mnist``), and ``--e2e-rounds 0`` skips the end-to-end part.
 (f) ``--make-train``: the training phase of ``make train`` (the default experiment, quick schedule: 100
     rounds, 5 evaluations; classifier set-up excluded) at each precision, with the shipped settings:
     .venv/bin/python benchmarks/step_speed.py --make-train
@@ -197,6 +199,8 @@ def main() -> None:
     parser.add_argument("--e2e-rounds", type=int, default=20, help="rounds of `fedgen train` for (d); 0 skips it")
     parser.add_argument("--skip-loop", action="store_true")
     parser.add_argument("--precision", action="store_true", help="(e): 32-true against bf16-mixed, step and end to end")
+    parser.add_argument("--experiment", help="(e) only: time this experiment's own step instead of --layout's")
+    parser.add_argument("--model", default="fedgen_fr", help="(e) with --experiment: model.name")
     parser.add_argument("--make-train", action="store_true", help="(f): the training phase of `make train` per precision")
     parser.add_argument("--privacy", action="store_true",
                         help="(g): a local iteration with privacy.noise_multiplier=1 against without, per model")
@@ -238,18 +242,26 @@ def main() -> None:
                   f"ends included; median of 3 x {rounds} rounds)")
         return
     if args.precision:
-        cfg = config(args.layout, args.batch, device, ["data.partition=shards"])
+        if args.experiment:
+            cfg = load_config([f"experiment={args.experiment}", f"model.name={args.model}", *BASE_OVERRIDES,
+                               f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", "seed=0"])
+            print(f"(e) {args.experiment}, {args.model}: {cfg.data.batch_size} per device")
+        else:
+            cfg = config(args.layout, args.batch, device, ["data.partition=shards"])
         times = {}
         for precision in ("32-true", "bf16-mixed"):
             step = timed(autocast_step(federated_step(build(cfg, device)), precision, device), args.repeat,
                          args.warmup, device)
-            e2e, iterations = end_to_end(args.layout, args.batch, device, args.e2e_rounds,
-                                         [f"trainer.precision={precision}", "data.partition=shards"])
+            line = f"(e) {precision}: federated step {step * 1000:.1f} ms"
+            e2e = None
+            if args.e2e_rounds and not args.experiment:
+                e2e, iterations = end_to_end(args.layout, args.batch, device, args.e2e_rounds,
+                                             [f"trainer.precision={precision}", "data.partition=shards"])
+                line += f"; end-to-end `fedgen train` ({iterations} iterations) {e2e * 1000:.1f} ms per iteration"
             times[precision] = (step, e2e)
-            print(f"(e) {precision}: federated step {step * 1000:.1f} ms; end-to-end `fedgen train` ({iterations} "
-                  f"iterations) {e2e * 1000:.1f} ms per iteration")
+            print(line)
         (s32, e32), (s16, e16) = times["32-true"], times["bf16-mixed"]
-        print(f"(e) bf16-mixed speed-up: step {s32 / s16:.2f}x, end-to-end {e32 / e16:.2f}x")
+        print(f"(e) bf16-mixed speed-up: step {s32 / s16:.2f}x" + (f", end-to-end {e32 / e16:.2f}x" if e32 else ""))
         return
     if not args.scaling:
         cfg = config(args.layout, args.batch, device)

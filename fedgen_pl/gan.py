@@ -221,8 +221,8 @@ class FederatedGAN(FederationModule):
                 continue
             if chosen is None:
                 target.copy_(value)
-            else:
-                target.index_copy_(0, chosen, value)
+            else:      # the buffers keep their dtype: samples generated under bf16 autocast are stored as fp32
+                target.index_copy_(0, chosen, value.to(target.dtype))
         group = self.federation.generators.group
         self.dispatch_version.copy_(torch.where(mask, self.federation.generator_version[group], self.dispatch_version))
         self.bytes["edge_to_device"] += int(sent.sum()) * self.sample_bytes("dispatch")

@@ -125,7 +125,7 @@ def run_dir_for(root: Path, key: tuple) -> Path:
 def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str], overrides: list[str] = (),
                 splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None,
                 train_missing: bool = True, jobs: int = 1) -> dict[tuple, dict]:
-    """Train every run the tables need (in order, ``jobs`` at a time) and return their summaries; finished
+    """Train every run the tables need (seed by seed, ``jobs`` at a time) and return their summaries; finished
     runs are reused. Every configuration is loaded and checked before the first run starts.
     ``train_missing=False`` (``--no-train``) refuses, before anything is written, when a run has not finished."""
     from fedgen_pl.train import resolve_names, train
@@ -147,16 +147,16 @@ def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str], 
         raise ConfigError(f"{len(missing)} of the {len(planned)} runs have not finished (the first: {missing[0]}); "
                          f"drop --no-train to train them, or choose finished ones with --splits, --methods and "
                          f"--seeds", where="--no-train")
-    to_train = [(run_dir, cfg) for _, run_dir, cfg in planned if not (run_dir / "summary.json").is_file()]
+    # Seed-major: every cell's first seed before any cell's second, so a table cut off is whole on its first seeds.
+    to_train = [(run_dir, cfg) for _, run_dir, cfg in sorted(planned, key=lambda p: p[0][3])
+                if not (run_dir / "summary.json").is_file()]
     if jobs > 1 and len(to_train) > 1:
         train_in_parallel(to_train, jobs)
-    summaries = {}
-    for key, run_dir, cfg in planned:
-        summary_path = run_dir / "summary.json"
-        if not summary_path.is_file():
+    else:
+        for _, cfg in to_train:
             train(cfg)
-        summaries[key] = with_later_scores(json.loads(summary_path.read_text()), run_dir)
-    return summaries
+    return {key: with_later_scores(json.loads((run_dir / "summary.json").read_text()), run_dir)
+            for key, run_dir, _ in planned}
 
 
 def train_in_parallel(runs: list[tuple[Path, object]], jobs: int) -> None:

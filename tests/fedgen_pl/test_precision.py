@@ -48,11 +48,17 @@ class InspectSteps(pl.Callback):
                            for value in state.values() if torch.is_tensor(value) and value.is_floating_point()]
 
 
-@pytest.mark.parametrize("model", ["fedgen_fr", "md_gan", "fed_vae"])
-def test_bf16_mixed_runs_convolutions_in_bf16_and_keeps_fp32_masters(tmp_path, image_root, classifier_cache, model):
+ASYNC = ["federation.update=async", "clock.delay=tiers", "clock.delay_low=1", "clock.delay_high=3"]
+
+
+@pytest.mark.parametrize("model, extra", [("fedgen_fr", []), ("md_gan", []), ("fed_vae", []),
+                                          ("fedgen_fr", ASYNC)],     # async: work sent to some devices only
+                         ids=["fedgen_fr", "md_gan", "fed_vae", "fedgen_fr-async"])
+def test_bf16_mixed_runs_convolutions_in_bf16_and_keeps_fp32_masters(tmp_path, image_root, classifier_cache, model,
+                                                                     extra):
     inspect = InspectSteps()
     cfg = load_config(tiny_image_run(image_root, classifier_cache, tmp_path / "run", "trainer.precision=bf16-mixed",
-                                      f"model.name={model}"))
+                                      f"model.name={model}", *extra))
     train(cfg, extra_callbacks=[inspect])
     forward = [dtypes for dtypes in inspect.mode.seen]
     assert forward, "no convolution ran in the training step"

@@ -1,6 +1,7 @@
 """`fedgen table`: the run list and the Markdown layout (on fabricated summaries), and runs trained in parallel."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +73,24 @@ def test_existing_runs_are_reused(tmp_path):
         (d / "summary.json").write_text(json.dumps({"metrics": {"modes_covered": 1, "high_quality_share": 0.5}}))
     summaries = ensure_runs(tmp_path, "quick", [0], ["grid"])     # would train if anything were missing
     assert summaries[key]["metrics"]["modes_covered"] == 9
+
+
+def test_runs_are_trained_seed_by_seed(tmp_path, monkeypatch):
+    """A table cut off part way has every cell's first seeds, not all seeds of its first cells."""
+    import fedgen_pl.train
+
+    trained = []
+
+    def fake_train(cfg):
+        run_dir = Path(cfg.output_dir)
+        trained.append((run_dir.parent.name, cfg.seed))
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"metrics": {}}))
+        return run_dir
+    monkeypatch.setattr(fedgen_pl.train, "train", fake_train)
+    summaries = ensure_runs(tmp_path, "quick", [0, 1], ["table1"], splits=("noniid",), methods=["M-D GAN", "FR sync"])
+    assert trained == [("M-D_GAN", 0), ("FR_sync", 0), ("M-D_GAN", 1), ("FR_sync", 1)]
+    assert set(summaries) == {("table1", "noniid", c, s) for c in ("M-D GAN", "FR sync") for s in (0, 1)}
 
 
 def test_no_train_prints_finished_runs_and_refuses_missing_ones_before_writing(tmp_path, monkeypatch, capsys):
