@@ -5,8 +5,10 @@
 #   bash scripts/keep_records.sh runs/vae300 docs/results/runs/vae300
 #   fedgen table --tables vae ... --no-train --out docs/results/runs/vae300
 #
-# Per run (a directory with summary.json): summary.json, config.yaml, metrics.csv and, when a later
-# `fedgen eval` added scores, checkpoints/metrics.json. Checkpoints and plots stay behind (megabytes each).
+# Per run (a directory with summary.json): summary.json, config.yaml, metrics.csv, when a later `fedgen eval`
+# added scores checkpoints/metrics.json, and the global generator's final samples that `fedgen table` sets
+# side by side (plots/samples_global.png, or plots/global_samples.png on the Gaussian grid; about 60 KB).
+# Checkpoints and the other plots stay behind.
 # A record already in DEST is left as it is when equal and refused when it differs: nothing is overwritten.
 set -euo pipefail
 if [ $# -ne 2 ] || [ ! -d "$1" ]; then
@@ -15,7 +17,7 @@ if [ $# -ne 2 ] || [ ! -d "$1" ]; then
 fi
 src=${1%/}
 dest=${2%/}
-files=(summary.json config.yaml metrics.csv checkpoints/metrics.json)
+files=(summary.json config.yaml metrics.csv checkpoints/metrics.json plots/samples_global.png plots/global_samples.png)
 
 mapfile -t runs < <(find "$src" -name summary.json -printf '%h\n' | sort)
 if [ ${#runs[@]} -eq 0 ]; then

@@ -364,7 +364,10 @@ def _keep_records(src, dest):
 
 
 def test_kept_records_print_the_runs_table_and_a_differing_record_is_refused_before_writing(tmp_path):
+    import numpy as np
+
     from fedgen_pl.cli import main
+    from fedgen_pl.plots import plt
 
     runs, records = tmp_path / "runs", tmp_path / "records"
     for i, (key, _) in enumerate(runs_for("grid", "quick", [0])):
@@ -373,9 +376,12 @@ def test_kept_records_print_the_runs_table_and_a_differing_record_is_refused_bef
         (run_dir / "summary.json").write_text(json.dumps({"metrics": {"modes_covered": i, "high_quality_share": 0.5}}))
         (run_dir / "metrics.csv").write_text(f"round,modes_covered\n1,{i}\n")
         (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x" * 1000)      # not a record: stays behind
+        (run_dir / "plots").mkdir()
+        plt.imsave(run_dir / "plots" / "global_samples.png", np.full((4, 4), float(i)))   # the figure's panel
+        (run_dir / "plots" / "partition_histogram.png").write_bytes(b"png")   # not a record
     done = _keep_records(runs, records)
     assert done.returncode == 0, done.stderr
-    assert not list(records.rglob("last.ckpt"))
+    assert not list(records.rglob("last.ckpt")) and not list(records.rglob("partition_histogram.png"))
     assert main(["table", "--tables", "grid", "--seeds", "0", "--no-train", "--out", str(runs)]) == 0
     assert main(["table", "--tables", "grid", "--seeds", "0", "--no-train", "--out", str(records)]) == 0
     def body(root):                     # the header line names the root; the tables below it must agree
@@ -383,6 +389,7 @@ def test_kept_records_print_the_runs_table_and_a_differing_record_is_refused_bef
     table = "\n".join(body(runs))
     assert body(runs) == body(records)
     assert "| modes_covered |" in table
+    assert (records / "grid_samples.png").is_file()                       # the samples figure, from records alone
 
     first = run_dir_for(runs, runs_for("grid", "quick", [0])[0][0])
     (first / "summary.json").write_text(json.dumps({"metrics": {"modes_covered": 99, "high_quality_share": 0.5}}))
