@@ -148,7 +148,7 @@ def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str], 
                          f"drop --no-train to train them, or choose finished ones with --splits, --methods and "
                          f"--seeds", where="--no-train")
     # Seed-major: every cell's first seed before any cell's second, so a table cut off is whole on its first seeds.
-    to_train = [(run_dir, cfg) for _, run_dir, cfg in sorted(planned, key=lambda p: p[0][3])
+    to_train = [(run_dir, cfg) for _, run_dir, cfg in sorted(planned, key=lambda p: seeds.index(p[0][3]))
                 if not (run_dir / "summary.json").is_file()]
     if jobs > 1 and len(to_train) > 1:
         train_in_parallel(to_train, jobs)
