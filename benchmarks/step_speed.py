@@ -15,7 +15,7 @@
     against ``bf16-mixed`` (the step under the same autocast Lightning applies), batch 32 as in
     mnist_fmnist_noniid:  .venv/bin/python benchmarks/step_speed.py --precision --batch 32
     With ``--experiment NAME --model M`` the step is that experiment's own (its networks, devices and batch;
-    e.g. the literature table's ``prism_mnist``), and ``--e2e-rounds 0`` skips the end-to-end part.
+    e.g. the literature table's ``prism_mnist``), and only the step is timed.
 (f) ``--make-train``: the training phase of ``make train`` (the default experiment, quick schedule: 100
     rounds, 5 evaluations; classifier set-up excluded) at each precision, with the shipped settings:
     .venv/bin/python benchmarks/step_speed.py --make-train
