@@ -7,7 +7,7 @@
 #
 # Per run (a directory with summary.json): summary.json, config.yaml, metrics.csv, when a later `fedgen eval`
 # added scores checkpoints/metrics.json, and the global generator's final samples that `fedgen table` sets
-# side by side (plots/samples_global.png, or plots/global_samples.png on the Gaussian grid; about 60 KB).
+# side by side (plots/samples_global.png, or plots/global_samples.png on the Gaussian grid; 60-100 KB).
 # Checkpoints and the other plots stay behind.
 # A record already in DEST is left as it is when equal and refused when it differs: nothing is overwritten.
 set -euo pipefail
