@@ -245,6 +245,29 @@ def run_settings(root: Path, summaries: dict) -> dict[str, list]:
     return {name: sorted(values) for name, values in found.items() if values}
 
 
+def training_origin(summaries: dict) -> dict:
+    """The commits and machines that trained the table's runs (each run's ``trained`` segments), and how
+    many runs predate that record: a table written from kept records names where its numbers came from,
+    not only where it was printed."""
+    segments = [s for summary in summaries.values() for s in summary.get("trained") or []]
+    return {"commits": sorted({s["commit"] for s in segments}), "hardware": sorted({s["hardware"] for s in segments}),
+            "runs_without_record": sum(1 for summary in summaries.values() if not summary.get("trained"))}
+
+
+def _origin_line(origin: dict, runs: int) -> str:
+    trained = origin.get("trained")
+    if trained is None:
+        return f"Commit `{origin['commit']}`, {origin['date']}, {origin['hardware']}."
+    parts = []
+    if trained["commits"]:
+        parts.append(f"Trained at commit {', '.join(f'`{c}`' for c in trained['commits'])} on "
+                     f"{'; '.join(trained['hardware'])}")
+    if trained["runs_without_record"]:
+        parts.append(f"{trained['runs_without_record']} of {runs} runs do not record their commit and hardware "
+                     f"(trained before runs kept it)")
+    return "; ".join(parts) + f". Written at commit `{origin['commit']}`, {origin['date']}, {origin['hardware']}."
+
+
 def _cell(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     if not values:
         return "–"
@@ -265,7 +288,7 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
     origin = origin or provenance()
     settings = "".join(f", {name} {', '.join(f'`{v}`' for v in values)}" for name, values in origin.get("settings", {}).items())
     lines = [f"Schedule `{schedule}`, seeds {seeds}, overrides `{' '.join(overrides) or '(none)'}`{settings}; runs "
-             f"under `{root}`. Commit `{origin['commit']}`, {origin['date']}, {origin['hardware']}.", "",
+             f"under `{root}`. {_origin_line(origin, len(summaries))}", "",
              "Cells: ours as mean ± std over seeds (paper in brackets). Networks: IS = `is_classifier`, FID = "
              "`fid_classifier` (the scenario classifier's features), Acc = `acc` (the same classifier); the paper "
              "does not name its networks.", ""]
@@ -421,7 +444,7 @@ def main(schedule: str, seeds: list[int], tables: list[str], out: str | None, ov
     if unknown:
         raise ConfigError(f"--splits: unknown split(s) {unknown}; the tables {tables} have {sorted(known)}")
     summaries = ensure_runs(root, schedule, seeds, tables, overrides, tuple(splits), methods, train_missing, jobs)
-    origin = {**provenance(), "settings": run_settings(root, summaries)}
+    origin = {**provenance(), "settings": run_settings(root, summaries), "trained": training_origin(summaries)}
     text = render(summaries, tables, seeds, root, schedule, overrides, tuple(splits), methods, origin)
     root.mkdir(parents=True, exist_ok=True)
     pictures = figures(root, tables, seeds, splits, methods)

@@ -28,6 +28,7 @@ from fedgen_pl.errors import RunDirError, check_writable_dir, release_held_logs
 from fedgen_pl.metrics.evaluator import build_evaluator
 from fedgen_pl.models import model_class
 from fedgen_pl.privacy import check_config as check_privacy_config, describe as describe_privacy, privacy_record
+from fedgen_pl.provenance import provenance
 from fedgen_pl.recipes import check_recipe_config, recipe_of
 
 log = logging.getLogger("fedgen")
@@ -50,6 +51,20 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` 
 
 
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "checkpoints")
+SEGMENTS_FILE = "segments.jsonl"      # one line per start or resume: when, which commit, which hardware
+
+
+def record_segment(run_dir: Path, resumed_from: str | None) -> None:
+    """Append this process's start to the run's segments: a run resumed elsewhere names every commit and
+    machine that trained it (``summary.json``'s ``trained``, and the tables' header)."""
+    segment = {**provenance(), "resumed_from": resumed_from}
+    with open(run_dir / SEGMENTS_FILE, "a") as f:
+        f.write(json.dumps(segment) + "\n")
+
+
+def read_segments(run_dir: Path) -> list[dict]:
+    path = run_dir / SEGMENTS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def plan_run_dir(cfg: DictConfig) -> Path:
@@ -190,6 +205,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None, device_transport
         datamodule.write_partition(run_dir)
         trainer, aggregation, evaluation, loggers = build_trainer(cfg, datamodule, run_dir, resume_state,
                                                                   extra_callbacks)
+        record_segment(run_dir, cfg.resume)
     except BaseException:
         if created:      # a start that fails leaves no half-made run behind
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -270,6 +286,8 @@ def summarise(cfg: DictConfig, model, run_dir: Path, started: tuple[float, float
         "classes_without_images": getattr(trainer.datamodule, "classes_without_images", {}),
         "run_dir": str(run_dir),
         "resumed_from": cfg.resume,
+        "trained": read_segments(run_dir),     # every start and resume: date, commit, hardware
+        "finished": provenance()["date"],
     }
     summary["privacy"] = privacy_record(model)
     if getattr(model, "device_transport", None) is not None:

@@ -77,6 +77,14 @@ def test_sigkill_mid_round_then_resume_equals_uninterrupted_run(tmp_path, update
                 assert torch.equal(value, opt_b["state"][key][field]), (key, field)
     # The CSV continues: the killed run's rows up to its checkpoint, then the resumed ones, as if never killed.
     assert _csv_rows(killed) == _csv_rows(straight)
+    # Each run names the processes that trained it: one start, or a start and a resume from the checkpoint.
+    from fedgen_pl.provenance import commit
+    straight_by = json.loads((straight / "summary.json").read_text())["trained"]
+    killed_by = json.loads((killed / "summary.json").read_text())["trained"]
+    assert [s["resumed_from"] for s in straight_by] == [None]
+    assert [s["resumed_from"] for s in killed_by] == [None, str(killed / "checkpoints" / "last.ckpt")]
+    assert {s["commit"] for s in straight_by + killed_by} == {commit()}
+    assert all("cores" in s["hardware"] and s["date"] for s in straight_by + killed_by)
 
 
 def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):

@@ -144,6 +144,35 @@ def test_table_records_overrides_commit_and_hardware(tmp_path):
     text = (tmp_path / "table.md").read_text()
     assert "`federation.tau_edge=0`" in text and record["commit"] in text
     assert "precision `32-true`, EMA decay `0.99`" in text          # every table names both
+    assert f"{len(record['runs'])} of {len(record['runs'])} runs do not record their commit and hardware" in text
+
+
+def test_a_table_of_kept_runs_names_the_commits_and_machines_that_trained_them(tmp_path):
+    from fedgen_pl.table import main
+
+    from omegaconf import OmegaConf
+
+    keys = runs_for("grid", "quick", [0])
+    for i, (key, overrides) in enumerate(keys):
+        d = run_dir_for(tmp_path, key)
+        d.mkdir(parents=True)
+        OmegaConf.save(load_config(overrides), d / "config.yaml")
+        trained = [{"date": "2026-01-01 00:00 UTC", "commit": "aaa111", "hardware": "CPU X, 2 cores", "resumed_from": None}]
+        if i == 1:      # cut off, resumed at a later commit on another machine
+            trained.append({"date": "2026-01-02 00:00 UTC", "commit": "bbb222", "hardware": "CPU Y, 8 cores",
+                            "resumed_from": "last.ckpt"})
+        summary = {"metrics": {"modes_covered": 9, "high_quality_share": 1.0}}
+        if i < len(keys) - 1:                                           # the last run predates the record
+            summary["trained"] = trained
+        (d / "summary.json").write_text(json.dumps(summary))
+    main("quick", [0], ["grid"], str(tmp_path))
+    record = json.loads((tmp_path / "table.json").read_text())
+    assert record["trained"] == {"commits": ["aaa111", "bbb222"], "hardware": ["CPU X, 2 cores", "CPU Y, 8 cores"],
+                                 "runs_without_record": 1}
+    header = (tmp_path / "table.md").read_text().splitlines()[0]
+    assert ("Trained at commit `aaa111`, `bbb222` on CPU X, 2 cores; CPU Y, 8 cores; "
+            f"1 of {len(keys)} runs do not record their commit and hardware") in header
+    assert f"Written at commit `{record['commit']}`" in header          # the printing checkout, named apart
 
 
 def test_a_run_with_other_settings_is_refused(tmp_path):
