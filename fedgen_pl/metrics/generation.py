@@ -136,7 +136,7 @@ def class_consistency(classifier: nn.Module, paired: Tensor) -> float:
 
 # Images per Inception call. On CPU so few that the largest activation (64 x 147 x 147 per image: 2.8 MB in
 # bf16, 5.5 MB in fp32) stays under glibc's 32 MB mmap ceiling: a larger buffer is mmapped afresh and
-# zero-filled by the kernel at every call, which took 40% of the CPU time at 100 images (benchmarks/RESULTS.md).
+# zero-filled by the kernel at every call: 46% system time at 100 images (benchmarks/RESULTS.md).
 # On a GPU 100 (299x299 activations of 500 images held about 8 GB).
 INCEPTION_CHUNK = {"cpu": 4, "cuda": 100}
 
