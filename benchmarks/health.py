@@ -1,0 +1,94 @@
+"""Health bars and seed groups of quick runs, and whether one precision ends level with another
+(fedgen_pl/health.py has the rules).
+
+    .venv/bin/python benchmarks/health.py RUN_DIR [RUN_DIR ...] [--reference 32-true]
+
+Prints one Markdown row per run (global `is_classifier` / `fid_classifier` / `acc` of the raw generator and
+the EMA's FID / Acc at every evaluation, and the health bar), then per experiment and precision the final
+FID as mean ± std over seeds, then for every experiment run at the reference precision and at another
+whether the other ends level with it, raw and EMA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fedgen_pl.convergence import fid_curve  # noqa: E402
+from fedgen_pl.health import health_bar, level  # noqa: E402
+
+
+def read_run(run_dir: Path) -> dict:
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    curves = {name: fid_curve(run_dir, name) for name in (
+        "global/is_classifier", "global/fid_classifier", "global/acc", "ema/global/fid_classifier", "ema/global/acc")}
+    rounds, scores = curves["global/is_classifier"]
+    sync = cfg.federation.update != "async"
+    return {"experiment": summary["experiment"], "precision": str(cfg.trainer.precision), "seed": int(cfg.seed),
+            "curves": curves, "sync": sync,
+            "healthy": health_bar(rounds, scores, len(summary["classifier"]["label_names"]), final_bar=sync)}
+
+
+def series(values: list[float], digits: int) -> str:
+    return " / ".join(f"{v:.{digits}f}" for v in values)
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--reference", default="32-true", help="the precision the others are compared with")
+    args = parser.parse_args()
+    runs = sorted((read_run(r) for r in args.runs), key=lambda r: (r["experiment"], r["precision"], r["seed"]))
+
+    print("| experiment | precision | seed | IS | FID | Acc | EMA FID | EMA Acc | bar |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for run in runs:
+        c = run["curves"]
+        bar = ("met" if run["healthy"] else "**not met**") + ("" if run["sync"] else " (async: no final bar)")
+        print(f"| `{run['experiment']}` | `{run['precision']}` | {run['seed']} | {series(c['global/is_classifier'][1], 2)} | "
+              f"{series(c['global/fid_classifier'][1], 1)} | {series(c['global/acc'][1], 3)} | "
+              f"{series(c['ema/global/fid_classifier'][1], 1)} | {series(c['ema/global/acc'][1], 3)} | {bar} |")
+
+    groups = defaultdict(list)
+    for run in runs:
+        groups[run["experiment"], run["precision"]].append(run)
+    final = {key: {m: [r["curves"][m][1][-1] for r in members] for m in ("global/fid_classifier", "ema/global/fid_classifier")}
+             for key, members in groups.items()}
+    print("\n| experiment | precision | seeds | final FID | final EMA FID | health bar met |")
+    print("|---|---|---|---|---|---|")
+    for (experiment, precision), members in groups.items():
+        f = final[experiment, precision]
+        print(f"| `{experiment}` | `{precision}` | {', '.join(str(r['seed']) for r in members)} | "
+              f"{mean_std(f['global/fid_classifier'])} | {mean_std(f['ema/global/fid_classifier'])} | "
+              f"{sum(r['healthy'] for r in members)} of {len(members)} |")
+
+    print()
+    for (experiment, precision) in groups:
+        if precision == args.reference or (experiment, args.reference) not in groups:
+            continue
+        for metric, name in (("global/fid_classifier", "FID"), ("ema/global/fid_classifier", "EMA FID")):
+            values, reference = final[experiment, precision][metric], final[experiment, args.reference][metric]
+            if len(reference) < 2:
+                print(f"`{experiment}` {name}: one `{args.reference}` seed, no spread to compare with")
+                continue
+            ok, gap, spread = level(values, reference)
+            print(f"`{experiment}` final {name}: `{precision}` {statistics.fmean(values):.1f} against `{args.reference}` "
+                  f"{statistics.fmean(reference):.1f} ({len(values)} and {len(reference)} seeds): gap {gap:.1f}, "
+                  f"reference std {spread:.1f}: **{'level' if ok else 'not level'}**")
+
+
+if __name__ == "__main__":
+    main()

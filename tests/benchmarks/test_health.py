@@ -1,0 +1,45 @@
+"""benchmarks/health.py: the health table of kept runs, and the level verdict between two precisions."""
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("health_script", ROOT / "benchmarks" / "health.py")
+health_script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(health_script)
+
+COLUMNS = ["round", "global/is_classifier", "global/fid_classifier", "global/acc", "ema/global/fid_classifier",
+           "ema/global/acc"]
+
+
+def fake_run(path: Path, precision: str, seed: int, final_fid: float, final_is: float = 12.0) -> Path:
+    """A run directory as `fedgen train` leaves it, with two evaluations (rounds 20 and 100)."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(f"seed: {seed}\nfederation:\n  update: sync\ntrainer:\n  precision: {precision}\n")
+    (path / "summary.json").write_text(json.dumps(
+        {"experiment": "toy", "classifier": {"label_names": [str(i) for i in range(20)]}}))
+    with open(path / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "train/d_loss", *COLUMNS])
+        writer.writerow([5, 0.7, "", "", "", "", "", ""])                  # a training row: no evaluation
+        writer.writerow([100, "", 20, 1.1, 900.0, 0.1, 800.0, 0.1])
+        writer.writerow([500, "", 100, final_is, final_fid, 0.8, final_fid - 5, 0.85])
+    return path
+
+
+def test_rows_groups_and_the_level_verdict(tmp_path, capsys, monkeypatch):
+    runs = [fake_run(tmp_path / "fp32" / f"s{s}", "32-true", s, fid) for s, fid in enumerate([100.0, 110.0, 120.0])]
+    runs += [fake_run(tmp_path / "bf16" / f"s{s}", "bf16-mixed", s, fid, final_is=7.5)
+             for s, fid in enumerate([125.0, 117.0])]
+    monkeypatch.setattr(sys, "argv", ["health.py", *map(str, runs)])
+    health_script.main()
+    out = capsys.readouterr().out
+    assert "| `toy` | `32-true` | 1 | 1.10 / 12.00 | 900.0 / 110.0 | 0.100 / 0.800 | 800.0 / 105.0 | 0.100 / 0.850 | met |" in out
+    assert "| `toy` | `bf16-mixed` | 0 | 1.10 / 7.50 |" in out and "**not met**" in out      # 7.5 < 0.4 x 20 labels
+    assert "| `toy` | `32-true` | 0, 1, 2 | 110.0 ± 10.0 | 105.0 ± 10.0 | 3 of 3 |" in out
+    assert "| `toy` | `bf16-mixed` | 0, 1 | 121.0 ± 5.7 | 116.0 ± 5.7 | 0 of 2 |" in out
+    # bf16 mean 121 is 11 from the fp32 mean 110 whose std is 10
+    assert "`toy` final FID: `bf16-mixed` 121.0 against `32-true` 110.0 (2 and 3 seeds): gap 11.0, reference std 10.0: **not level**" in out
