@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/health.py RUN_DIR [RUN_DIR ...] [--reference 32-true]
 
 Prints one Markdown row per run (global `is_classifier` / `fid_classifier` / `acc` of the raw generator and
-the EMA's FID / Acc at every evaluation, and the health bar), then per experiment and precision the final
+the EMA's FID / Acc at every evaluation, class consistency in Acc's place for the label-related models, and
+the health bar), then per experiment and precision the final
 FID as mean ± std over seeds, then for every experiment run at the reference precision and at another
 whether the other ends level with it, raw and EMA.
 """
@@ -31,6 +32,9 @@ def read_run(run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     curves = {name: fid_curve(run_dir, name) for name in (
         "global/is_classifier", "global/fid_classifier", "global/acc", "ema/global/fid_classifier", "ema/global/acc")}
+    for scope in ("global/", "ema/global/"):          # the label-related models: class consistency in Acc's place
+        if not curves[scope + "acc"][0]:
+            curves[scope + "acc"] = fid_curve(run_dir, scope + "class_consistency")
     rounds, scores = curves["global/is_classifier"]
     sync = cfg.federation.update != "async"
     return {"experiment": summary["experiment"], "precision": str(cfg.trainer.precision), "seed": int(cfg.seed),

@@ -15,15 +15,17 @@ COLUMNS = ["round", "global/is_classifier", "global/fid_classifier", "global/acc
            "ema/global/acc"]
 
 
-def fake_run(path: Path, precision: str, seed: int, final_fid: float, final_is: float = 12.0) -> Path:
-    """A run directory as `fedgen train` leaves it, with two evaluations (rounds 20 and 100)."""
+def fake_run(path: Path, precision: str, seed: int, final_fid: float, final_is: float = 12.0,
+             accuracy: str = "acc") -> Path:
+    """A run directory as `fedgen train` leaves it, with two evaluations (rounds 20 and 100); the label-related
+    models log ``class_consistency`` where the others log ``acc``."""
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(f"seed: {seed}\nfederation:\n  update: sync\ntrainer:\n  precision: {precision}\n")
     (path / "summary.json").write_text(json.dumps(
         {"experiment": "toy", "classifier": {"label_names": [str(i) for i in range(20)]}}))
     with open(path / "metrics.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["step", "train/d_loss", *COLUMNS])
+        writer.writerow(["step", "train/d_loss", *(c.replace("acc", accuracy) for c in COLUMNS)])
         writer.writerow([5, 0.7, "", "", "", "", "", ""])                  # a training row: no evaluation
         writer.writerow([100, "", 20, 1.1, 900.0, 0.1, 800.0, 0.1])
         writer.writerow([500, "", 100, final_is, final_fid, 0.8, final_fid - 5, 0.85])
@@ -43,3 +45,13 @@ def test_rows_groups_and_the_level_verdict(tmp_path, capsys, monkeypatch):
     assert "| `toy` | `bf16-mixed` | 0, 1 | 121.0 ± 5.7 | 116.0 ± 5.7 | 0 of 2 |" in out
     # bf16 mean 121 is 11 from the fp32 mean 110 whose std is 10
     assert "`toy` final FID: `bf16-mixed` 121.0 against `32-true` 110.0 (2 and 3 seeds): gap 11.0, reference std 10.0: **not level**" in out
+
+
+def test_label_related_runs_show_class_consistency_in_the_accuracy_column(tmp_path, capsys, monkeypatch):
+    run = fake_run(tmp_path / "lr", "bf16-mixed", 0, 150.0, final_is=5.0, accuracy="class_consistency")
+    (run / "summary.json").write_text(json.dumps(
+        {"experiment": "inverse", "classifier": {"label_names": [str(i) for i in range(10)]}}))
+    monkeypatch.setattr(sys, "argv", ["health.py", str(run)])
+    health_script.main()
+    out = capsys.readouterr().out
+    assert "| `inverse` | `bf16-mixed` | 0 | 1.10 / 5.00 | 900.0 / 150.0 | 0.100 / 0.800 | 800.0 / 145.0 | 0.100 / 0.850 | met |" in out
