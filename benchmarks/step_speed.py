@@ -17,7 +17,8 @@
     With ``--experiment NAME --model M`` the step is that experiment's own (its networks, devices and batch;
     e.g. the literature table's ``prism_mnist``), and only the step is timed.
 (f) ``--make-train``: the training phase of ``make train`` (the default experiment, quick schedule: 100
-    rounds, 5 evaluations; classifier set-up excluded) at each precision, with the shipped settings:
+    rounds, 5 evaluations; classifier set-up excluded) at each precision, with the shipped settings, and
+    the precision ``trainer.precision=auto`` picks on this machine:
     .venv/bin/python benchmarks/step_speed.py --make-train
 (g) ``--privacy``: a local iteration of fedgen_fr, md_gan (GS-WGAN feedback sanitiser) and fed_gan
     (DP-FedAvg at the round's end) with ``privacy.noise_multiplier=1`` against without, whole rounds:
@@ -224,6 +225,11 @@ def main() -> None:
                   f"rounds, evaluation {summary['eval_seconds']:.1f} s of it), global/fid_classifier "
                   f"{summary['metrics']['global/fid_classifier']:.1f}")
         print(f"(f) bf16-mixed speed-up of the training phase: {phases['32-true'] / phases['bf16-mixed']:.2f}x")
+        from fedgen_pl.train import auto_precision, cpu_has_bf16
+
+        shipped = auto_precision(device == "cpu", cpu_has_bf16(), feature_gan=True, images=True, deployed=False)
+        print(f"(f) `make train` (trainer.precision=auto) trains at {shipped} on this machine: training phase "
+              f"{phases[shipped]:.1f} s")
         return
     if args.privacy:
         rounds = max(2, args.repeat // 5)

@@ -44,6 +44,7 @@ from fedgen_pl.metrics.generation import inception_features  # noqa: E402
 from fedgen_pl.models import model_class  # noqa: E402
 from fedgen_pl.resume import load_checkpoint  # noqa: E402
 from fedgen_pl.table import run_dir_for, runs_for  # noqa: E402
+from fedgen_pl.train import resolve_precision  # noqa: E402
 
 
 def cpu_seconds(fn) -> float:
@@ -55,6 +56,7 @@ def cpu_seconds(fn) -> float:
 def build(cfg):
     datamodule = FederatedDataModule(cfg)
     datamodule.setup("fit")
+    cfg.trainer.precision = resolve_precision(cfg, datamodule.spec)       # `auto` as a run on this machine
     system = model_class(cfg.model.name)(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
     system.attach_data(datamodule)
     return system, datamodule

@@ -114,6 +114,33 @@ def check_accelerator(cfg: DictConfig) -> None:
                           where="trainer.accelerator")
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). There bf16 autocast makes a GAN step
+    1.3-1.6x faster; elsewhere bf16 is emulated and slower than fp32 (benchmarks/RESULTS.md)."""
+    return any(getattr(torch.cpu, probe, lambda: False)()
+               for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def auto_precision(on_cpu: bool, cpu_bf16: bool, feature_gan: bool, images: bool, deployed: bool) -> str:
+    """``trainer.precision=auto``: ``bf16-mixed`` only where it was measured to keep the results and to pay
+    (docs/results/precision_and_ema.md: the feature-related GANs on images, in one process, on a CPU with bf16
+    in hardware); ``32-true`` elsewhere: GPUs (not measured), other CPUs (bf16 emulated), the label-related
+    models (one collapsed at bf16), the VAEs and vector data (not measured), a Flower deployment (its devices
+    train in fp32)."""
+    return "bf16-mixed" if on_cpu and cpu_bf16 and feature_gan and images and not deployed else "32-true"
+
+
+def resolve_precision(cfg: DictConfig, spec, deployed: bool = False) -> str:
+    """The precision a run trains at: ``trainer.precision``, with ``auto`` resolved on this machine."""
+    if cfg.trainer.precision != "auto":
+        return str(cfg.trainer.precision)
+    gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+    on_cpu = cfg.trainer.accelerator == "cpu" or (cfg.trainer.accelerator == "auto" and not gpu)
+    recipe = recipe_of(cfg.model.name)
+    return auto_precision(on_cpu, cpu_has_bf16(), recipe.family == "gan" and recipe.conditioning != "domain",
+                          len(spec.data_shape) == 3, deployed)
+
+
 WANDB_ID_FILE = "wandb_run_id.txt"
 
 
@@ -188,6 +215,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None, device_transport
     datamodule.setup("fit")
     if resume_state is not None:
         check_partition(datamodule.partition, resume_state.get("partition"), cfg.resume)
+    cfg.trainer.precision = resolve_precision(cfg, datamodule.spec, deployed=device_transport is not None)
     model = model_cls(OmegaConf.to_container(cfg, resolve=True), datamodule.spec.to_dict())
     if device_transport is not None:
         model.device_transport = device_transport

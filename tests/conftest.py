@@ -23,6 +23,14 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)   # under pytest-xdist (make test): a core per worker
 
+
+@pytest.fixture(autouse=True)
+def cpu_without_bf16(monkeypatch):
+    """`trainer.precision=auto` resolves as on a CPU without bf16 (32-true), so that a test's numbers do not
+    depend on the machine; tests of the rule itself patch it back."""
+    monkeypatch.setattr("fedgen_pl.train.cpu_has_bf16", lambda: False)
+
+
 SMALL_GRID = [
     "experiment=gaussian_grid",
     "federation.communities=[{data: gaussian_grid, classes: [0, 1]}, {data: gaussian_grid, classes: [2]},"

@@ -80,3 +80,47 @@ def test_bad_precision_exits_2_naming_the_key(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fedgen: ") and "(trainer.precision)" in err[0]
     assert "bf16-mixed" in err[0] and not run_dir.exists()
+
+
+@pytest.mark.parametrize("on_cpu, cpu_bf16, feature_gan, images, deployed, expected", [
+    (True, True, True, True, False, "bf16-mixed"),       # the measured case
+    (False, True, True, True, False, "32-true"),         # a GPU: not measured
+    (True, False, True, True, False, "32-true"),         # bf16 emulated: slower than fp32
+    (True, True, False, True, False, "32-true"),         # the label-related models and the VAEs
+    (True, True, True, False, False, "32-true"),         # vector data (MLPs): not measured
+    (True, True, True, True, True, "32-true"),           # Flower: the devices train in fp32
+])
+def test_auto_precision_is_bf16_only_where_it_was_measured(on_cpu, cpu_bf16, feature_gan, images, deployed, expected):
+    from fedgen_pl.train import auto_precision
+
+    assert auto_precision(on_cpu, cpu_bf16, feature_gan, images, deployed) == expected
+
+
+@pytest.mark.parametrize("model, cpu_bf16, expected", [("fedgen_fr", True, "bf16-mixed"), ("fed_vae", True, "32-true"),
+                                                       ("fedgen_lr", True, "32-true"), ("fedgen_fr", False, "32-true")])
+def test_auto_precision_is_resolved_before_training_and_recorded(tmp_path, image_root, classifier_cache, monkeypatch,
+                                                                 model, cpu_bf16, expected):
+    from omegaconf import OmegaConf
+    from tests.conftest import label_related_overrides
+
+    monkeypatch.setattr("fedgen_pl.train.cpu_has_bf16", lambda: cpu_bf16)
+    inspect = InspectSteps()
+    run = ([*label_related_overrides(tmp_path, classifier_cache), "federation.global_rounds=2", "federation.local_iters=1",
+            f"output_dir={tmp_path / 'run'}"] if model == "fedgen_lr"
+           else tiny_image_run(image_root, classifier_cache, tmp_path / "run", f"model.name={model}"))
+    cfg = load_config([*run, "trainer.accelerator=cpu"])
+    assert cfg.trainer.precision == "auto"                       # the default
+    train(cfg, extra_callbacks=[inspect])
+    assert OmegaConf.load(tmp_path / "run" / "config.yaml").trainer.precision == expected
+    wanted = torch.bfloat16 if expected == "bf16-mixed" else torch.float32
+    assert inspect.mode.seen and {x for x, _ in inspect.mode.seen} == {wanted}
+
+
+def test_auto_precision_keeps_fp32_for_vector_data(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+    from tests.conftest import small_cfg
+
+    monkeypatch.setattr("fedgen_pl.train.cpu_has_bf16", lambda: True)
+    train(small_cfg("federation.global_rounds=1", "federation.local_iters=1", "trainer.accelerator=cpu",
+                    "trainer.progress_bar=false", f"output_dir={tmp_path / 'run'}"))
+    assert OmegaConf.load(tmp_path / "run" / "config.yaml").trainer.precision == "32-true"
