@@ -227,7 +227,7 @@ def main() -> None:
         print(f"(f) bf16-mixed speed-up of the training phase: {phases['32-true'] / phases['bf16-mixed']:.2f}x")
         from fedgen_pl.train import auto_precision, cpu_has_bf16
 
-        shipped = auto_precision(device == "cpu", cpu_has_bf16(), feature_gan=True, images=True, deployed=False)
+        shipped = auto_precision(device == "cpu", cpu_has_bf16(), gan=True, images=True, deployed=False)
         print(f"(f) `make train` (trainer.precision=auto) trains at {shipped} on this machine: training phase "
               f"{phases[shipped]:.1f} s")
         return

@@ -121,13 +121,12 @@ def cpu_has_bf16() -> bool:
                for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def auto_precision(on_cpu: bool, cpu_bf16: bool, feature_gan: bool, images: bool, deployed: bool) -> str:
+def auto_precision(on_cpu: bool, cpu_bf16: bool, gan: bool, images: bool, deployed: bool) -> str:
     """``trainer.precision=auto``: ``bf16-mixed`` only where it was measured to keep the results and to pay
-    (docs/results/precision_and_ema.md: the feature-related GANs on images, in one process, on a CPU with bf16
-    in hardware); ``32-true`` elsewhere: GPUs (not measured), other CPUs (bf16 emulated), the label-related
-    models (one collapsed at bf16), the VAEs and vector data (not measured), a Flower deployment (its devices
-    train in fp32)."""
-    return "bf16-mixed" if on_cpu and cpu_bf16 and feature_gan and images and not deployed else "32-true"
+    (docs/results/precision_and_ema.md: the GANs on images, in one process, on a CPU with bf16 in hardware);
+    ``32-true`` elsewhere: GPUs (not measured), other CPUs (bf16 emulated), the VAEs and vector data (not
+    measured), a Flower deployment (its devices train in fp32)."""
+    return "bf16-mixed" if on_cpu and cpu_bf16 and gan and images and not deployed else "32-true"
 
 
 def resolve_precision(cfg: DictConfig, spec, deployed: bool = False) -> str:
@@ -136,8 +135,7 @@ def resolve_precision(cfg: DictConfig, spec, deployed: bool = False) -> str:
         return str(cfg.trainer.precision)
     gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
     on_cpu = cfg.trainer.accelerator == "cpu" or (cfg.trainer.accelerator == "auto" and not gpu)
-    recipe = recipe_of(cfg.model.name)
-    return auto_precision(on_cpu, cpu_has_bf16(), recipe.family == "gan" and recipe.conditioning != "domain",
+    return auto_precision(on_cpu, cpu_has_bf16(), recipe_of(cfg.model.name).family == "gan",
                           len(spec.data_shape) == 3, deployed)
 
 

@@ -82,22 +82,22 @@ def test_bad_precision_exits_2_naming_the_key(tmp_path, capsys):
     assert "bf16-mixed" in err[0] and not run_dir.exists()
 
 
-@pytest.mark.parametrize("on_cpu, cpu_bf16, feature_gan, images, deployed, expected", [
+@pytest.mark.parametrize("on_cpu, cpu_bf16, gan, images, deployed, expected", [
     (True, True, True, True, False, "bf16-mixed"),       # the measured case
     (False, True, True, True, False, "32-true"),         # a GPU: not measured
     (True, False, True, True, False, "32-true"),         # bf16 emulated: slower than fp32
-    (True, True, False, True, False, "32-true"),         # the label-related models and the VAEs
+    (True, True, False, True, False, "32-true"),         # the VAEs: not measured
     (True, True, True, False, False, "32-true"),         # vector data (MLPs): not measured
     (True, True, True, True, True, "32-true"),           # Flower: the devices train in fp32
 ])
-def test_auto_precision_is_bf16_only_where_it_was_measured(on_cpu, cpu_bf16, feature_gan, images, deployed, expected):
+def test_auto_precision_is_bf16_only_where_it_was_measured(on_cpu, cpu_bf16, gan, images, deployed, expected):
     from fedgen_pl.train import auto_precision
 
-    assert auto_precision(on_cpu, cpu_bf16, feature_gan, images, deployed) == expected
+    assert auto_precision(on_cpu, cpu_bf16, gan, images, deployed) == expected
 
 
 @pytest.mark.parametrize("model, cpu_bf16, expected", [("fedgen_fr", True, "bf16-mixed"), ("fed_vae", True, "32-true"),
-                                                       ("fedgen_lr", True, "32-true"), ("fedgen_fr", False, "32-true")])
+                                                       ("fedgen_lr", True, "bf16-mixed"), ("fedgen_fr", False, "32-true")])
 def test_auto_precision_is_resolved_before_training_and_recorded(tmp_path, image_root, classifier_cache, monkeypatch,
                                                                  model, cpu_bf16, expected):
     from omegaconf import OmegaConf
