@@ -135,7 +135,9 @@ def test_table_records_overrides_commit_and_hardware(tmp_path):
     for key, overrides in runs_for("grid", "quick", [0], ["federation.tau_edge=0"]):
         d = run_dir_for(tmp_path, key)
         d.mkdir(parents=True)
-        OmegaConf.save(load_config(overrides), d / "config.yaml")
+        cfg = load_config(overrides)
+        cfg.trainer.precision = "32-true"           # a run records the precision `auto` resolved to
+        OmegaConf.save(cfg, d / "config.yaml")
         (d / "summary.json").write_text(json.dumps({"metrics": {"modes_covered": 9, "high_quality_share": 1.0}}))
     main("quick", [0], ["grid"], str(tmp_path), ["federation.tau_edge=0"])
     record = json.loads((tmp_path / "table.json").read_text())
