@@ -161,8 +161,10 @@ def main(argv: list[str] | None = None) -> float:
             rounds = int(cfg.federation.global_rounds)
             left = [remaining_rounds(run_dir_for(Path(args.out), key), rounds) if args.out else rounds
                     for key, _ in runs]
-            if not any(left):
-                print(f"| {table_} | {split} | {column} | {cfg.trainer.precision} | – | – | – | 0 | 0 | 0 |")
+            if not any(left):          # finished: the precision its runs recorded, not `auto` unresolved
+                saved = run_dir_for(Path(args.out), runs[0][0]) / "config.yaml"
+                precision = OmegaConf.load(saved).trainer.precision if saved.is_file() else "–"
+                print(f"| {table_} | {split} | {column} | {precision} | – | – | – | 0 | 0 | 0 |")
                 continue
             cost = column_cost(cfg, args.rounds)
             hours = sum(core_hours(n, int(cfg.metrics.eval_every), cost["round"], cost["evaluation"],

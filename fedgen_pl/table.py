@@ -104,7 +104,8 @@ def _results_config(cfg) -> dict:
 
 
 def _check_reusable(run_dir: Path, cfg) -> None:
-    """A finished run counts for this table only if it was trained with the settings the table asks for."""
+    """A run found in place (finished or cut off) counts for this table only if it has the settings the table
+    asks for."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
@@ -113,7 +114,7 @@ def _check_reusable(run_dir: Path, cfg) -> None:
     flat_saved = flatten(saved)
     for key, value in flatten(wanted).items():
         if flat_saved.get(key) != value:
-            raise ConfigError(f"{run_dir}: this finished run has {key}={flat_saved.get(key)!r} but the table asks "
+            raise ConfigError(f"{run_dir}: this run has {key}={flat_saved.get(key)!r} but the table asks "
                               f"for {value!r}; give the table another --out, or remove the run")
 
 
@@ -128,25 +129,38 @@ def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str], 
     """Train every run the tables need (seed by seed, ``jobs`` at a time) and return their summaries; finished
     runs are reused. Every configuration is loaded and checked before the first run starts.
     ``train_missing=False`` (``--no-train``) refuses, before anything is written, when a run has not finished."""
-    from fedgen_pl.train import resolve_names, train
+    from fedgen_pl.train import resolve_names, run_in_use, train
 
-    planned = []
+    planned, cut_early = [], []
     for table in tables:
         for key, run_overrides in runs_for(table, schedule, seeds, overrides, splits, methods):
             run_dir = run_dir_for(root, key)
             cfg = load_config([*run_overrides, "trainer.progress_bar=false", f"output_dir={run_dir}"])
             resolve_names(cfg)
+            finished = (run_dir / "summary.json").is_file()
             started = (run_dir / "checkpoints" / "last.ckpt").is_file()
-            if (run_dir / "summary.json").is_file() or started:
+            holder = None if finished else run_in_use(run_dir)
+            if holder is not None:
+                raise ConfigError(f"is being trained by another process ({holder}); wait for it to end, or give the "
+                                  f"table another --out", where=str(run_dir))
+            if finished or started or (run_dir / "config.yaml").is_file():
                 _check_reusable(run_dir, cfg)
-            if started and not (run_dir / "summary.json").is_file():     # cut off: continue it
+            if started and not finished:                   # cut off: continue it
                 cfg = resume_config([f"resume={run_dir}", "trainer.progress_bar=false"])
+            elif not finished and run_dir.exists():        # cut off before its first checkpoint: start it again
+                cut_early.append(run_dir)
             planned.append((key, run_dir, cfg))
     missing = [run_dir for _, run_dir, _ in planned if not (run_dir / "summary.json").is_file()]
     if missing and not train_missing:
         raise ConfigError(f"{len(missing)} of the {len(planned)} runs have not finished (the first: {missing[0]}); "
                          f"drop --no-train to train them, or choose finished ones with --splits, --methods and "
                          f"--seeds", where="--no-train")
+    for run_dir in cut_early:       # kept beside it, not overwritten: its logs may say why it stopped
+        aside = next(run_dir.with_name(f"{run_dir.name}.cut-off-{n}") for n in range(1, 10 ** 6)
+                     if not run_dir.with_name(f"{run_dir.name}.cut-off-{n}").exists())
+        run_dir.rename(aside)
+        print(f"[table] {run_dir} stopped before its first checkpoint; its files are now in {aside}, and it "
+              f"starts again", flush=True)
     # Seed-major: every cell's first seed before any cell's second, so a table cut off is whole on its first seeds.
     to_train = [(run_dir, cfg) for _, run_dir, cfg in sorted(planned, key=lambda p: seeds.index(p[0][3]))
                 if not (run_dir / "summary.json").is_file()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import logging
 import os
@@ -67,16 +68,58 @@ def read_segments(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+IN_USE_FILE = ".in_use"    # flock-ed while a process trains the run; the kernel frees it when the process dies
+
+
+def run_in_use(run_dir: Path) -> str | None:
+    """Which process trains ``run_dir`` now ("pid 1234"), or None (also when it was killed: flock dies with it)."""
+    path = Path(run_dir) / IN_USE_FILE
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = f.read().strip()
+            return f"pid {pid}" if pid.isdigit() else "pid unknown"
+    return None
+
+
+def hold_run_dir(run_dir: Path):
+    """Mark ``run_dir`` as being trained by this process until the returned file is closed, so that no
+    second process (a resume, a table, another lane) trains or moves it meanwhile."""
+    f = open(run_dir / IN_USE_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RunDirError(f"is being trained by another process ({run_in_use(run_dir)}); wait for it to end, or "
+                          f"choose another output_dir", where=f"output_dir={run_dir}") from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
 def plan_run_dir(cfg: DictConfig) -> Path:
     """The run directory (not created yet). A directory that already holds a run is refused unless the
-    run is being resumed: nothing of an earlier run is ever overwritten."""
+    run is being resumed, and one that a live process trains is refused always: nothing of an earlier run
+    is ever overwritten."""
     if cfg.output_dir:
         run_dir = Path(cfg.output_dir)
         check_writable_dir(run_dir, "output_dir")
+        holder = run_in_use(run_dir)
+        if holder is not None:
+            raise RunDirError(f"is being trained by another process ({holder}); wait for it to end, or choose "
+                              f"another output_dir", where=f"output_dir={run_dir}")
         held = [name for name in RUN_FILES if (run_dir / name).exists()]
         if held and not cfg.resume:
-            raise RunDirError(f"holds a run already ({', '.join(held)}); continue it with resume={run_dir}, "
-                              f"or choose another output_dir", where=f"output_dir={run_dir}")
+            if (run_dir / "checkpoints" / "last.ckpt").is_file():
+                hint = f"continue it with resume={run_dir}"
+            else:                     # stopped before its first checkpoint: nothing to resume from
+                hint = "it stopped before its first checkpoint: remove it to start it again"
+            raise RunDirError(f"holds a run already ({', '.join(held)}); {hint}, or choose another output_dir",
+                              where=f"output_dir={run_dir}")
         return run_dir
     check_writable_dir(Path("runs"), "output_dir")         # runs/ in the working directory by default
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -224,6 +267,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None, device_transport
     check_writable_dir(run_dir, "output_dir", need_bytes=2 * 3 * state_bytes)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    in_use = hold_run_dir(run_dir)          # before the first write; a clash here leaves the other run alone
     release_held_logs()                  # the input is good: the log lines held while checking it follow
     log.info(describe_privacy(model.privacy, cfg))
     try:
@@ -233,19 +277,21 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None, device_transport
                                                                   extra_callbacks)
         record_segment(run_dir, cfg.resume)
     except BaseException:
+        in_use.close()
         if created:      # a start that fails leaves no half-made run behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.resume or None, weights_only=True)
-    except BaseException:
-        finish_wandb(loggers, exit_code=1)
-        raise
-    return summarise(cfg, model, run_dir, (started, cpu_started), aggregation, evaluation, trainer, loggers)
+    with in_use:
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+                trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.resume or None, weights_only=True)
+        except BaseException:
+            finish_wandb(loggers, exit_code=1)
+            raise
+        return summarise(cfg, model, run_dir, (started, cpu_started), aggregation, evaluation, trainer, loggers)
 
 
 def build_trainer(cfg: DictConfig, datamodule, run_dir: Path, resume_state: dict | None, extra_callbacks):

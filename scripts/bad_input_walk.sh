@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A new user's bad inputs, each run for real: prints the command, its exit code and what it printed on stderr
 # (the last line; "LINES=n" when there were more). Every case should exit 2 with one `fedgen: ...` line.
-# Usage: bash scripts/bad_input_walk.sh [work dir, default /tmp/fedgen-bad-input]   (6 min on 2 busy cores)
+# Usage: bash scripts/bad_input_walk.sh [work dir, default /tmp/fedgen-bad-input]   (6-17 min on 2 busy cores)
 set -u
 repo=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-$repo/.venv/bin/python}
@@ -14,6 +14,7 @@ root = pathlib.Path(sys.argv[1])
 (root / "afile").write_text("mine")
 (root / "notyaml.yaml").write_text("just a string\n")
 (root / "bad_plugin.py").write_text("def broken(:\n")
+(root / "cutrun").mkdir(); (root / "cutrun" / "config.yaml").write_text("seed: 0\n")   # stopped before a checkpoint
 def npz(name, ytr, yte, shape=(8, 8), ntr=None):
     p = root / "data" / name; p.mkdir(parents=True, exist_ok=True)
     ntr = len(ytr) if ntr is None else ntr
@@ -51,6 +52,7 @@ train $G output_dir=$w/afile
 train $G output_dir=$w/afile/run
 train $G output_dir=/dev/null
 train $G output_dir=$w/run
+train $G output_dir=$w/cutrun
 train $G seed=abc
 train $G federation.global_rounds=0
 train $G federation.local_iters=1.5

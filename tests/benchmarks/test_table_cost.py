@@ -44,3 +44,16 @@ def test_a_table_counts_only_the_runs_left(tmp_path, capsys):
     cells = [c.strip() for c in row[0].strip("|").split("|")]
     assert cells[2] == "FR sync" and cells[7:9] == ["1", "4"]        # seed 1 only, its 4 rounds
     assert total > 0 and float(cells[9]) == pytest.approx(total, abs=0.05)
+
+
+def test_a_finished_column_shows_the_precision_its_runs_recorded(tmp_path, capsys):
+    out = tmp_path / "table"
+    for seed, precision in ((0, "bf16-mixed"), (1, "bf16-mixed")):
+        run = out / "grid" / "grid" / "FR_sync" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"metrics": {}}))
+        (run / "config.yaml").write_text(f"trainer:\n  precision: {precision}\n")
+    assert table_cost.main(["--tables", "grid", "--methods", "FR sync", "--seeds", "0", "1", "--schedule", "quick",
+                            "--out", str(out)]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| grid |")]
+    assert [c.strip() for c in row[0].strip("|").split("|")][3:] == ["bf16-mixed", "–", "–", "–", "0", "0", "0"]

@@ -191,3 +191,29 @@ def test_output_without_a_terminal_is_one_plain_line_per_evaluation(tmp_path, ca
     assert "litlogger" not in captured.out + captured.err and "LeafSpec" not in captured.err
     # the summary prints the names of metrics.csv
     assert "  global/modes_covered: " in captured.out
+
+
+def test_a_run_directory_another_process_is_training_is_refused_by_train_and_resume(tmp_path, capsys):
+    import os
+
+    from fedgen_pl.train import hold_run_dir, run_in_use
+
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "trainer.checkpoint_every_rounds=1", f"output_dir={run}"]) == 0
+    assert run_in_use(run) is None                   # a finished run holds nothing
+    before = _digests(run)
+    with hold_run_dir(run):
+        for command in (["train", *FAST, "seed=5", f"output_dir={run}"], ["train", f"resume={run}", "federation.global_rounds=3"]):
+            line = _one_line_error(capsys, main(command), f"output_dir={run}", f"(pid {os.getpid()})")
+            assert line.startswith("fedgen: run directory in use") and "being trained by another process" in line
+        assert _digests(run) == before
+    assert run_in_use(run) is None
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_not_offered_for_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    line = _one_line_error(capsys, main(["train", *FAST, f"output_dir={run}"]), f"output_dir={run}",
+                           "stopped before its first checkpoint: remove it to start it again")
+    assert "resume=" not in line

@@ -1,6 +1,7 @@
 """`fedgen table`: the run list and the Markdown layout (on fabricated summaries), and runs trained in parallel."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -433,3 +434,64 @@ def test_kept_records_print_the_runs_table_and_a_differing_record_is_refused_bef
     assert not (kept / "config.yaml").exists()
     assert json.loads((kept / "summary.json").read_text())["metrics"]["modes_covered"] == 0
     assert _keep_records(tmp_path / "absent", records).returncode == 2
+
+
+def test_a_run_cut_off_before_its_first_checkpoint_is_set_aside_and_trained_again(tmp_path, monkeypatch, capsys):
+    from omegaconf import OmegaConf
+
+    import fedgen_pl.train
+
+    trained = []
+
+    def fake_train(cfg):
+        run_dir = Path(cfg.output_dir)
+        assert not run_dir.exists() and not cfg.resume        # a fresh start, not a resume
+        trained.append(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"metrics": {"modes_covered": 9, "high_quality_share": 1.0}}))
+        return run_dir
+    monkeypatch.setattr(fedgen_pl.train, "train", fake_train)
+    key, overrides = runs_for("grid", "quick", [0], methods=["FR sync"])[0]
+    run_dir = run_dir_for(tmp_path, key)
+    for attempt in (1, 2):                       # killed before round `checkpoint_every_rounds`, twice
+        shutil.rmtree(run_dir, ignore_errors=True)
+        trained.clear()
+        run_dir.mkdir(parents=True)
+        OmegaConf.save(load_config(overrides), run_dir / "config.yaml")
+        (run_dir / "metrics.csv").write_text(f"attempt {attempt}\n")
+        summaries = ensure_runs(tmp_path, "quick", [0], ["grid"], methods=["FR sync"])
+        assert trained == [run_dir] and summaries[key]["metrics"]["modes_covered"] == 9
+        aside = run_dir.with_name(f"seed0.cut-off-{attempt}")
+        assert (aside / "metrics.csv").read_text() == f"attempt {attempt}\n"       # kept, not overwritten
+        assert f"{run_dir} stopped before its first checkpoint; its files are now in {aside}" in capsys.readouterr().out
+
+
+def test_a_cut_off_run_with_other_settings_is_refused_before_anything_moves(tmp_path):
+    from omegaconf import OmegaConf
+
+    from fedgen_pl.config import ConfigError
+
+    key, overrides = runs_for("grid", "quick", [0], methods=["FR sync"])[0]
+    run_dir = run_dir_for(tmp_path, key)
+    run_dir.mkdir(parents=True)
+    OmegaConf.save(load_config([*overrides, "federation.tau_edge=0"]), run_dir / "config.yaml")
+    with pytest.raises(ConfigError, match="federation.tau_edge"):
+        ensure_runs(tmp_path, "quick", [0], ["grid"], methods=["FR sync"])
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["seed0"]
+
+
+def test_a_run_another_process_is_training_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    import os
+
+    import fedgen_pl.train
+    from fedgen_pl.config import ConfigError
+    from fedgen_pl.train import hold_run_dir
+
+    monkeypatch.setattr(fedgen_pl.train, "train", lambda cfg: pytest.fail("trained a run that is in use"))
+    key, _ = runs_for("grid", "quick", [0], methods=["FR sync"])[0]
+    run_dir = run_dir_for(tmp_path, key)
+    run_dir.mkdir(parents=True)
+    with hold_run_dir(run_dir):                  # a second open file: flock sees it as another holder
+        with pytest.raises(ConfigError, match=rf"is being trained by another process \(pid {os.getpid()}\)"):
+            ensure_runs(tmp_path, "quick", [0], ["grid"], methods=["FR sync"])
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["seed0"]
