@@ -62,6 +62,8 @@ ROWS = {"IS": "global/is_classifier", "FID": "global/fid_classifier", "Acc": "gl
         "-ELBO of the device models": "devices/negative_elbo", "anomaly AUROC": "devices/anomaly_auroc",
         "eps": "privacy/epsilon"}
 LITERATURE_ROWS = ("FID (Inception)", "FID (Inception), EMA", "KID (Inception)", "FID", "FID, EMA", "Acc", "Acc, EMA")
+# Rows after the paper's in Tables 1 and 2, each shown where some run has it (Inception at the full schedule).
+EXTRA_ROWS = ("FID (Inception)", "FID (Inception), EMA", "KID (Inception)", "FID, EMA", "Acc, EMA", "class consistency")
 
 
 SPLITS = ("iid", "noniid")
@@ -328,8 +330,7 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
                   "|---|---|" + "---|" * len(chosen)]
         for split in splits_of(table, splits):
             paper = PAPER.get((table, split), {})
-            names = definition(table).get("rows") or (list(paper) or ["IS", "FID", "Acc"]) + [
-                r for r in ("FID (Inception)", "class consistency")]
+            names = definition(table).get("rows") or (list(paper) or ["IS", "FID", "Acc"]) + list(EXTRA_ROWS)
             # a row that no run of this split has (an extra metric, an anomaly score elsewhere) is left out
             names = [r for r in names if r in paper or any(
                 ROWS[r] in summaries[(table, split, c, s)]["metrics"] for _, c in chosen for s in seeds)]
@@ -338,9 +339,10 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
                 for i, column in chosen:
                     values = [summaries[(table, split, column, s)]["metrics"].get(ROWS[row]) for s in seeds]
                     values = [v for v in values if v is not None]
-                    scale, digits = (100.0, 2) if row == "Acc" else (1.0, 2 if row == "FID" else 1 if row.startswith(
-                        "-ELBO") else 3)
-                    cell = _cell(values, scale, digits) + ("%" if row == "Acc" and values else "") + _seeds_note(
+                    percent = row.startswith("Acc")
+                    scale, digits = (100.0, 2) if percent else (1.0, 2 if row in ("FID", "FID, EMA") else 4 if row.startswith(
+                        "KID") else 1 if row.startswith("-ELBO") else 3)
+                    cell = _cell(values, scale, digits) + ("%" if percent and values else "") + _seeds_note(
                         len(values), seeds)
                     if row in paper:
                         cell += f" ({paper[row][i]}{'%' if row == 'Acc' else ''})"

@@ -61,6 +61,24 @@ def test_render_mean_std_beside_paper(tmp_path):
     assert "50.00 ± 0.00% (82.21%)" in text
     assert str(run_dir_for(tmp_path, ("table1", "iid", "FR sync", 0))) in text
     assert len(PAPER[("table1", "iid")]["IS"]) == 5
+    assert "KID" not in text and "EMA" not in text                # rows no run has are left out
+
+
+def test_full_schedule_rows_add_inception_kid_and_the_ema_beside_the_paper_rows(tmp_path):
+    summaries = {}
+    for key, _ in runs_for("table1", "full", [0, 1], splits=("noniid",)):
+        seed = key[3]
+        summaries[key] = {"metrics": {"global/is_classifier": 3.0, "global/fid_classifier": 10.0, "global/acc": 0.5,
+                                      "global/fid_inception": 20.0 + seed, "ema/global/fid_inception": 17.0,
+                                      "global/kid_inception": 0.011 + 0.002 * seed, "ema/global/fid_classifier": 9.0,
+                                      "ema/global/acc": 0.6 + 0.1 * seed}}
+    lines = render(summaries, ["table1"], [0, 1], tmp_path, "full", splits=("noniid",)).splitlines()
+    rows = [line.split(" | ")[1] for line in lines if line.startswith("| noniid |")]
+    assert rows == ["IS `is_classifier`", "FID `fid_classifier`", "Acc `acc`", "FID (Inception) `fid_inception`",
+                    "FID (Inception), EMA `fid_inception`", "KID (Inception) `kid_inception`",
+                    "FID, EMA `fid_classifier`", "Acc, EMA `acc`"]
+    assert any(line.startswith("| noniid | KID (Inception) `kid_inception` | 0.0120 ± 0.0014 |") for line in lines)
+    assert any(line.startswith("| noniid | Acc, EMA `acc` | 65.00 ± 7.07% |") for line in lines)
 
 
 def test_existing_runs_are_reused(tmp_path):
