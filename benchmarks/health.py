@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/health.py RUN_DIR [RUN_DIR ...] [--reference 32-true]
 
 Prints one Markdown row per run (global `is_classifier` / `fid_classifier` / `acc` of the raw generator and
-the EMA's FID / Acc at every evaluation, class consistency in Acc's place for the label-related models, and
-the health bar), then per experiment and precision the final
+the EMA's FID / Acc at every evaluation, class consistency in Acc's place for the label-related models, the
+share of saturated discriminator losses with the run's generator loss, and the health bar), then per experiment and precision the final
 FID as mean ± std over seeds, then for every experiment run at the reference precision and at another
 whether the other ends level with it, raw and EMA.
 """
@@ -13,6 +13,7 @@ whether the other ends level with it, raw and EMA.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import sys
@@ -24,7 +25,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fedgen_pl.convergence import fid_curve  # noqa: E402
-from fedgen_pl.health import health_bar, level  # noqa: E402
+from fedgen_pl.health import health_bar, level, saturated_share  # noqa: E402
 
 
 def read_run(run_dir: Path) -> dict:
@@ -37,8 +38,12 @@ def read_run(run_dir: Path) -> dict:
             curves[scope + "acc"] = fid_curve(run_dir, scope + "class_consistency")
     rounds, scores = curves["global/is_classifier"]
     sync = cfg.federation.update != "async"
+    with open(run_dir / "metrics.csv", newline="") as f:
+        logged = [(int(float(row["step"])), float(row["train/d_loss"])) for row in csv.DictReader(f)
+                  if row.get("train/d_loss") not in (None, "")]
     return {"experiment": summary["experiment"], "precision": str(cfg.trainer.precision), "seed": int(cfg.seed),
-            "curves": curves, "sync": sync,
+            "curves": curves, "sync": sync, "gan_loss": str(cfg.model.gan_loss),
+            "saturated": saturated_share([s for s, _ in logged], [loss for _, loss in logged]),
             "healthy": health_bar(rounds, scores, len(summary["classifier"]["label_names"]), final_bar=sync)}
 
 
@@ -57,14 +62,15 @@ def main() -> None:
     args = parser.parse_args()
     runs = sorted((read_run(r) for r in args.runs), key=lambda r: (r["experiment"], r["precision"], r["seed"]))
 
-    print("| experiment | precision | seed | IS | FID | Acc | EMA FID | EMA Acc | bar |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| experiment | precision | seed | IS | FID | Acc | EMA FID | EMA Acc | D saturated (G loss) | bar |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for run in runs:
         c = run["curves"]
         bar = ("met" if run["healthy"] else "**not met**") + ("" if run["sync"] else " (async: no final bar)")
         print(f"| `{run['experiment']}` | `{run['precision']}` | {run['seed']} | {series(c['global/is_classifier'][1], 2)} | "
               f"{series(c['global/fid_classifier'][1], 1)} | {series(c['global/acc'][1], 3)} | "
-              f"{series(c['ema/global/fid_classifier'][1], 1)} | {series(c['ema/global/acc'][1], 3)} | {bar} |")
+              f"{series(c['ema/global/fid_classifier'][1], 1)} | {series(c['ema/global/acc'][1], 3)} | "
+              f"{run['saturated']:.2f} ({run['gan_loss']}) | {bar} |")
 
     groups = defaultdict(list)
     for run in runs:

@@ -15,6 +15,15 @@ when its mean final FID lies within one standard deviation of the reference's me
 
 The reference's spread is the noise a change of seed alone makes; a setting that moves the mean by less
 than that cannot be told from a reseed.
+
+**Saturated discriminators**: the share of a run's logged discriminator losses ``L_D(t)`` (``train/d_loss``,
+logged every ``trainer.log_every_n_iters`` iterations ``t``) past iteration 200 that lie below 0.01:
+
+    s = |{t > 200 : L_D(t) < 0.01}| / |{t > 200}|
+
+``L_D ~ 0`` means ``D(G(z)) ~ 0``, where the saturating generator loss ``log(1 - sigmoid(a))`` has the
+gradient ``-sigmoid(a) ~ 0`` in the logit ``a``: its generator gets almost no signal. A run whose ``s`` is
+high has stalled there, whatever its precision.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ import statistics
 WARM_UP_ROUNDS = 20
 IS_FLOOR = 1.2
 IS_FINAL_PER_LABEL = 0.4
+SATURATION_AFTER = 200          # iterations: past the first rounds, where every discriminator wins for a while
+SATURATED_LOSS = 0.01
 
 
 def health_bar(rounds: list[int], inception_scores: list[float], labels: int, final_bar: bool = True) -> bool:
@@ -45,3 +56,14 @@ def level(values: list[float], reference: list[float]) -> tuple[bool, float, flo
     gap = abs(statistics.fmean(values) - statistics.fmean(reference))
     spread = statistics.stdev(reference)
     return gap <= spread, gap, spread
+
+
+def saturated_share(steps: list[int], d_losses: list[float]) -> float:
+    """The share ``s`` above of one run's logged discriminator losses (``steps`` the iterations they were
+    logged at)."""
+    if len(steps) != len(d_losses):
+        raise ValueError("saturated_share: steps and d_losses must be of one length")
+    late = [loss for step, loss in zip(steps, d_losses) if step > SATURATION_AFTER]
+    if not late:
+        raise ValueError(f"saturated_share: no discriminator loss logged after iteration {SATURATION_AFTER}")
+    return sum(loss < SATURATED_LOSS for loss in late) / len(late)

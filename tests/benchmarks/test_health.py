@@ -20,13 +20,16 @@ def fake_run(path: Path, precision: str, seed: int, final_fid: float, final_is: 
     """A run directory as `fedgen train` leaves it, with two evaluations (rounds 20 and 100); the label-related
     models log ``class_consistency`` where the others log ``acc``."""
     path.mkdir(parents=True)
-    (path / "config.yaml").write_text(f"seed: {seed}\nfederation:\n  update: sync\ntrainer:\n  precision: {precision}\n")
+    (path / "config.yaml").write_text(f"seed: {seed}\nfederation:\n  update: sync\ntrainer:\n  precision: {precision}\n"
+                                      f"model:\n  gan_loss: saturating\n")
     (path / "summary.json").write_text(json.dumps(
         {"experiment": "toy", "classifier": {"label_names": [str(i) for i in range(20)]}}))
     with open(path / "metrics.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["step", "train/d_loss", *(c.replace("acc", accuracy) for c in COLUMNS)])
-        writer.writerow([5, 0.7, "", "", "", "", "", ""])                  # a training row: no evaluation
+        writer.writerow([5, 0.001, "", "", "", "", "", ""])                # training rows: no evaluation
+        for step, d_loss in zip((210, 220, 230, 240), (0.005, 0.7, 0.0099, 0.01)):   # past iteration 200
+            writer.writerow([step, d_loss, "", "", "", "", "", ""])
         writer.writerow([100, "", 20, 1.1, 900.0, 0.1, 800.0, 0.1])
         writer.writerow([500, "", 100, final_is, final_fid, 0.8, final_fid - 5, 0.85])
     return path
@@ -39,7 +42,7 @@ def test_rows_groups_and_the_level_verdict(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["health.py", *map(str, runs)])
     health_script.main()
     out = capsys.readouterr().out
-    assert "| `toy` | `32-true` | 1 | 1.10 / 12.00 | 900.0 / 110.0 | 0.100 / 0.800 | 800.0 / 105.0 | 0.100 / 0.850 | met |" in out
+    assert "| `toy` | `32-true` | 1 | 1.10 / 12.00 | 900.0 / 110.0 | 0.100 / 0.800 | 800.0 / 105.0 | 0.100 / 0.850 | 0.50 (saturating) | met |" in out
     assert "| `toy` | `bf16-mixed` | 0 | 1.10 / 7.50 |" in out and "**not met**" in out      # 7.5 < 0.4 x 20 labels
     assert "| `toy` | `32-true` | 0, 1, 2 | 110.0 ± 10.0 | 105.0 ± 10.0 | 3 of 3 |" in out
     assert "| `toy` | `bf16-mixed` | 0, 1 | 121.0 ± 5.7 | 116.0 ± 5.7 | 0 of 2 |" in out
@@ -54,4 +57,4 @@ def test_label_related_runs_show_class_consistency_in_the_accuracy_column(tmp_pa
     monkeypatch.setattr(sys, "argv", ["health.py", str(run)])
     health_script.main()
     out = capsys.readouterr().out
-    assert "| `inverse` | `bf16-mixed` | 0 | 1.10 / 5.00 | 900.0 / 150.0 | 0.100 / 0.800 | 800.0 / 145.0 | 0.100 / 0.850 | met |" in out
+    assert "| `inverse` | `bf16-mixed` | 0 | 1.10 / 5.00 | 900.0 / 150.0 | 0.100 / 0.800 | 800.0 / 145.0 | 0.100 / 0.850 | 0.50 (saturating) | met |" in out

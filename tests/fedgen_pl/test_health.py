@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedgen_pl.health import health_bar, level
+from fedgen_pl.health import health_bar, level, saturated_share
 
 ROUNDS = [20, 40, 60, 80, 100]
 
@@ -39,3 +39,11 @@ def test_level_against_the_reference_seeds_spread():
 def test_malformed_input_is_refused(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_saturated_share_counts_losses_below_a_hundredth_past_iteration_200():
+    steps = [10, 100, 200, 210, 220, 230, 240, 250]
+    losses = [0.0, 0.0, 0.0, 0.009, 0.5, 0.01, 0.0, 1.2]     # the first three are at or before 200: not counted
+    assert saturated_share(steps, losses) == pytest.approx(2 / 5)
+    with pytest.raises(ValueError, match="after iteration 200"):
+        saturated_share([10, 200], [0.0, 0.0])
