@@ -3,11 +3,14 @@
 
     .venv/bin/python benchmarks/health.py RUN_DIR [RUN_DIR ...] [--reference 32-true]
 
+    .venv/bin/python benchmarks/health.py RUN_DIR ... --by model.d_lr --reference 'bf16-mixed model.d_lr=0.001'
+
 Prints one Markdown row per run (global `is_classifier` / `fid_classifier` / `acc` of the raw generator and
 the EMA's FID / Acc at every evaluation, class consistency in Acc's place for the label-related models, the
-share of saturated discriminator losses with the run's generator loss, and the health bar), then per experiment and precision the final
-FID as mean ± std over seeds, then for every experiment run at the reference precision and at another
-whether the other ends level with it, raw and EMA.
+share of saturated discriminator losses with the run's generator loss, and the health bar), then per
+experiment and precision (and ``--by``'s key's value) the final FID and Acc as mean ± std over seeds, then for
+every experiment run at the reference setting and at another whether the other ends level with it, raw and
+EMA.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from fedgen_pl.convergence import fid_curve  # noqa: E402
 from fedgen_pl.health import health_bar, level, saturated_share  # noqa: E402
 
 
-def read_run(run_dir: Path) -> dict:
+def read_run(run_dir: Path, by: str | None = None) -> dict:
+    """One run's curves and verdicts; its ``setting`` is its precision, and with ``by`` that key's value."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     summary = json.loads((run_dir / "summary.json").read_text())
     curves = {name: fid_curve(run_dir, name) for name in (
@@ -41,7 +45,8 @@ def read_run(run_dir: Path) -> dict:
     with open(run_dir / "metrics.csv", newline="") as f:
         logged = [(int(float(row["step"])), float(row["train/d_loss"])) for row in csv.DictReader(f)
                   if row.get("train/d_loss") not in (None, "")]
-    return {"experiment": summary["experiment"], "precision": str(cfg.trainer.precision), "seed": int(cfg.seed),
+    setting = str(cfg.trainer.precision) + (f" {by}={OmegaConf.select(cfg, by)}" if by else "")
+    return {"experiment": summary["experiment"], "precision": setting, "seed": int(cfg.seed),
             "curves": curves, "sync": sync, "gan_loss": str(cfg.model.gan_loss),
             "saturated": saturated_share([s for s, _ in logged], [loss for _, loss in logged]),
             "healthy": health_bar(rounds, scores, len(summary["classifier"]["label_names"]), final_bar=sync)}
@@ -51,18 +56,23 @@ def series(values: list[float], digits: int) -> str:
     return " / ".join(f"{v:.{digits}f}" for v in values)
 
 
-def mean_std(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+def mean_std(values: list[float], digits: int = 1) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--reference", default="32-true", help="the precision the others are compared with")
+    parser.add_argument("--reference", default="32-true", help="the precision the others are compared with (with "
+                        "--by: the setting, e.g. 'bf16-mixed model.d_lr=0.001')")
+    parser.add_argument("--by", default=None, help="a config key whose value also sets the groups, e.g. model.d_lr")
     args = parser.parse_args()
-    runs = sorted((read_run(r) for r in args.runs), key=lambda r: (r["experiment"], r["precision"], r["seed"]))
+    runs = sorted((read_run(r, args.by) for r in args.runs), key=lambda r: (r["experiment"], r["precision"], r["seed"]))
+    setting = "precision" + (f", {args.by}" if args.by else "")
 
-    print("| experiment | precision | seed | IS | FID | Acc | EMA FID | EMA Acc | D saturated (G loss) | bar |")
+    print(f"| experiment | {setting} | seed | IS | FID | Acc | EMA FID | EMA Acc | D saturated (G loss) | bar |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for run in runs:
         c = run["curves"]
@@ -75,15 +85,16 @@ def main() -> None:
     groups = defaultdict(list)
     for run in runs:
         groups[run["experiment"], run["precision"]].append(run)
-    final = {key: {m: [r["curves"][m][1][-1] for r in members] for m in ("global/fid_classifier", "ema/global/fid_classifier")}
+    final = {key: {m: [r["curves"][m][1][-1] for r in members]
+                   for m in ("global/fid_classifier", "ema/global/fid_classifier", "global/acc")}
              for key, members in groups.items()}
-    print("\n| experiment | precision | seeds | final FID | final EMA FID | health bar met |")
-    print("|---|---|---|---|---|---|")
+    print(f"\n| experiment | {setting} | seeds | final FID | final EMA FID | final Acc | health bar met |")
+    print("|---|---|---|---|---|---|---|")
     for (experiment, precision), members in groups.items():
         f = final[experiment, precision]
         print(f"| `{experiment}` | `{precision}` | {', '.join(str(r['seed']) for r in members)} | "
               f"{mean_std(f['global/fid_classifier'])} | {mean_std(f['ema/global/fid_classifier'])} | "
-              f"{sum(r['healthy'] for r in members)} of {len(members)} |")
+              f"{mean_std(f['global/acc'], 3)} | {sum(r['healthy'] for r in members)} of {len(members)} |")
 
     print()
     for (experiment, precision) in groups:

@@ -340,8 +340,9 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
                     values = [summaries[(table, split, column, s)]["metrics"].get(ROWS[row]) for s in seeds]
                     values = [v for v in values if v is not None]
                     percent = row.startswith("Acc")
-                    scale, digits = (100.0, 2) if percent else (1.0, 2 if row in ("FID", "FID, EMA") else 4 if row.startswith(
-                        "KID") else 1 if row.startswith("-ELBO") else 3)
+                    digits = 2 if percent or row in ("FID", "FID, EMA") else 4 if row.startswith("KID") else \
+                        1 if row.startswith("-ELBO") else 3
+                    scale = 100.0 if percent else 1.0
                     cell = _cell(values, scale, digits) + ("%" if percent and values else "") + _seeds_note(
                         len(values), seeds)
                     if row in paper:

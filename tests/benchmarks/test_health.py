@@ -16,12 +16,12 @@ COLUMNS = ["round", "global/is_classifier", "global/fid_classifier", "global/acc
 
 
 def fake_run(path: Path, precision: str, seed: int, final_fid: float, final_is: float = 12.0,
-             accuracy: str = "acc") -> Path:
+             accuracy: str = "acc", d_lr: float = 0.001, final_acc: float = 0.8) -> Path:
     """A run directory as `fedgen train` leaves it, with two evaluations (rounds 20 and 100); the label-related
     models log ``class_consistency`` where the others log ``acc``."""
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(f"seed: {seed}\nfederation:\n  update: sync\ntrainer:\n  precision: {precision}\n"
-                                      f"model:\n  gan_loss: saturating\n")
+                                      f"model:\n  gan_loss: saturating\n  d_lr: {d_lr}\n")
     (path / "summary.json").write_text(json.dumps(
         {"experiment": "toy", "classifier": {"label_names": [str(i) for i in range(20)]}}))
     with open(path / "metrics.csv", "w", newline="") as f:
@@ -31,7 +31,7 @@ def fake_run(path: Path, precision: str, seed: int, final_fid: float, final_is: 
         for step, d_loss in zip((210, 220, 230, 240), (0.005, 0.7, 0.0099, 0.01)):   # past iteration 200
             writer.writerow([step, d_loss, "", "", "", "", "", ""])
         writer.writerow([100, "", 20, 1.1, 900.0, 0.1, 800.0, 0.1])
-        writer.writerow([500, "", 100, final_is, final_fid, 0.8, final_fid - 5, 0.85])
+        writer.writerow([500, "", 100, final_is, final_fid, final_acc, final_fid - 5, 0.85])
     return path
 
 
@@ -44,8 +44,8 @@ def test_rows_groups_and_the_level_verdict(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "| `toy` | `32-true` | 1 | 1.10 / 12.00 | 900.0 / 110.0 | 0.100 / 0.800 | 800.0 / 105.0 | 0.100 / 0.850 | 0.50 (saturating) | met |" in out
     assert "| `toy` | `bf16-mixed` | 0 | 1.10 / 7.50 |" in out and "**not met**" in out      # 7.5 < 0.4 x 20 labels
-    assert "| `toy` | `32-true` | 0, 1, 2 | 110.0 ± 10.0 | 105.0 ± 10.0 | 3 of 3 |" in out
-    assert "| `toy` | `bf16-mixed` | 0, 1 | 121.0 ± 5.7 | 116.0 ± 5.7 | 0 of 2 |" in out
+    assert "| `toy` | `32-true` | 0, 1, 2 | 110.0 ± 10.0 | 105.0 ± 10.0 | 0.800 ± 0.000 | 3 of 3 |" in out
+    assert "| `toy` | `bf16-mixed` | 0, 1 | 121.0 ± 5.7 | 116.0 ± 5.7 | 0.800 ± 0.000 | 0 of 2 |" in out
     # bf16 mean 121 is 11 from the fp32 mean 110 whose std is 10
     assert "`toy` final FID: `bf16-mixed` 121.0 against `32-true` 110.0 (2 and 3 seeds): gap 11.0, reference std 10.0: **not level**" in out
 
@@ -58,3 +58,19 @@ def test_label_related_runs_show_class_consistency_in_the_accuracy_column(tmp_pa
     health_script.main()
     out = capsys.readouterr().out
     assert "| `inverse` | `bf16-mixed` | 0 | 1.10 / 5.00 | 900.0 / 150.0 | 0.100 / 0.800 | 800.0 / 145.0 | 0.100 / 0.850 | 0.50 (saturating) | met |" in out
+
+
+def test_by_a_config_key_splits_the_groups_and_names_the_reference(tmp_path, capsys, monkeypatch):
+    runs = [fake_run(tmp_path / f"a{s}", "bf16-mixed", s, fid, final_acc=acc)
+            for s, fid, acc in ((0, 100.0, 0.80), (1, 120.0, 0.84))]
+    runs += [fake_run(tmp_path / f"b{s}", "bf16-mixed", s, 125.0, d_lr=0.0003, final_acc=0.9) for s in (0, 1)]
+    monkeypatch.setattr(sys, "argv", ["health.py", *map(str, runs), "--by", "model.d_lr",
+                                      "--reference", "bf16-mixed model.d_lr=0.001"])
+    health_script.main()
+    out = capsys.readouterr().out
+    assert "| experiment | precision, model.d_lr | seed |" in out
+    assert "| `toy` | `bf16-mixed model.d_lr=0.001` | 0, 1 | 110.0 ± 14.1 | 105.0 ± 14.1 | 0.820 ± 0.028 | 2 of 2 |" in out
+    assert "| `toy` | `bf16-mixed model.d_lr=0.0003` | 0, 1 | 125.0 ± 0.0 | 120.0 ± 0.0 | 0.900 ± 0.000 | 2 of 2 |" in out
+    # 125 is 15 from 110, whose std is 14.1
+    assert ("`toy` final FID: `bf16-mixed model.d_lr=0.0003` 125.0 against `bf16-mixed model.d_lr=0.001` 110.0 "
+            "(2 and 2 seeds): gap 15.0, reference std 14.1: **not level**") in out
