@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fedgen_pl.convergence import fid_curve  # noqa: E402
-from fedgen_pl.health import health_bar, level, saturated_share  # noqa: E402
+from fedgen_pl.health import SATURATION_AFTER, health_bar, level, saturated_share  # noqa: E402
 
 
 def read_run(run_dir: Path, by: str | None = None) -> dict:
@@ -48,7 +48,8 @@ def read_run(run_dir: Path, by: str | None = None) -> dict:
     setting = str(cfg.trainer.precision) + (f" {by}={OmegaConf.select(cfg, by)}" if by else "")
     return {"experiment": summary["experiment"], "precision": setting, "seed": int(cfg.seed),
             "curves": curves, "sync": sync, "gan_loss": str(cfg.model.gan_loss),
-            "saturated": saturated_share([s for s, _ in logged], [loss for _, loss in logged]),
+            "saturated": saturated_share([s for s, _ in logged], [loss for _, loss in logged])
+            if any(step > SATURATION_AFTER for step, _ in logged) else None,      # a short run: not measured
             "healthy": health_bar(rounds, scores, len(summary["classifier"]["label_names"]), final_bar=sync)}
 
 
@@ -80,7 +81,7 @@ def main() -> None:
         print(f"| `{run['experiment']}` | `{run['precision']}` | {run['seed']} | {series(c['global/is_classifier'][1], 2)} | "
               f"{series(c['global/fid_classifier'][1], 1)} | {series(c['global/acc'][1], 3)} | "
               f"{series(c['ema/global/fid_classifier'][1], 1)} | {series(c['ema/global/acc'][1], 3)} | "
-              f"{run['saturated']:.2f} ({run['gan_loss']}) | {bar} |")
+              f"{'–' if run['saturated'] is None else format(run['saturated'], '.2f')} ({run['gan_loss']}) | {bar} |")
 
     groups = defaultdict(list)
     for run in runs:

@@ -74,3 +74,12 @@ def test_by_a_config_key_splits_the_groups_and_names_the_reference(tmp_path, cap
     # 125 is 15 from 110, whose std is 14.1
     assert ("`toy` final FID: `bf16-mixed model.d_lr=0.0003` 125.0 against `bf16-mixed model.d_lr=0.001` 110.0 "
             "(2 and 2 seeds): gap 15.0, reference std 14.1: **not level**") in out
+
+
+def test_a_run_too_short_to_show_saturation_gets_a_dash(tmp_path, capsys, monkeypatch):
+    run = fake_run(tmp_path / "short", "bf16-mixed", 0, 150.0)
+    rows = (run / "metrics.csv").read_text().splitlines()
+    (run / "metrics.csv").write_text("\n".join(r for r in rows if not r.split(",")[0] in ("210", "220", "230", "240")))
+    monkeypatch.setattr(sys, "argv", ["health.py", str(run)])
+    health_script.main()
+    assert "| – (saturating) | met |" in capsys.readouterr().out
