@@ -70,7 +70,8 @@ def main() -> None:
                         "--by: the setting, e.g. 'bf16-mixed model.d_lr=0.001')")
     parser.add_argument("--by", default=None, help="a config key whose value also sets the groups, e.g. model.d_lr")
     args = parser.parse_args()
-    runs = sorted((read_run(r, args.by) for r in args.runs), key=lambda r: (r["experiment"], r["precision"], r["seed"]))
+    runs = sorted((read_run(r, args.by) for r in args.runs),
+                  key=lambda r: (r["experiment"], r["precision"], r["seed"]))
     setting = "precision" + (f", {args.by}" if args.by else "")
 
     print(f"| experiment | {setting} | seed | IS | FID | Acc | EMA FID | EMA Acc | D saturated (G loss) | bar |")
