@@ -85,6 +85,11 @@ def run_in_use(run_dir: Path) -> str | None:
     return None
 
 
+def _in_use_error(run_dir: Path, holder: str | None) -> RunDirError:
+    return RunDirError(f"is being trained by another process ({holder or 'pid unknown'}); wait for it to end, or "
+                       f"choose another output_dir", where=f"output_dir={run_dir}")
+
+
 def hold_run_dir(run_dir: Path):
     """Mark ``run_dir`` as being trained by this process until the returned file is closed, so that no
     second process (a resume, a table, another lane) trains or moves it meanwhile."""
@@ -93,8 +98,7 @@ def hold_run_dir(run_dir: Path):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise RunDirError(f"is being trained by another process ({run_in_use(run_dir)}); wait for it to end, or "
-                          f"choose another output_dir", where=f"output_dir={run_dir}") from None
+        raise _in_use_error(run_dir, run_in_use(run_dir)) from None
     f.truncate(0)
     f.write(str(os.getpid()))
     f.flush()
@@ -110,8 +114,7 @@ def plan_run_dir(cfg: DictConfig) -> Path:
         check_writable_dir(run_dir, "output_dir")
         holder = run_in_use(run_dir)
         if holder is not None:
-            raise RunDirError(f"is being trained by another process ({holder}); wait for it to end, or choose "
-                              f"another output_dir", where=f"output_dir={run_dir}")
+            raise _in_use_error(run_dir, holder)
         held = [name for name in RUN_FILES if (run_dir / name).exists()]
         if held and not cfg.resume:
             if (run_dir / "checkpoints" / "last.ckpt").is_file():
