@@ -109,6 +109,9 @@ KEYS: list[Key] = [
     Key('model.gan_loss', str, 'non_saturating',
         'generator objective: non_saturating (-log D(G(z))) | saturating (log(1 - D(G(z))))',
         choices=('non_saturating', 'saturating')),
+    Key('model.instance_noise', float, 0.0,
+        'std of Gaussian noise added to every sample a device discriminator sees, real and fake, in '
+        'training and in the feedback (GANs; 0 = off; images are scaled to [-1, 1])', ge=0),
     Key('model.conditional', bool, True,
         'class-conditional generators and discriminators (docs/method.md §6)'),
     Key('model.conditional_discriminator', bool, True,

@@ -116,6 +116,9 @@ def check_recipe_config(cfg) -> None:
     if recipe.family != "vae" and cfg.model.vae_average != "all":
         raise ConfigError(f"'{cfg.model.vae_average}' chooses what fed_vae averages; model.name={cfg.model.name} "
                           f"is not a VAE, so leave it at all", where="model.vae_average")
+    if recipe.family == "vae" and cfg.model.instance_noise != 0:
+        raise ConfigError(f"{cfg.model.instance_noise} blurs what a GAN's discriminators see; model.name="
+                          f"{cfg.model.name} has no discriminator, so leave it at 0", where="model.instance_noise")
     if recipe.family == "vae" and recipe.generators == "single" and cfg.model.vae_average != "all":
         raise ConfigError(f"'{cfg.model.vae_average}' has no meaning for the one pooled-data VAE of "
                           f"{cfg.model.name}; leave it at all", where="model.vae_average")

@@ -64,9 +64,19 @@ def edge_generator_loss(regenerated: Tensor, weights: Tensor, feedback: Tensor) 
     return (regenerated * (w * feedback)).sum()
 
 
+def with_instance_noise(x: Tensor, std: float, generator: torch.Generator | None) -> Tensor:
+    """``x + std * N(0, I)`` (instance noise; ``x`` itself for ``std = 0``, drawing nothing). Real and fake
+    samples blurred by the same noise no longer have disjoint supports, so a discriminator cannot reject
+    every fake with certainty, while ``p_g = p_data`` stays the optimum (Arjovsky & Bottou, ICLR 2017)."""
+    if std == 0:
+        return x
+    return x + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
 def device_iteration(discriminate, update, real_x: Tensor, real_y: Tensor, fake_d: Tensor, y_d: Tensor,
                      fake_g: Tensor, y_g: Tensor, gan_loss: str, judged_d: Tensor | None = None,
-                     judged_g: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                     judged_g: Tensor | None = None, instance_noise: float = 0.0,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Method §2, steps 1-3, for devices in rows (``[n, B, ...]``):
 
     1-2. D_kj's loss on its real batch and on G_k(z_d) (one call over both), and ``update(d_loss)``: the
@@ -74,12 +84,16 @@ def device_iteration(discriminate, update, real_x: Tensor, real_y: Tensor, fake_
     3.   with the updated D_kj, the printed L_kj and the feedback d l_kj / d G_k(z_g).
 
     ``discriminate(x, labels, frozen)`` returns each row's logits ``[n, B']`` (``frozen``: no gradient to
-    D's parameters); ``judged_*`` leave out the fakes of labels a device holds no data for.
+    D's parameters); ``judged_*`` leave out the fakes of labels a device holds no data for;
+    ``instance_noise`` > 0 blurs every image D sees (``with_instance_noise``, drawn from ``generator``: the
+    real batch, G_k(z_d), then G_k(z_g)); the feedback is then the gradient at the noisy samples.
     Returns (d_loss ``[n]``, L_kj ``[n]``, feedback ``[n, B, *shape]``, what ``update`` returned)."""
     B = real_x.shape[1]
-    logits = discriminate(torch.cat([real_x, fake_d], 1), torch.cat([real_y, y_d], 1), False)
+    seen = with_instance_noise(torch.cat([real_x, fake_d], 1), instance_noise, generator)
+    logits = discriminate(seen, torch.cat([real_y, y_d], 1), False)
     d_loss = discriminator_loss(logits[:, :B], logits[:, B:], judged_d)
     stepped = update(d_loss)
     fake_g = fake_g.detach().requires_grad_(True)
-    device_loss, objective = device_losses(discriminate(fake_g, y_g, True), gan_loss, judged_g)
+    judged_fakes = discriminate(with_instance_noise(fake_g, instance_noise, generator), y_g, True)
+    device_loss, objective = device_losses(judged_fakes, gan_loss, judged_g)
     return d_loss, device_loss, sample_feedback(objective, fake_g), stepped

@@ -103,7 +103,8 @@ class DeviceWorker:
         # The real batch: the indices the server drew (test mode), else drawn here from this device's share.
         B = work["fake_d"].shape[0]
         seed = int(self.cfg.seed) * 1_000_003 + self.g * 7919 + int(iteration)
-        u = torch.rand(B, generator=torch.Generator().manual_seed(seed))
+        rng = torch.Generator().manual_seed(seed)      # the real batch, then any instance noise
+        u = torch.rand(B, generator=rng)
         if self.own is not None:
             index = (u * len(self.own[1])).long()
             real_x, labels = self.own[0][index], self.own[1][index]
@@ -130,7 +131,8 @@ class DeviceWorker:
 
         d_loss, device_loss, feedback, finite = device_iteration(
             discriminate, update, real_x[None], real_y[None], work["fake_d"][None], work["y_d"][None],
-            work["fake_g"][None], work["y_g"][None], self.cfg.model.gan_loss)
+            work["fake_g"][None], work["y_g"][None], self.cfg.model.gan_loss,
+            instance_noise=self.cfg.model.instance_noise, generator=rng)
         d_loss = float(d_loss.detach()[0])
         if self.privacy is not None:     # sanitised before the transport; D's own loss is not sent (nan)
             p = self.privacy

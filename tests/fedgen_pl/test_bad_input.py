@@ -128,6 +128,8 @@ def _setup(case, root, monkeypatch):
         return ["train", *GRID, "federation.fedavg_via_edges=true", f"output_dir={root / 'run'}"]
     if case == "a VAE's averaging for a GAN":
         return ["train", *GRID, "model.name=fed_gan", "model.vae_average=decoder", f"output_dir={root / 'run'}"]
+    if case == "instance noise for a VAE":
+        return ["train", *GRID, "model.name=fed_vae", "model.instance_noise=0.1", f"output_dir={root / 'run'}"]
     if case == "misspelt section of a key":
         return ["train", "dat.batch_size=3", f"output_dir={root / 'run'}"]
     raise AssertionError(case)
@@ -165,6 +167,7 @@ CASES = [
     ("FedAvg through the edges of a model without device models", "(federation.fedavg_via_edges)",
      "model.name=fedgen_fr averages no device models"),
     ("a VAE's averaging for a GAN", "(model.vae_average)", "model.name=fed_gan is not a VAE"),
+    ("instance noise for a VAE", "(model.instance_noise)", "model.name=fed_vae has no discriminator"),
     ("a community smaller than one batch", "(federation.communities[0])", "fewer than one batch (data.batch_size=16)"),
 ]
 

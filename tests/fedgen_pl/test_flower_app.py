@@ -285,7 +285,7 @@ def test_every_config_key_is_honoured_or_refused_by_the_flower_path():
     assert clock_keys == set(REFUSED) & clock_keys | set(REPLACED_BY_REAL_TIME)   # every clock key is placed
     device_side = {"federation.fake_labels", "model.unheld_label_fakes", "model.arch", "model.gan_loss",
                    "model.conditional", "model.conditional_discriminator", "model.d_channels", "model.d_features",
-                   "model.hidden_dim", "model.d_lr", "model.beta1", "model.beta2"}
+                   "model.hidden_dim", "model.d_lr", "model.beta1", "model.beta2", "model.instance_noise"}
     assert device_side <= keys
     for key, deployable in REFUSED.items():
         other = {"federation.fake_labels": "community", "model.unheld_label_fakes": "skip", "clock.lr_scale": True}[key]

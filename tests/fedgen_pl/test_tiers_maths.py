@@ -5,7 +5,7 @@ import math
 import torch
 
 from fedgen_pl.tiers import (device_iteration, device_losses, discriminator_loss, edge_generator_loss, finite_rows,
-                             masked_mean, sample_feedback, zero_rows)
+                             masked_mean, sample_feedback, with_instance_noise, zero_rows)
 
 
 def softplus(x: float) -> float:
@@ -60,8 +60,8 @@ def test_finite_rows_and_zero_rows():
                                torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]))
 
 
-def test_device_iteration_with_a_one_weight_discriminator_by_hand():
-    """D(x) = a * x, one device, SGD step of size 1 on D's loss: every number by hand."""
+def one_weight_discriminator():
+    """D(x) = a * x with a = 0.5, and an update that takes one SGD step of size 1 on D's loss."""
     a = torch.tensor(0.5, requires_grad=True)
 
     def discriminate(x, labels, frozen):
@@ -72,6 +72,13 @@ def test_device_iteration_with_a_one_weight_discriminator_by_hand():
         with torch.no_grad():
             a.sub_(grad)
         return torch.tensor([True])
+
+    return a, discriminate, update
+
+
+def test_device_iteration_with_a_one_weight_discriminator_by_hand():
+    """D(x) = a * x, one device, SGD step of size 1 on D's loss: every number by hand."""
+    a, discriminate, update = one_weight_discriminator()
 
     real, fake_d, fake_g = torch.tensor([[1.0]]), torch.tensor([[-1.0]]), torch.tensor([[2.0]])
     labels = torch.zeros(1, 1, dtype=torch.long)
@@ -86,3 +93,36 @@ def test_device_iteration_with_a_one_weight_discriminator_by_hand():
     torch.testing.assert_close(device_loss, torch.tensor([-softplus(2 * a1)]))
     torch.testing.assert_close(feedback, torch.tensor([[-a1 * sigmoid(-2 * a1)]]))
     assert stepped.tolist() == [True]
+
+
+def test_instance_noise_off_draws_nothing_and_on_adds_scaled_normal_draws():
+    x, generator = torch.arange(6.0).view(1, 2, 3), torch.Generator().manual_seed(3)
+    state = generator.get_state()
+    assert with_instance_noise(x, 0.0, generator) is x
+    assert torch.equal(generator.get_state(), state)          # nothing drawn: a run without noise is unchanged
+    expected = x + 0.25 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(with_instance_noise(x, 0.25, generator), expected)
+
+
+def test_device_iteration_with_instance_noise_by_hand():
+    """D(x) = a * x as above, noise std 0.5: D sees noisy reals and fakes, and the feedback is the gradient
+    at the noisy G(z_g) (draws in order: real and G(z_d) together, then G(z_g))."""
+    a, discriminate, update = one_weight_discriminator()
+
+    draws = torch.Generator().manual_seed(7)
+    n_real, n_fake = (0.5 * torch.randn(1, 2, generator=draws))[0].tolist()
+    n_g = float(0.5 * torch.randn(1, 1, generator=draws))
+    real, fake_d, fake_g = torch.tensor([[1.0]]), torch.tensor([[-1.0]]), torch.tensor([[2.0]])
+    labels = torch.zeros(1, 1, dtype=torch.long)
+    d_loss, device_loss, feedback, _ = device_iteration(
+        discriminate, update, real, labels, fake_d, labels, fake_g, labels, "saturating",
+        instance_noise=0.5, generator=torch.Generator().manual_seed(7))
+    sigmoid = lambda v: 1 / (1 + math.exp(-v))       # noqa: E731
+    xr, xf, xg = 1 + n_real, -1 + n_fake, 2 + n_g
+    # d_loss = softplus(-a xr) + softplus(a xf); d/da = -xr sigmoid(-a xr) + xf sigmoid(a xf)
+    torch.testing.assert_close(d_loss, torch.tensor([softplus(-0.5 * xr) + softplus(0.5 * xf)]))
+    a1 = 0.5 + xr * sigmoid(-0.5 * xr) - xf * sigmoid(0.5 * xf)
+    torch.testing.assert_close(a.detach(), torch.tensor(a1))
+    # saturating: l = L = -softplus(a1 xg); dl/dx at the noisy sample = -a1 sigmoid(a1 xg)
+    torch.testing.assert_close(device_loss, torch.tensor([-softplus(a1 * xg)]))
+    torch.testing.assert_close(feedback, torch.tensor([[-a1 * sigmoid(a1 * xg)]]))
