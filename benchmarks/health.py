@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fedgen_pl.config import KEY  # noqa: E402
 from fedgen_pl.convergence import fid_curve  # noqa: E402
 from fedgen_pl.health import SATURATION_AFTER, health_bar, level, saturated_share  # noqa: E402
 
@@ -45,7 +46,9 @@ def read_run(run_dir: Path, by: str | None = None) -> dict:
     with open(run_dir / "metrics.csv", newline="") as f:
         logged = [(int(float(row["step"])), float(row["train/d_loss"])) for row in csv.DictReader(f)
                   if row.get("train/d_loss") not in (None, "")]
-    setting = str(cfg.trainer.precision) + (f" {by}={OmegaConf.select(cfg, by)}" if by else "")
+    # A run recorded before ``by`` existed trained as its default does (a new key's default keeps old behaviour).
+    value = OmegaConf.select(cfg, by, default=KEY[by].default if by in KEY else None) if by else None
+    setting = str(cfg.trainer.precision) + (f" {by}={value}" if by else "")
     return {"experiment": summary["experiment"], "precision": setting, "seed": int(cfg.seed),
             "curves": curves, "sync": sync, "gan_loss": str(cfg.model.gan_loss),
             "saturated": saturated_share([s for s, _ in logged], [loss for _, loss in logged])

@@ -83,3 +83,12 @@ def test_a_run_too_short_to_show_saturation_gets_a_dash(tmp_path, capsys, monkey
     monkeypatch.setattr(sys, "argv", ["health.py", str(run)])
     health_script.main()
     assert "| – (saturating) | met |" in capsys.readouterr().out
+
+
+def test_a_run_recorded_before_the_by_key_existed_groups_under_its_default(tmp_path, capsys, monkeypatch):
+    old = fake_run(tmp_path / "old", "bf16-mixed", 0, 150.0)                  # its config has no instance_noise
+    new = fake_run(tmp_path / "new", "bf16-mixed", 1, 140.0)
+    (new / "config.yaml").write_text((new / "config.yaml").read_text() + "  instance_noise: 0.0\n")
+    monkeypatch.setattr(sys, "argv", ["health.py", str(old), str(new), "--by", "model.instance_noise"])
+    health_script.main()
+    assert "| `toy` | `bf16-mixed model.instance_noise=0.0` | 0, 1 |" in capsys.readouterr().out
