@@ -109,6 +109,9 @@ KEYS: list[Key] = [
     Key('model.gan_loss', str, 'non_saturating',
         'generator objective: non_saturating (-log D(G(z))) | saturating (log(1 - D(G(z))))',
         choices=('non_saturating', 'saturating')),
+    Key('model.non_saturating_warmup', int, 0,
+        'with gan_loss=saturating: the first this many rounds train with the non-saturating loss, whose '
+        'gradient does not vanish while D rejects every fake (Goodfellow et al. 2014); 0 = off', ge=0),
     Key('model.instance_noise', float, 0.0,
         'std of Gaussian noise added to every sample a device discriminator sees, real and fake, in '
         'training and in the feedback (GANs; 0 = off; images are scaled to [-1, 1])', ge=0),

@@ -277,7 +277,7 @@ class FederatedGAN(FederationModule):
             d_loss, device_loss, feedback, stepped = device_iteration(
                 lambda x, labels, frozen: self.discriminate(x, labels, frozen, devices),
                 lambda loss: self.step_discriminators(loss, arrived, devices, opt_d),
-                work.real_x, work.real_y, work.fake_d, work.y_d, fake_g, work.y_g, self.cfg.model.gan_loss,
+                work.real_x, work.real_y, work.fake_d, work.y_d, fake_g, work.y_g, self.generator_objective(),
                 self.judged(work.y_d, devices), self.judged(work.y_g, devices), self.cfg.model.instance_noise,
                 self.federation.rng(self.device))
             if self.privacy is not None and self.privacy.mechanism == "feedback":   # what leaves a device (privacy.py)
@@ -289,6 +289,12 @@ class FederatedGAN(FederationModule):
         zero = torch.zeros(N, device=self.device)
         return DeviceFeedback(usable, torch.where(usable, spread(d_loss.detach()), zero),
                               torch.where(usable, spread(device_loss.detach()), zero), feedback)
+
+    def generator_objective(self) -> str:
+        """``model.gan_loss``, but non-saturating during the first ``model.non_saturating_warmup`` rounds."""
+        if self.federation.round < self.cfg.model.non_saturating_warmup:
+            return "non_saturating"
+        return self.cfg.model.gan_loss
 
     def step_discriminators(self, d_loss: Tensor, arrived: Tensor, devices: Tensor | None, opt_d) -> Tensor:
         """Backward of the devices' discriminator losses and one Adam step of every discriminator with a

@@ -116,9 +116,14 @@ def check_recipe_config(cfg) -> None:
     if recipe.family != "vae" and cfg.model.vae_average != "all":
         raise ConfigError(f"'{cfg.model.vae_average}' chooses what fed_vae averages; model.name={cfg.model.name} "
                           f"is not a VAE, so leave it at all", where="model.vae_average")
-    if recipe.family == "vae" and cfg.model.instance_noise != 0:
-        raise ConfigError(f"{cfg.model.instance_noise} blurs what a GAN's discriminators see; model.name="
-                          f"{cfg.model.name} has no discriminator, so leave it at 0", where="model.instance_noise")
+    for key in ("model.instance_noise", "model.non_saturating_warmup"):      # what a GAN's discriminators do
+        if recipe.family == "vae" and OmegaConf.select(cfg, key) != 0:
+            raise ConfigError(f"{OmegaConf.select(cfg, key)} sets how a GAN's discriminators train; model.name="
+                              f"{cfg.model.name} has no discriminator, so leave it at 0", where=key)
+    if cfg.model.non_saturating_warmup and cfg.model.gan_loss != "saturating":
+        raise ConfigError(f"{cfg.model.non_saturating_warmup} warm-up rounds of the non-saturating loss change "
+                          f"nothing under model.gan_loss={cfg.model.gan_loss}; leave it at 0, or set "
+                          f"model.gan_loss=saturating", where="model.non_saturating_warmup")
     if recipe.family == "vae" and recipe.generators == "single" and cfg.model.vae_average != "all":
         raise ConfigError(f"'{cfg.model.vae_average}' has no meaning for the one pooled-data VAE of "
                           f"{cfg.model.name}; leave it at all", where="model.vae_average")

@@ -491,7 +491,8 @@ class StreamDevices:
 # - REFUSED: a device-side setting the ClientApp does not implement; only this value can be deployed;
 # - REPLACED_BY_REAL_TIME: the virtual clock's simulation of arrival times; real replies replace it
 #   (``deploy.exchange_timeout_s`` is the sync timeout), and a non-default value is logged once.
-REFUSED = {"federation.fake_labels": "device", "model.unheld_label_fakes": "judge", "clock.lr_scale": False}
+REFUSED = {"federation.fake_labels": "device", "model.unheld_label_fakes": "judge", "clock.lr_scale": False,
+           "model.non_saturating_warmup": 0}
 REPLACED_BY_REAL_TIME = ("clock.delay", "clock.delay_low", "clock.delay_high", "clock.delay_median",
                          "clock.delay_sigma", "clock.straggler_fraction", "clock.straggler_slowdown", "clock.dropout",
                          "clock.rejoin_ticks", "clock.timeout", "clock.max_lr_scale")

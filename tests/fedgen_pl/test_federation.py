@@ -194,3 +194,19 @@ def test_computing_only_the_reporting_devices_equals_the_masked_full_computation
     assert any(a is not None and len(a) < 6 for _, a in trace_subset)      # partial events happened
     for (name, a), b in zip(_params(subset).items(), _params(full).values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
+
+
+def test_the_non_saturating_warmup_rounds_then_the_configured_loss(monkeypatch):
+    import fedgen_pl.gan as gan
+
+    system, _ = build_system("model.gan_loss=saturating", "model.non_saturating_warmup=2", "federation.local_iters=2",
+                             "federation.global_rounds=4")
+    seen, device_iteration = [], gan.device_iteration
+
+    def recording(*args, **kwargs):
+        seen.append((system.federation.round, args[8]))     # the generator objective, 9th argument
+        return device_iteration(*args, **kwargs)
+
+    monkeypatch.setattr(gan, "device_iteration", recording)
+    _train(system, 6)
+    assert seen == [(0, "non_saturating")] * 2 + [(1, "non_saturating")] * 2 + [(2, "saturating")] * 2

@@ -288,9 +288,10 @@ def test_every_config_key_is_honoured_or_refused_by_the_flower_path():
                    "model.hidden_dim", "model.d_lr", "model.beta1", "model.beta2", "model.instance_noise"}
     assert device_side <= keys
     for key, deployable in REFUSED.items():
-        other = {"federation.fake_labels": "community", "model.unheld_label_fakes": "skip", "clock.lr_scale": True}[key]
+        other = {"federation.fake_labels": "community", "model.unheld_label_fakes": "skip", "clock.lr_scale": True,
+                 "model.non_saturating_warmup": 3}[key]
         assert other != deployable
-        cfg = load_config([*TWO_BY_TWO, f"{key}={str(other).lower()}"])
+        cfg = load_config([*TWO_BY_TWO, f"{key}={str(other).lower()}", "model.gan_loss=saturating"])
         with pytest.raises(ConfigError) as error:
             check_deployable(cfg)
         assert key in str(error.value)
