@@ -116,9 +116,9 @@ def check_recipe_config(cfg) -> None:
     if recipe.family != "vae" and cfg.model.vae_average != "all":
         raise ConfigError(f"'{cfg.model.vae_average}' chooses what fed_vae averages; model.name={cfg.model.name} "
                           f"is not a VAE, so leave it at all", where="model.vae_average")
-    for key in ("model.instance_noise", "model.non_saturating_warmup"):      # what a GAN's discriminators do
+    for key in ("model.instance_noise", "model.non_saturating_warmup"):      # what a GAN's devices compute
         if recipe.family == "vae" and OmegaConf.select(cfg, key) != 0:
-            raise ConfigError(f"{OmegaConf.select(cfg, key)} sets how a GAN's discriminators train; model.name="
+            raise ConfigError(f"{OmegaConf.select(cfg, key)} applies to a GAN's device discriminators; model.name="
                               f"{cfg.model.name} has no discriminator, so leave it at 0", where=key)
     if cfg.model.non_saturating_warmup and cfg.model.gan_loss != "saturating":
         raise ConfigError(f"{cfg.model.non_saturating_warmup} warm-up rounds of the non-saturating loss change "
