@@ -42,7 +42,7 @@ def read_run(run_dir: Path, by: str | None = None) -> dict:
         if not curves[scope + "acc"][0]:
             curves[scope + "acc"] = fid_curve(run_dir, scope + "class_consistency")
     rounds, scores = curves["global/is_classifier"]
-    sync = cfg.federation.update != "async"
+    sync = cfg.federation["update"] != "async"      # ["update"]: .update is the mapping's method
     with open(run_dir / "metrics.csv", newline="") as f:
         logged = [(int(float(row["step"])), float(row["train/d_loss"])) for row in csv.DictReader(f)
                   if row.get("train/d_loss") not in (None, "")]

@@ -92,3 +92,11 @@ def test_a_run_recorded_before_the_by_key_existed_groups_under_its_default(tmp_p
     monkeypatch.setattr(sys, "argv", ["health.py", str(old), str(new), "--by", "model.instance_noise"])
     health_script.main()
     assert "| `toy` | `bf16-mixed model.instance_noise=0.0` | 0, 1 |" in capsys.readouterr().out
+
+
+def test_an_async_run_has_no_bar_at_its_last_round(tmp_path, capsys, monkeypatch):
+    run = fake_run(tmp_path / "async", "bf16-mixed", 0, 150.0, final_is=3.0)         # below 0.4 x 20, above 1.2
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("update: sync", "update: async"))
+    monkeypatch.setattr(sys, "argv", ["health.py", str(run)])
+    health_script.main()
+    assert "| `toy` | `bf16-mixed` | 0 | 150.0 | 145.0 | 0.800 | 1 of 1 |" in capsys.readouterr().out

@@ -513,3 +513,32 @@ def test_a_run_another_process_is_training_is_refused_before_anything_is_written
         with pytest.raises(ConfigError, match=rf"is being trained by another process \(pid {os.getpid()}\)"):
             ensure_runs(tmp_path, "quick", [0], ["grid"], methods=["FR sync"])
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["seed0"]
+
+
+def test_a_run_that_misses_the_health_bar_is_named_and_kept_in_the_mean(tmp_path):
+    """Seed 1 of LR sync collapses (IS 1.1 past round 20): the table names it; its FID stays in the mean."""
+    summaries = {}
+    for key, _ in runs_for("table2", "quick", [0, 1], splits=("noniid",)):
+        run_dir = run_dir_for(tmp_path, key)
+        run_dir.mkdir(parents=True)
+        name = {"RegCGAN": "reg_cgan", "FedAvg cGAN": "fed_cgan"}.get(key[2], "fedgen_lr")
+        update = "async" if key[2] == "LR async" else "sync"
+        (run_dir / "config.yaml").write_text(f"model:\n  name: {name}\nfederation:\n  update: {update}\n")
+        collapsed = key[2] == "LR sync" and key[3] == 1
+        final = 1.1 if collapsed else 3.0 if key[2] == "LR async" else 5.0    # async: no bar at the last round
+        (run_dir / "metrics.csv").write_text(f"round,global/is_classifier\n20,1.0\n40,{final}\n100,{final}\n")
+        summaries[key] = {"metrics": {"global/is_classifier": final, "global/fid_classifier": 900.0 if collapsed
+                                      else 100.0}, "classifier": {"label_names": [str(i) for i in range(10)]}}
+    text = render(summaries, ["table2"], [0, 1], tmp_path, "quick", splits=("noniid",))
+    assert ("Health bar (fedgen_pl/health.py): 1 of 8 GAN runs miss it, kept in the means above: "
+            "table2 noniid LR sync seed 1 (IS 1.10 at round 100).") in text
+    assert "| noniid | FID `fid_classifier` | 100.00 ± 0.00 (26.11) | 100.00 ± 0.00 (53.26) | 500.00 ± 565.69 (45.22) |" in text
+    (run_dir_for(tmp_path, ("table2", "noniid", "LR sync", 1)) / "metrics.csv").write_text(
+        "round,global/is_classifier\n20,1.0\n40,5.0\n100,5.0\n")
+    assert "Health bar (fedgen_pl/health.py): all 8 GAN runs meet it." in render(
+        summaries, ["table2"], [0, 1], tmp_path, "quick", splits=("noniid",))
+    vae = run_dir_for(tmp_path, ("table2", "noniid", "RegCGAN", 0))          # a VAE has no health bar to meet
+    (vae / "config.yaml").write_text("model:\n  name: fed_vae\nfederation:\n  update: sync\n")
+    (vae / "metrics.csv").write_text("round,global/is_classifier\n20,1.0\n40,1.0\n100,1.0\n")
+    assert "Health bar (fedgen_pl/health.py): all 7 GAN runs meet it." in render(
+        summaries, ["table2"], [0, 1], tmp_path, "quick", splits=("noniid",))
