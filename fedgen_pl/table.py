@@ -6,7 +6,8 @@ Every cell is ours as mean ± std over seeds with the paper's number beside it;
 every metric names its network. ``key=value`` overrides apply to every run of the table (for example
 ``federation.fake_labels=community``). Runs whose ``summary.json`` exists are reused, so an interrupted
 table continues where it stopped; a run trained with other settings than the table asks for is refused.
-Every table records its overrides, schedule, seeds, commit and hardware (``table.md``, ``table.json``).
+Every table records its overrides, schedule, seeds, commit and hardware (``table.md``, ``table.json``), and
+names the GAN runs that miss the health bar (fedgen_pl/health.py); they stay in the means.
 """
 
 from __future__ import annotations
