@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The behaviour check of a refactor (issue 28): run a fixed set of configurations at one thread and keep
 # each run's metrics.csv (and summary.json without its timings) under OUT/<name>/. Run it before and after
-# a change, then `diff -r before after`: any difference is a change of behaviour.
-# Usage: scripts/behaviour_snapshot.sh OUT [NAME ...]   (default: every configuration; about 25 min)
+# a change, then `diff -r -x "*.log" before after`: any difference is a change of behaviour (the logs keep
+# timings and are for reading).
+# Usage: [EXTRA="key=value ..."] scripts/behaviour_snapshot.sh OUT [NAME ...]   (default: every configuration;
+# about 25 min). EXTRA adds overrides to every run (e.g. trainer.precision=bf16-mixed). To compare two commits,
+# run it from each one's worktree (cd there; PYTHON=<checkout>/.venv/bin/python): `python -m` takes the package
+# from the current directory.
 set -eu
 out=$1; shift
 python=${PYTHON:-.venv/bin/python}
@@ -27,13 +31,14 @@ names=("$@"); [ ${#names[@]} -gt 0 ] || names=(gaussian_grid mnist_fmnist_noniid
 mkdir -p "$out"
 for name in "${names[@]}"; do
   run=$(mktemp -d)/run
-  $python -m fedgen_pl.cli train ${runs[$name]} trainer.progress_bar=false output_dir="$run" > "$out/$name.log" 2>&1
+  $python -m fedgen_pl.cli train ${runs[$name]} ${EXTRA:-} trainer.progress_bar=false output_dir="$run" > "$out/$name.log" 2>&1
   mkdir -p "$out/$name"
   cp "$run/metrics.csv" "$out/$name/"
   $python - "$run/summary.json" > "$out/$name/summary.json" <<'PY'
 import json, sys
 summary = json.load(open(sys.argv[1]))
-for key in ("wall_time_s", "eval_seconds", "metrics_setup_seconds", "run_dir", "classifier"):
+for key in ("wall_time_s", "cpu_seconds", "eval_seconds", "metrics_setup_seconds", "run_dir", "classifier", "trained",
+            "finished"):
     summary.pop(key, None)
 print(json.dumps(summary, indent=1, sort_keys=True))
 PY
