@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fedgen_pl.config import KEY  # noqa: E402
 from fedgen_pl.convergence import fid_curve  # noqa: E402
-from fedgen_pl.health import SATURATION_AFTER, health_bar, level, saturated_share  # noqa: E402
+from fedgen_pl.health import SATURATION_AFTER, level, run_health, saturated_share  # noqa: E402
 
 
 def read_run(run_dir: Path, by: str | None = None) -> dict:
@@ -41,7 +41,6 @@ def read_run(run_dir: Path, by: str | None = None) -> dict:
     for scope in ("global/", "ema/global/"):          # the label-related models: class consistency in Acc's place
         if not curves[scope + "acc"][0]:
             curves[scope + "acc"] = fid_curve(run_dir, scope + "class_consistency")
-    rounds, scores = curves["global/is_classifier"]
     sync = cfg.federation["update"] != "async"      # ["update"]: .update is the mapping's method
     with open(run_dir / "metrics.csv", newline="") as f:
         logged = [(int(float(row["step"])), float(row["train/d_loss"])) for row in csv.DictReader(f)
@@ -53,7 +52,7 @@ def read_run(run_dir: Path, by: str | None = None) -> dict:
             "curves": curves, "sync": sync, "gan_loss": str(cfg.model.gan_loss),
             "saturated": saturated_share([s for s, _ in logged], [loss for _, loss in logged])
             if any(step > SATURATION_AFTER for step, _ in logged) else None,      # a short run: not measured
-            "healthy": health_bar(rounds, scores, len(summary["classifier"]["label_names"]), final_bar=sync)}
+            "healthy": run_health(run_dir)}
 
 
 def series(values: list[float], digits: int) -> str:
@@ -81,7 +80,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for run in runs:
         c = run["curves"]
-        bar = ("met" if run["healthy"] else "**not met**") + ("" if run["sync"] else " (async: no final bar)")
+        bar = ("–" if run["healthy"] is None else "met" if run["healthy"] else "**not met**") + (
+            "" if run["sync"] else " (async: no final bar)")
         print(f"| `{run['experiment']}` | `{run['precision']}` | {run['seed']} | {series(c['global/is_classifier'][1], 2)} | "
               f"{series(c['global/fid_classifier'][1], 1)} | {series(c['global/acc'][1], 3)} | "
               f"{series(c['ema/global/fid_classifier'][1], 1)} | {series(c['ema/global/acc'][1], 3)} | "
@@ -99,7 +99,7 @@ def main() -> None:
         f = final[experiment, precision]
         print(f"| `{experiment}` | `{precision}` | {', '.join(str(r['seed']) for r in members)} | "
               f"{mean_std(f['global/fid_classifier'])} | {mean_std(f['ema/global/fid_classifier'])} | "
-              f"{mean_std(f['global/acc'], 3)} | {sum(r['healthy'] for r in members)} of {len(members)} |")
+              f"{mean_std(f['global/acc'], 3)} | {sum(r['healthy'] is True for r in members)} of {len(members)} |")
 
     print()
     for (experiment, precision) in groups:

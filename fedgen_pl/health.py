@@ -28,7 +28,9 @@ high has stalled there, whatever its precision.
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 
 WARM_UP_ROUNDS = 20
 IS_FLOOR = 1.2
@@ -67,3 +69,25 @@ def saturated_share(steps: list[int], d_losses: list[float]) -> float:
     if not late:
         raise ValueError(f"saturated_share: no discriminator loss logged after iteration {SATURATION_AFTER}")
     return sum(loss < SATURATED_LOSS for loss in late) / len(late)
+
+
+def run_health(run_dir: Path) -> bool | None:
+    """The health bar on a run directory's own records (``config.yaml``, ``summary.json``, ``metrics.csv``):
+    the global generator's ``is_classifier`` at every evaluation, the classifier's label count, and the final
+    bar only for a sync federation. None where the bar does not apply: not a GAN, or no classifier IS."""
+    from omegaconf import OmegaConf
+
+    from fedgen_pl.config import with_defaults
+    from fedgen_pl.convergence import fid_curve
+    from fedgen_pl.recipes import recipe_of
+
+    run_dir = Path(run_dir)
+    if not all((run_dir / name).is_file() for name in ("config.yaml", "summary.json", "metrics.csv")):
+        return None
+    cfg = with_defaults(OmegaConf.load(run_dir / "config.yaml"))
+    labels = len((json.loads((run_dir / "summary.json").read_text()).get("classifier") or {}).get("label_names") or [])
+    rounds, scores = fid_curve(run_dir, "global/is_classifier")
+    if recipe_of(cfg.model.name).family != "gan" or not labels or not rounds:
+        return None
+    # federation["update"]: attribute access would give the mapping's update method
+    return health_bar(rounds, scores, labels, final_bar=cfg.federation["update"] != "async")

@@ -529,9 +529,10 @@ def test_a_run_that_misses_the_health_bar_is_named_and_kept_in_the_mean(tmp_path
         (run_dir / "metrics.csv").write_text(f"round,global/is_classifier\n20,1.0\n40,{final}\n100,{final}\n")
         summaries[key] = {"metrics": {"global/is_classifier": final, "global/fid_classifier": 900.0 if collapsed
                                       else 100.0}, "classifier": {"label_names": [str(i) for i in range(10)]}}
+        (run_dir / "summary.json").write_text(json.dumps(summaries[key]))
     text = render(summaries, ["table2"], [0, 1], tmp_path, "quick", splits=("noniid",))
     assert ("Health bar (fedgen_pl/health.py): 1 of 8 GAN runs miss it, kept in the means above: "
-            "table2 noniid LR sync seed 1 (IS 1.10 at round 100).") in text
+            "table2 noniid LR sync seed 1 (final IS 1.10).") in text
     assert "| noniid | FID `fid_classifier` | 100.00 ± 0.00 (26.11) | 100.00 ± 0.00 (53.26) | 500.00 ± 565.69 (45.22) |" in text
     (run_dir_for(tmp_path, ("table2", "noniid", "LR sync", 1)) / "metrics.csv").write_text(
         "round,global/is_classifier\n20,1.0\n40,5.0\n100,5.0\n")
