@@ -115,6 +115,9 @@ KEYS: list[Key] = [
     Key('model.instance_noise', float, 0.0,
         'std of Gaussian noise added to every sample a device discriminator sees, real and fake, in '
         'training and in the feedback (GANs; 0 = off; images are scaled to [-1, 1])', ge=0),
+    Key('model.r1_gamma', float, 0.0,
+        "weight gamma of the R1 gradient penalty (gamma/2) E||grad_x D(x)||^2 on each device discriminator's "
+        'real batch (GANs; 0 = off)', ge=0),
     Key('model.conditional', bool, True,
         'class-conditional generators and discriminators (docs/method.md §6)'),
     Key('model.conditional_discriminator', bool, True,

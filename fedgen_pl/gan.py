@@ -279,7 +279,7 @@ class FederatedGAN(FederationModule):
                 lambda loss: self.step_discriminators(loss, arrived, devices, opt_d),
                 work.real_x, work.real_y, work.fake_d, work.y_d, fake_g, work.y_g, self.generator_objective(),
                 self.judged(work.y_d, devices), self.judged(work.y_g, devices), self.cfg.model.instance_noise,
-                self.federation.rng(self.device))
+                self.federation.rng(self.device), self.cfg.model.r1_gamma)
             if self.privacy is not None and self.privacy.mechanism == "feedback":   # what leaves a device (privacy.py)
                 p = self.privacy
                 device_loss, feedback = sanitize_feedback(device_loss, feedback, p.clip, p.loss_bound,

@@ -116,10 +116,14 @@ def check_recipe_config(cfg) -> None:
     if recipe.family != "vae" and cfg.model.vae_average != "all":
         raise ConfigError(f"'{cfg.model.vae_average}' chooses what fed_vae averages; model.name={cfg.model.name} "
                           f"is not a VAE, so leave it at all", where="model.vae_average")
-    for key in ("model.instance_noise", "model.non_saturating_warmup"):      # what a GAN's devices compute
+    for key in ("model.instance_noise", "model.r1_gamma", "model.non_saturating_warmup"):      # what a GAN's devices compute
         if recipe.family == "vae" and OmegaConf.select(cfg, key) != 0:
             raise ConfigError(f"{OmegaConf.select(cfg, key)} applies to a GAN's device discriminators; model.name="
                               f"{cfg.model.name} has no discriminator, so leave it at 0", where=key)
+    if cfg.model.r1_gamma and cfg.trainer.compile != "none":
+        raise ConfigError(f"the R1 penalty (model.r1_gamma={cfg.model.r1_gamma}) needs a double backward, which "
+                          f"torch.compile does not support; set trainer.compile=none, or model.r1_gamma=0",
+                          where="trainer.compile")
     if cfg.model.non_saturating_warmup and cfg.model.gan_loss != "saturating":
         raise ConfigError(f"{cfg.model.non_saturating_warmup} warm-up rounds of the non-saturating loss change "
                           f"nothing under model.gan_loss={cfg.model.gan_loss}; leave it at 0, or set "

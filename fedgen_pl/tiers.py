@@ -73,13 +73,25 @@ def with_instance_noise(x: Tensor, std: float, generator: torch.Generator | None
     return x + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
+def r1_penalty(real_logits: Tensor, seen: Tensor) -> Tensor:
+    """Per device ``[n, B] -> [n]``: ``E_x ||grad_x D(x)||^2`` over its real samples (Mescheder, Geiger &
+    Nowozin, ICML 2018), with the graph kept so that D's step can differentiate it. ``seen`` ``[n, B', ...]``
+    requires grad and holds the real batch in its first B columns. Rows and samples share no parameters or
+    statistics (no batch norm), so the gradient of the sum is each sample's own gradient."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), seen, create_graph=True)
+    n, B = real_logits.shape
+    return grad[:, :B].float().pow(2).reshape(n, B, -1).sum(2).mean(1)
+
+
 def device_iteration(discriminate, update, real_x: Tensor, real_y: Tensor, fake_d: Tensor, y_d: Tensor,
                      fake_g: Tensor, y_g: Tensor, gan_loss: str, judged_d: Tensor | None = None,
                      judged_g: Tensor | None = None, instance_noise: float = 0.0,
-                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                     generator: torch.Generator | None = None,
+                     r1_gamma: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Method §2, steps 1-3, for devices in rows (``[n, B, ...]``):
 
-    1-2. D_kj's loss on its real batch and on G_k(z_d) (one call over both), and ``update(d_loss)``: the
+    1-2. D_kj's loss on its real batch and on G_k(z_d) (one call over both), plus ``r1_gamma / 2`` times
+         the R1 penalty on the real batch (``r1_penalty``; nothing at 0), and ``update(d_loss)``: the
          backward pass and the optimiser step, returning which devices stepped;
     3.   with the updated D_kj, the printed L_kj and the feedback d l_kj / d G_k(z_g).
 
@@ -87,11 +99,16 @@ def device_iteration(discriminate, update, real_x: Tensor, real_y: Tensor, fake_
     D's parameters); ``judged_*`` leave out the fakes of labels a device holds no data for;
     ``instance_noise`` > 0 blurs every image D sees (``with_instance_noise``, drawn from ``generator``: the
     real batch, G_k(z_d), then G_k(z_g)); the feedback is then the gradient at the noisy samples.
-    Returns (d_loss ``[n]``, L_kj ``[n]``, feedback ``[n, B, *shape]``, what ``update`` returned)."""
+    Returns (d_loss ``[n]``, the loss D_kj minimised, penalty included; L_kj ``[n]``; feedback
+    ``[n, B, *shape]``; what ``update`` returned)."""
     B = real_x.shape[1]
     seen = with_instance_noise(torch.cat([real_x, fake_d], 1), instance_noise, generator)
+    if r1_gamma:
+        seen = seen.detach().requires_grad_(True)
     logits = discriminate(seen, torch.cat([real_y, y_d], 1), False)
     d_loss = discriminator_loss(logits[:, :B], logits[:, B:], judged_d)
+    if r1_gamma:
+        d_loss = d_loss + r1_gamma / 2 * r1_penalty(logits[:, :B], seen)
     stepped = update(d_loss)
     fake_g = fake_g.detach().requires_grad_(True)
     judged_fakes = discriminate(with_instance_noise(fake_g, instance_noise, generator), y_g, True)

@@ -132,7 +132,7 @@ class DeviceWorker:
         d_loss, device_loss, feedback, finite = device_iteration(
             discriminate, update, real_x[None], real_y[None], work["fake_d"][None], work["y_d"][None],
             work["fake_g"][None], work["y_g"][None], self.cfg.model.gan_loss,
-            instance_noise=self.cfg.model.instance_noise, generator=rng)
+            instance_noise=self.cfg.model.instance_noise, generator=rng, r1_gamma=self.cfg.model.r1_gamma)
         d_loss = float(d_loss.detach()[0])
         if self.privacy is not None:     # sanitised before the transport; D's own loss is not sent (nan)
             p = self.privacy

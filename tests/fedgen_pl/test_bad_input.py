@@ -130,6 +130,10 @@ def _setup(case, root, monkeypatch):
         return ["train", *GRID, "model.name=fed_gan", "model.vae_average=decoder", f"output_dir={root / 'run'}"]
     if case == "instance noise for a VAE":
         return ["train", *GRID, "model.name=fed_vae", "model.instance_noise=0.1", f"output_dir={root / 'run'}"]
+    if case == "an R1 penalty for a VAE":
+        return ["train", *GRID, "model.name=fed_vae", "model.r1_gamma=1", f"output_dir={root / 'run'}"]
+    if case == "an R1 penalty under torch.compile":
+        return ["train", *GRID, "model.r1_gamma=1", "trainer.compile=default", f"output_dir={root / 'run'}"]
     if case == "a non-saturating warm-up under the non-saturating loss":
         return ["train", *GRID, "model.non_saturating_warmup=5", f"output_dir={root / 'run'}"]
     if case == "misspelt section of a key":
@@ -170,6 +174,8 @@ CASES = [
      "model.name=fedgen_fr averages no device models"),
     ("a VAE's averaging for a GAN", "(model.vae_average)", "model.name=fed_gan is not a VAE"),
     ("instance noise for a VAE", "(model.instance_noise)", "model.name=fed_vae has no discriminator"),
+    ("an R1 penalty for a VAE", "(model.r1_gamma)", "model.name=fed_vae has no discriminator"),
+    ("an R1 penalty under torch.compile", "(trainer.compile)", "torch.compile does not support"),
     ("a non-saturating warm-up under the non-saturating loss", "(model.non_saturating_warmup)",
      "change nothing under model.gan_loss=non_saturating"),
     ("a community smaller than one batch", "(federation.communities[0])", "fewer than one batch (data.batch_size=16)"),

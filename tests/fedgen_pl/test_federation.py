@@ -210,3 +210,42 @@ def test_the_non_saturating_warmup_rounds_then_the_configured_loss(monkeypatch):
     monkeypatch.setattr(gan, "device_iteration", recording)
     _train(system, 6)
     assert seen == [(0, "non_saturating")] * 2 + [(1, "non_saturating")] * 2 + [(2, "saturating")] * 2
+
+
+def test_the_r1_penalty_in_the_engine_is_each_devices_own_discriminator_on_its_own_real_batch(monkeypatch):
+    """Over the stacked discriminators, each device's D loss with the R1 penalty equals a plain loop: its
+    member's loss on its real batch and G_k(z_d), plus gamma/2 the mean over its real samples, one at a time,
+    of ||grad_x D(x)||^2."""
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
+    import fedgen_pl.gan as gan
+
+    gamma = 3.0
+    system, _ = build_system(f"model.r1_gamma={gamma}", "clock.delay=constant", "federation.local_iters=2")
+    calls, device_iteration = [], gan.device_iteration
+
+    def recording(discriminate, update, real_x, real_y, fake_d, y_d, *rest):
+        stacked = system.device_discriminators
+        before = {name: p.detach().clone() for name, p in stacked.stacked_params().items()}
+        out = device_iteration(discriminate, update, real_x, real_y, fake_d, y_d, *rest)
+        work = [t.clone() for t in (real_x, real_y, fake_d, y_d)]      # in-flight buffers: the next dispatch reuses them
+        calls.append((stacked, before, *work, rest[-1], out[0].detach()))
+        return out
+
+    monkeypatch.setattr(gan, "device_iteration", recording)
+    _train(system, 1)
+    stacked, before, real_x, real_y, fake_d, y_d, r1_gamma, d_loss = calls[0]
+    assert r1_gamma == gamma and d_loss.shape == (6,)
+    for i in range(6):
+        def D(x, y, i=i):      # member i on a batch
+            return functional_call(stacked.template, {name: value[i] for name, value in before.items()}, (x, y))
+
+        penalty = 0.0
+        for b in range(real_x.shape[1]):
+            x = real_x[i, b].clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(D(x[None], real_y[i, b][None])[0], x)
+            penalty += float(grad.pow(2).sum()) / real_x.shape[1]
+        plain = float(F.softplus(-D(real_x[i], real_y[i])).mean() + F.softplus(D(fake_d[i], y_d[i])).mean())
+        assert math.isclose(float(d_loss[i]), plain + gamma / 2 * penalty, rel_tol=1e-5), i
+        assert penalty > 1e-4       # the penalty is not negligible: the check would see it missing

@@ -44,12 +44,14 @@ def _generators(run_dir):
     return {k: v for k, v in state.items() if k.startswith(("global_generator", "community_generators"))}
 
 
-def test_test_mode_equals_the_in_process_run(tmp_path):
-    cfg = load_config([*TWO_BY_TWO, "deploy.test_mode=true", f"output_dir={tmp_path / 'flower'}"])
+@pytest.mark.parametrize("extra", [[], ["model.r1_gamma=5"]], ids=["plain", "r1"])
+def test_test_mode_equals_the_in_process_run(tmp_path, extra):
+    """The deployed devices' iteration is the engine's, with its device-side options (here the R1 penalty)."""
+    cfg = load_config([*TWO_BY_TWO, *extra, "deploy.test_mode=true", f"output_dir={tmp_path / 'flower'}"])
     devices = FlowerDevices(InProcessGrid(FOUR), cfg, poll_s=0)
     devices.learn_topology(timeout_s=5)
     deployed = train(cfg, device_transport=devices)
-    in_process = train(load_config([*TWO_BY_TWO, f"output_dir={tmp_path / 'local'}"]))
+    in_process = train(load_config([*TWO_BY_TWO, *extra, f"output_dir={tmp_path / 'local'}"]))
     _assert_generators_equal(deployed, in_process)
     moved = sum(float((_generators(deployed)[k] - _generators_at_start(cfg)[k]).abs().max())
                 for k in _generators(deployed) if k.startswith("global"))
@@ -285,7 +287,8 @@ def test_every_config_key_is_honoured_or_refused_by_the_flower_path():
     assert clock_keys == set(REFUSED) & clock_keys | set(REPLACED_BY_REAL_TIME)   # every clock key is placed
     device_side = {"federation.fake_labels", "model.unheld_label_fakes", "model.arch", "model.gan_loss",
                    "model.conditional", "model.conditional_discriminator", "model.d_channels", "model.d_features",
-                   "model.hidden_dim", "model.d_lr", "model.beta1", "model.beta2", "model.instance_noise"}
+                   "model.hidden_dim", "model.d_lr", "model.beta1", "model.beta2", "model.instance_noise",
+                   "model.r1_gamma"}
     assert device_side <= keys
     for key, deployable in REFUSED.items():
         other = {"federation.fake_labels": "community", "model.unheld_label_fakes": "skip", "clock.lr_scale": True,

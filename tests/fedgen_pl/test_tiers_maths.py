@@ -5,7 +5,7 @@ import math
 import torch
 
 from fedgen_pl.tiers import (device_iteration, device_losses, discriminator_loss, edge_generator_loss, finite_rows,
-                             masked_mean, sample_feedback, with_instance_noise, zero_rows)
+                             masked_mean, r1_penalty, sample_feedback, with_instance_noise, zero_rows)
 
 
 def softplus(x: float) -> float:
@@ -126,3 +126,31 @@ def test_device_iteration_with_instance_noise_by_hand():
     # saturating: l = L = -softplus(a1 xg); dl/dx at the noisy sample = -a1 sigmoid(a1 xg)
     torch.testing.assert_close(device_loss, torch.tensor([-softplus(a1 * xg)]))
     torch.testing.assert_close(feedback, torch.tensor([[-a1 * sigmoid(a1 * xg)]]))
+
+
+def test_device_iteration_with_the_r1_penalty_by_hand():
+    """D(x) = a * x, gamma 2: grad_x D = a, so the penalty is a^2 and D's loss and step gain gamma/2 a^2 and
+    gamma a; the feedback is computed as without it (with the updated a)."""
+    a, discriminate, update = one_weight_discriminator()
+
+    real, fake_d, fake_g = torch.tensor([[1.0]]), torch.tensor([[-1.0]]), torch.tensor([[2.0]])
+    labels = torch.zeros(1, 1, dtype=torch.long)
+    d_loss, device_loss, feedback, _ = device_iteration(discriminate, update, real, labels, fake_d, labels,
+                                                        fake_g, labels, "non_saturating", r1_gamma=2.0)
+    sigmoid = lambda v: 1 / (1 + math.exp(-v))       # noqa: E731
+    torch.testing.assert_close(d_loss, torch.tensor([2 * softplus(-0.5) + 0.25]))
+    a1 = 0.5 + 2 * sigmoid(-0.5) - 2 * 0.5
+    torch.testing.assert_close(a.detach(), torch.tensor(a1))
+    torch.testing.assert_close(device_loss, torch.tensor([-softplus(2 * a1)]))
+    torch.testing.assert_close(feedback, torch.tensor([[-a1 * sigmoid(-2 * a1)]]))
+
+
+def test_r1_penalty_is_each_rows_mean_squared_gradient_over_its_real_samples_only():
+    """D(x) = sum_i w_n x_i^2 per sample of row n (grad 2 w_n x): rows [n, B'] with the first B real."""
+    w = torch.tensor([1.0, -3.0])
+    seen = torch.tensor([[[1.0, 2.0], [0.5, 0.0], [9.0, 9.0]],
+                         [[0.0, 1.0], [1.0, 1.0], [9.0, 9.0]]], requires_grad=True)   # last column: fakes
+    logits = (w[:, None, None] * seen**2).sum(2)
+    expected = [((2 * 1.0) ** 2 * (1 + 4) + (2 * 1.0) ** 2 * 0.25) / 2,
+                ((2 * 3.0) ** 2 * 1 + (2 * 3.0) ** 2 * 2) / 2]
+    torch.testing.assert_close(r1_penalty(logits[:, :2], seen), torch.tensor(expected))
