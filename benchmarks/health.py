@@ -72,6 +72,12 @@ def main() -> None:
                         "--by: the setting, e.g. 'bf16-mixed model.d_lr=0.001')")
     parser.add_argument("--by", default=None, help="a config key whose value also sets the groups, e.g. model.d_lr")
     args = parser.parse_args()
+    for run_dir in args.runs:      # before anything is printed: a glob that caught a log file says so
+        missing = [n for n in ("config.yaml", "summary.json", "metrics.csv") if not (run_dir / n).is_file()]
+        if missing:
+            print(f"fedgen: not a finished run directory ({run_dir}): it lacks {', '.join(missing)}; pass the "
+                  f"directories that `fedgen train` finished", file=sys.stderr)
+            sys.exit(2)
     runs = sorted((read_run(r, args.by) for r in args.runs),
                   key=lambda r: (r["experiment"], r["precision"], r["seed"]))
     setting = "precision" + (f", {args.by}" if args.by else "")

@@ -100,3 +100,21 @@ def test_an_async_run_has_no_bar_at_its_last_round(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(sys, "argv", ["health.py", str(run)])
     health_script.main()
     assert "| `toy` | `bf16-mixed` | 0 | 150.0 | 145.0 | 0.800 | 1 of 1 |" in capsys.readouterr().out
+
+
+def test_a_path_that_is_not_a_finished_run_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    run = fake_run(tmp_path / "s0", "bf16-mixed", 0, 150.0)
+    log = tmp_path / "s0.log"
+    log.write_text("a log a glob caught\n")
+    monkeypatch.setattr(sys, "argv", ["health.py", str(run), str(log)])
+    try:
+        health_script.main()
+    except SystemExit as stop:
+        assert stop.code == 2
+    else:
+        raise AssertionError("no exit")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().splitlines() == [
+        f"fedgen: not a finished run directory ({log}): it lacks config.yaml, summary.json, metrics.csv; pass the "
+        "directories that `fedgen train` finished"]
