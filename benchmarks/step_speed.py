@@ -23,6 +23,10 @@
 (g) ``--privacy``: a local iteration of fedgen_fr, md_gan (GS-WGAN feedback sanitiser) and fed_gan
     (DP-FedAvg at the round's end) with ``privacy.noise_multiplier=1`` against without, whole rounds:
     .venv/bin/python benchmarks/step_speed.py --privacy
+(h) ``--r1 GAMMA``: the local iteration with the R1 penalty (``model.r1_gamma=GAMMA``) against without, under
+    the autocast ``trainer.precision=auto`` picks here, interleaved; by default on ``mnist_inverse_noniid``
+    with its own model (the experiment whose collapses the penalty is for; ``--experiment``, ``--model``):
+    .venv/bin/python benchmarks/step_speed.py --r1 1
 Every ratio divides two timings taken in this run, on this machine; the script prints the hardware.
 Data: MNIST + FashionMNIST (the offline sources `make` installs), DCGAN networks of mnist_fmnist_noniid.
 """
@@ -47,6 +51,7 @@ from omegaconf import OmegaConf
 from datamodules import FederatedDataModule
 from fedgen_pl.config import load_config
 from fedgen_pl.models import model_class
+from fedgen_pl.train import resolve_precision
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests/ holds the loop
 from tests.reference import LoopFederation  # noqa: E402
 
@@ -95,10 +100,10 @@ def timed(fn, repeat: int, warmup: int, device: str) -> float:
 def federated_step(system):
     """One clock event (sync: a local iteration of every community, dispatch of the next included); at a
     round's end also the cloud aggregation, as the GlobalAggregation callback does it."""
-    opt_g, opt_d = system.configure_optimizers()
+    optimizers = system.configure_optimizers()      # G and D; the label-related model adds its own
 
     def step():
-        system.step_event(opt_g, opt_d)
+        system.step_event(*optimizers)
         if system.round_complete:
             system.end_round()
 
@@ -201,7 +206,10 @@ def main() -> None:
     parser.add_argument("--skip-loop", action="store_true")
     parser.add_argument("--precision", action="store_true", help="(e): 32-true against bf16-mixed, step and end to end")
     parser.add_argument("--experiment", help="(e) only: time this experiment's own step instead of --layout's")
-    parser.add_argument("--model", default="fedgen_fr", help="(e) with --experiment: model.name")
+    parser.add_argument("--model", default=None, help="(e) with --experiment: model.name (default fedgen_fr); (h): "
+                        "default the experiment's own")
+    parser.add_argument("--r1", type=float, default=None, metavar="GAMMA",
+                        help="(h): the step with model.r1_gamma=GAMMA against without")
     parser.add_argument("--make-train", action="store_true", help="(f): the training phase of `make train` per precision")
     parser.add_argument("--privacy", action="store_true",
                         help="(g): a local iteration with privacy.noise_multiplier=1 against without, per model")
@@ -247,9 +255,29 @@ def main() -> None:
                   f"iteration without privacy, {on * 1000:.1f} ms with; ratio {on / off:.3f}x (whole rounds, round "
                   f"ends included; median of 3 x {rounds} rounds)")
         return
+    if args.r1 is not None:
+        experiment = args.experiment or "mnist_inverse_noniid"
+        common = [f"experiment={experiment}", *([f"model.name={args.model}"] if args.model else []), *BASE_OVERRIDES,
+                  f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", "seed=0", "federation.global_rounds=1000000"]
+        cfgs = {name: load_config([*common, f"model.r1_gamma={gamma}"]) for name, gamma in (("off", 0), ("on", args.r1))}
+        datamodule = FederatedDataModule(cfgs["off"])
+        datamodule.setup("fit")
+        precision = resolve_precision(cfgs["off"], datamodule.spec)
+        steps = {name: autocast_step(federated_step(build(cfg, device)), precision, device) for name, cfg in cfgs.items()}
+        times = {name: [] for name in steps}
+        for name, step in steps.items():
+            timed(step, 1, args.warmup, device)
+        for _ in range(3):                          # interleaved, so drift in the machine's load hits both
+            for name, step in steps.items():
+                times[name].append(timed(step, args.repeat, 0, device))
+        off, on = statistics.median(times["off"]), statistics.median(times["on"])
+        print(f"(h) {experiment}, {cfgs['off'].model.name}, {precision}, {cfgs['off'].data.batch_size} per device: "
+              f"{off * 1000:.1f} ms per local iteration without the R1 penalty, {on * 1000:.1f} ms with "
+              f"model.r1_gamma={args.r1}; ratio {on / off:.3f}x (median of 3 x {args.repeat} iterations)")
+        return
     if args.precision:
         if args.experiment:
-            cfg = load_config([f"experiment={args.experiment}", f"model.name={args.model}", *BASE_OVERRIDES,
+            cfg = load_config([f"experiment={args.experiment}", f"model.name={args.model or 'fedgen_fr'}", *BASE_OVERRIDES,
                                f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", "seed=0"])
             print(f"(e) {args.experiment}, {args.model}: {cfg.data.batch_size} per device")
         else:
