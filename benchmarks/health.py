@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fedgen_pl.config import KEY  # noqa: E402
 from fedgen_pl.convergence import fid_curve  # noqa: E402
-from fedgen_pl.health import SATURATION_AFTER, level, run_health, saturated_share  # noqa: E402
+from fedgen_pl.health import RUN_RECORDS, SATURATION_AFTER, level, run_health, saturated_share  # noqa: E402
 
 
 def read_run(run_dir: Path, by: str | None = None) -> dict:
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--by", default=None, help="a config key whose value also sets the groups, e.g. model.d_lr")
     args = parser.parse_args()
     for run_dir in args.runs:      # before anything is printed: a glob that caught a log file says so
-        missing = [n for n in ("config.yaml", "summary.json", "metrics.csv") if not (run_dir / n).is_file()]
+        missing = [n for n in RUN_RECORDS if not (run_dir / n).is_file()]
         if missing:
             print(f"fedgen: not a finished run directory ({run_dir}): it lacks {', '.join(missing)}; pass the "
                   f"directories that `fedgen train` finished", file=sys.stderr)

@@ -260,10 +260,9 @@ def main() -> None:
         common = [f"experiment={experiment}", *([f"model.name={args.model}"] if args.model else []), *BASE_OVERRIDES,
                   f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", "seed=0", "federation.global_rounds=1000000"]
         cfgs = {name: load_config([*common, f"model.r1_gamma={gamma}"]) for name, gamma in (("off", 0), ("on", args.r1))}
-        datamodule = FederatedDataModule(cfgs["off"])
-        datamodule.setup("fit")
-        precision = resolve_precision(cfgs["off"], datamodule.spec)
-        steps = {name: autocast_step(federated_step(build(cfg, device)), precision, device) for name, cfg in cfgs.items()}
+        systems = {name: build(cfg, device) for name, cfg in cfgs.items()}
+        precision = resolve_precision(cfgs["off"], systems["off"].spec)
+        steps = {name: autocast_step(federated_step(system), precision, device) for name, system in systems.items()}
         times = {name: [] for name in steps}
         for name, step in steps.items():
             timed(step, 1, args.warmup, device)

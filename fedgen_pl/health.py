@@ -71,6 +71,9 @@ def saturated_share(steps: list[int], d_losses: list[float]) -> float:
     return sum(loss < SATURATED_LOSS for loss in late) / len(late)
 
 
+RUN_RECORDS = ("config.yaml", "summary.json", "metrics.csv")      # what a finished run directory holds
+
+
 def run_health(run_dir: Path) -> bool | None:
     """The health bar on a run directory's own records (``config.yaml``, ``summary.json``, ``metrics.csv``):
     the global generator's ``is_classifier`` at every evaluation, the classifier's label count, and the final
@@ -82,7 +85,7 @@ def run_health(run_dir: Path) -> bool | None:
     from fedgen_pl.recipes import recipe_of
 
     run_dir = Path(run_dir)
-    if not all((run_dir / name).is_file() for name in ("config.yaml", "summary.json", "metrics.csv")):
+    if not all((run_dir / name).is_file() for name in RUN_RECORDS):
         return None
     cfg = with_defaults(OmegaConf.load(run_dir / "config.yaml"))
     labels = len((json.loads((run_dir / "summary.json").read_text()).get("classifier") or {}).get("label_names") or [])
