@@ -28,6 +28,7 @@ from fedgen_pl.config import CONFIG_DIR, ConfigError, flatten, load_config, load
 from fedgen_pl.health import run_health
 from fedgen_pl.provenance import provenance
 from fedgen_pl.resume import resume_config
+from fedgen_pl.verdicts import claim_lines, parse_claims, parse_targets, target_line
 
 # Every table's definition is YAML (configs/tables/<table>.yaml): each split's experiment, each column's
 # settings on top of it (key=value, or an experiment of its own; {split} is the split's name), and the
@@ -304,6 +305,7 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
            overrides: list[str] = (), splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None,
            origin: dict | None = None) -> str:
     origin = origin or provenance()
+    health = {key: run_health(run_dir_for(root, key)) for key in sorted(summaries)}
     settings = "".join(f", {name} {', '.join(f'`{v}`' for v in values)}" for name, values in origin.get("settings", {}).items())
     lines = [f"Schedule `{schedule}`, seeds {seeds}, overrides `{' '.join(overrides) or '(none)'}`{settings}; runs "
              f"under `{root}`. {_origin_line(origin, len(summaries))}", "",
@@ -324,6 +326,7 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
             continue
         if table == "literature":
             lines += _literature_rows(summaries, chosen, seeds, splits_of(table, splits))
+            lines += decided(table, summaries, seeds, health)
             continue
         title = definition(table).get("title", table)
         headers = [_header(c, [summaries[(table, split, c, s)] for split in splits_of(table, splits) for s in seeds])
@@ -360,20 +363,60 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
         if published:
             lines += ["", "Published (Inception FID): " + _published(published, splits_of(table, splits)), ""]
         lines.append("")
-    lines += health_lines(summaries, root)
+        lines += decided(table, summaries, seeds, health)
+    lines += health_lines(summaries, health)
     lines.append("Run directories:")
     for key in sorted(summaries):
         lines.append(f"- {key[0]} {key[1]} {key[2]} seed {key[3]}: `{run_dir_for(root, key)}`")
     return "\n".join(lines)
 
 
-def health_lines(summaries: dict[tuple, dict], root: Path) -> list[str]:
-    """Which GAN runs miss the health bar (fedgen_pl/health.py) on their own records: such a run stays in the
-    means above, and is named, so that a collapsed seed is neither hidden in a mean nor quietly dropped."""
-    verdicts = {key: run_health(run_dir_for(root, key)) for key in sorted(summaries)}
-    checked = [key for key, healthy in verdicts.items() if healthy is not None]
+def claims_of(table: str) -> tuple[list, list]:
+    """The table's claims and targets (configs/tables/<table>.yaml), checked against its splits and columns."""
+    spec = definition(table)
+    columns = [c for c, _ in methods_of(table)]
+    try:
+        return (parse_claims(spec.get("claims"), spec["splits"], columns),
+                parse_targets(spec.get("targets"), spec.get("published", {}), columns))
+    except ValueError as error:
+        raise ConfigError(f"{error}; fix its claims or targets", where=str(CONFIG_DIR / "tables" / f"{table}.yaml"))
+
+
+def decided(table: str, summaries: dict[tuple, dict], seeds: list[int], health: dict[tuple, bool | None]) -> list[str]:
+    """The table's claims and targets (its YAML; fedgen_pl/verdicts.py) that this table's cells decide: every
+    seed's value of a cell's metric, and again without the runs that miss the health bar."""
+    spec = definition(table)
+    if not spec.get("claims") and not spec.get("targets"):
+        return []
+    all_claims, all_targets = claims_of(table)
+    present = {(split, column) for (t, split, column, _) in summaries if t == table}
+    claims = [c for c in all_claims if all(cell in present for pair in c.comparisons for cell in pair)]
+    targets = [t for t in all_targets if t.cell in present]
+    if not claims and not targets:
+        return []
+
+    def values_of(skip):
+        def values(cell, metric):
+            found = [summaries[(table, *cell, s)]["metrics"].get(ROWS[metric]) for s in seeds
+                     if (table, *cell, s) not in skip]
+            return None if any(v is None for v in found) else found
+        return values
+
+    missed = {key for key, healthy in health.items() if healthy is False}
+    lines = [f"Claims and targets on {len(seeds)} seed(s), by the rule fixed before the full-schedule seeds 1-2 "
+             f"(fedgen_pl/verdicts.py, docs/results/table1.md):", ""]
+    lines += claim_lines(claims, values_of(()), values_of(missed) if missed else None)
+    lines += [target_line(t, values_of(()), spec["published"]) for t in targets]
+    return lines + [""]
+
+
+def health_lines(summaries: dict[tuple, dict], health: dict[tuple, bool | None]) -> list[str]:
+    """Which GAN runs miss the health bar (fedgen_pl/health.py) on their own records (``health``: each run's
+    ``run_health``): such a run stays in the means above, and is named, so that a collapsed seed is neither
+    hidden in a mean nor quietly dropped."""
+    checked = [key for key, healthy in health.items() if healthy is not None]
     missed = [f"{key[0]} {key[1]} {key[2]} seed {key[3]} (final IS {summaries[key]['metrics'].get(ROWS['IS'], float('nan')):.2f})"
-              for key in checked if not verdicts[key]]
+              for key in checked if not health[key]]
     if not checked:
         return []
     if not missed:
@@ -473,6 +516,8 @@ def main(schedule: str, seeds: list[int], tables: list[str], out: str | None, ov
     unknown = [m for m in methods or [] if m not in known]
     if unknown:
         raise ConfigError(f"--methods: unknown column(s) {unknown}; the tables {tables} have {sorted(set(known))}")
+    for table in tables:                   # a malformed claim is refused before any run starts
+        claims_of(table)
     splits = tuple(splits or ())
     known = {split for t in tables for split in definition(t)["splits"]}
     unknown = [split for split in splits if split not in known]

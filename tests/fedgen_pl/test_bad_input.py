@@ -83,6 +83,16 @@ def _setup(case, root, monkeypatch):
     if case == "table --out is a file":
         (root / "afile").write_text("mine")
         return ["table", "--tables", "grid", "--out", str(root / "afile")]
+    if case == "a table claim naming a column it does not have":
+        import fedgen_pl.table as table_module
+        (root / "tables").mkdir()
+        (root / "tables" / "mine.yaml").write_text(
+            "splits: {grid: gaussian_grid}\ncolumns:\n  wide: [model.hidden_dim=256]\n"
+            "claims:\n  wide wins: [grid/wide > grid/narrow]\n")
+        import fedgen_pl.cli as cli_module
+        monkeypatch.setattr(table_module, "CONFIG_DIR", root)
+        monkeypatch.setattr(cli_module, "table_names", lambda: ["mine"])
+        return ["table", "--tables", "mine", "--out", str(root / "t")]
     if case == "table --jobs 0":
         return ["table", "--tables", "grid", "--jobs", "0", "--out", str(root / "t")]
     if case == "unknown flag":
@@ -157,6 +167,7 @@ CASES = [
     ("report --out under a file", "output error (--out)", "is a file"),
     ("table --out is a file", "output error (--out)", "is a file"),
     ("table --jobs 0", "configuration error (--jobs)", "must be at least 1, got 0"),
+    ("a table claim naming a column it does not have", "mine.yaml)", "'grid/narrow' is not split/column"),
     ("unknown flag", "usage error (fedgen sample)", "--bogus; see fedgen sample --help"),
     ("unknown command", "usage error (fedgen)", "invalid choice: 'trian'"),
     ("bad choice of a flag", "usage error (fedgen table)", "invalid choice: 'slow'"),
