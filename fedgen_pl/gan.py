@@ -66,23 +66,25 @@ class DeviceFeedback:
     """What the devices of a local iteration send back, over all N devices (0 where not usable)."""
 
     usable: Tensor       # [N] bool: arrived, D_kj stepped, L_kj and the feedback finite (M_k)
-    d_loss: Tensor       # [N] D_kj's loss before its step
+    d_loss: Tensor       # [N] D_kj's GAN loss before its step (the R1 penalty apart)
     device_loss: Tensor  # [N] L_kj with the updated D_kj
     feedback: Tensor     # [n, B, *shape] d l_kj / d G_k(z_g) of the computed devices, 0 where not usable
+    r1_penalty: Tensor   # [N] E ||grad_x D_kj(x)||^2 on the real batch (0 without model.r1_gamma)
 
 
 @dataclass
 class StepStats:
     arrived: Tensor      # [N] bool: devices whose feedback was used (M_k, without non-finite ones)
-    d_loss: Tensor       # [N] discriminator loss before its step (0 where not arrived)
+    d_loss: Tensor       # [N] discriminator GAN loss before its step (0 where not arrived)
     device_loss: Tensor  # [N] L_kj = E[log(1 - D_kj(G_k(z_g)))] with the updated D_kj
     edge_weights: Tensor  # [N] w_kj (0 where not arrived)
     staleness: Tensor    # [N] G_k updates since the device's work was dispatched
+    r1_penalty: Tensor   # [N] the R1 penalty's E ||grad_x D_kj(x)||^2 (0 where not arrived or off)
 
 
 class FederatedGAN(FederationModule):
     # Where the devices' side of a local iteration runs: None = here, batched (the in-process engine);
-    # an object with ``feedback(module, work, fake_g, arrived, devices) -> (d_loss, L_kj, feedback, stepped)``
+    # an object with ``feedback(module, work, fake_g, arrived, devices) -> tiers.DeviceStep``
     # = elsewhere (its ``clock_for(module)`` replaces the virtual clock; fedgen_pl/flower/).
     device_transport = None
     subset_compute = True     # an event computes only the devices that reported (False: all of them, masked)
@@ -259,7 +261,7 @@ class FederatedGAN(FederationModule):
         weights = self.edge_update(regenerated, reply, arrived, updating, staleness, devices, opt_g,
                                    bool(event.updating.all()))
         self.bytes["device_to_edge"] += int(event.arrived.sum()) * self.sample_bytes("feedback")
-        return StepStats(reply.usable, reply.d_loss, reply.device_loss, weights, staleness)
+        return StepStats(reply.usable, reply.d_loss, reply.device_loss, weights, staleness, reply.r1_penalty)
 
     def device_feedback(self, work: LocalBatch, fake_g: Tensor, arrived: Tensor, devices: Tensor | None,
                         opt_d) -> DeviceFeedback:
@@ -271,10 +273,10 @@ class FederatedGAN(FederationModule):
             return values if devices is None else values.new_zeros(N).index_copy(0, devices, values)
 
         if self.device_transport is not None:
-            d_loss, device_loss, feedback, stepped = self.device_transport.feedback(self, work, fake_g, arrived,
-                                                                                     devices)
+            d_loss, device_loss, feedback, stepped, penalty = self.device_transport.feedback(
+                self, work, fake_g, arrived, devices)
         else:
-            d_loss, device_loss, feedback, stepped = device_iteration(
+            d_loss, device_loss, feedback, stepped, penalty = device_iteration(
                 lambda x, labels, frozen: self.discriminate(x, labels, frozen, devices),
                 lambda loss: self.step_discriminators(loss, arrived, devices, opt_d),
                 work.real_x, work.real_y, work.fake_d, work.y_d, fake_g, work.y_g, self.generator_objective(),
@@ -288,7 +290,8 @@ class FederatedGAN(FederationModule):
         feedback = zero_rows(feedback, usable if devices is None else usable[devices])
         zero = torch.zeros(N, device=self.device)
         return DeviceFeedback(usable, torch.where(usable, spread(d_loss.detach()), zero),
-                              torch.where(usable, spread(device_loss.detach()), zero), feedback)
+                              torch.where(usable, spread(device_loss.detach()), zero), feedback,
+                              torch.where(usable, spread(penalty.detach()), zero))
 
     def generator_objective(self) -> str:
         """``model.gan_loss``, but non-saturating during the first ``model.non_saturating_warmup`` rounds."""
@@ -351,12 +354,15 @@ class FederatedGAN(FederationModule):
 
     def step_metrics(self, stats: StepStats) -> dict:
         count = stats.arrived.sum().clamp(min=1)
-        return {
+        logged = {
             "train/d_loss": stats.d_loss.sum() / count,
             "train/device_loss": stats.device_loss.sum() / count,
             "train/edge_weight_max": stats.edge_weights.max(),
             "train/staleness_mean": (stats.staleness * stats.arrived).sum() / count,
         }
+        if self.cfg.model.r1_gamma:
+            logged["train/r1_penalty"] = stats.r1_penalty.sum() / count
+        return logged
 
     # -- the cloud: one round ------------------------------------------------------------------------
     @torch.no_grad()

@@ -8,6 +8,8 @@ logits: n devices, B samples each).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -83,15 +85,24 @@ def r1_penalty(real_logits: Tensor, seen: Tensor) -> Tensor:
     return grad[:, :B].float().pow(2).reshape(n, B, -1).sum(2).mean(1)
 
 
+class DeviceStep(NamedTuple):
+    """What one local iteration of the devices in rows yields (``device_iteration``)."""
+
+    d_loss: Tensor        # [n] D_kj's GAN loss before its step (``discriminator_loss``; the penalty apart)
+    device_loss: Tensor   # [n] L_kj with the updated D_kj
+    feedback: Tensor      # [n, B, *shape] d l_kj / d G_k(z_g)
+    stepped: object       # what ``update`` returned (which devices' D stepped)
+    r1_penalty: Tensor    # [n] E ||grad_x D_kj(x)||^2 on the real batch (``r1_penalty``; 0 without it)
+
+
 def device_iteration(discriminate, update, real_x: Tensor, real_y: Tensor, fake_d: Tensor, y_d: Tensor,
                      fake_g: Tensor, y_g: Tensor, gan_loss: str, judged_d: Tensor | None = None,
                      judged_g: Tensor | None = None, instance_noise: float = 0.0,
-                     generator: torch.Generator | None = None,
-                     r1_gamma: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                     generator: torch.Generator | None = None, r1_gamma: float = 0.0) -> DeviceStep:
     """Method §2, steps 1-3, for devices in rows (``[n, B, ...]``):
 
     1-2. D_kj's loss on its real batch and on G_k(z_d) (one call over both), plus ``r1_gamma / 2`` times
-         the R1 penalty on the real batch (``r1_penalty``; nothing at 0), and ``update(d_loss)``: the
+         the R1 penalty on the real batch (``r1_penalty``; nothing at 0), and ``update(loss)``: the
          backward pass and the optimiser step, returning which devices stepped;
     3.   with the updated D_kj, the printed L_kj and the feedback d l_kj / d G_k(z_g).
 
@@ -99,8 +110,8 @@ def device_iteration(discriminate, update, real_x: Tensor, real_y: Tensor, fake_
     D's parameters); ``judged_*`` leave out the fakes of labels a device holds no data for;
     ``instance_noise`` > 0 blurs every image D sees (``with_instance_noise``, drawn from ``generator``: the
     real batch, G_k(z_d), then G_k(z_g)); the feedback is then the gradient at the noisy samples.
-    Returns (d_loss ``[n]``, the loss D_kj minimised, penalty included; L_kj ``[n]``; feedback
-    ``[n, B, *shape]``; what ``update`` returned)."""
+    D_kj minimises ``d_loss + r1_gamma / 2 * r1_penalty``; the two are returned apart, so that the GAN loss
+    (which ``fedgen_pl/health.py`` reads for saturation) means the same with and without the penalty."""
     B = real_x.shape[1]
     seen = with_instance_noise(torch.cat([real_x, fake_d], 1), instance_noise, generator)
     if r1_gamma:
@@ -108,9 +119,12 @@ def device_iteration(discriminate, update, real_x: Tensor, real_y: Tensor, fake_
     logits = discriminate(seen, torch.cat([real_y, y_d], 1), False)
     d_loss = discriminator_loss(logits[:, :B], logits[:, B:], judged_d)
     if r1_gamma:
-        d_loss = d_loss + r1_gamma / 2 * r1_penalty(logits[:, :B], seen)
-    stepped = update(d_loss)
+        penalty = r1_penalty(logits[:, :B], seen)
+        stepped = update(d_loss + r1_gamma / 2 * penalty)
+    else:
+        penalty = torch.zeros_like(d_loss)
+        stepped = update(d_loss)
     fake_g = fake_g.detach().requires_grad_(True)
     judged_fakes = discriminate(with_instance_noise(fake_g, instance_noise, generator), y_g, True)
     device_loss, objective = device_losses(judged_fakes, gan_loss, judged_g)
-    return d_loss, device_loss, sample_feedback(objective, fake_g), stepped
+    return DeviceStep(d_loss, device_loss, sample_feedback(objective, fake_g), stepped, penalty)

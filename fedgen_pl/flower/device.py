@@ -99,7 +99,7 @@ class DeviceWorker:
 
     def step(self, work: dict[str, torch.Tensor], iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
         """One local iteration (method §2, steps 1-3): D_kj steps on its real batch and G_k(z_d), then scores
-        G_k(z_g) with the updated D_kj. Returns d l_kj / d G_k(z_g) and (d_loss, L_kj, stepped)."""
+        G_k(z_g) with the updated D_kj. Returns d l_kj / d G_k(z_g) and (d_loss, L_kj, stepped, r1_penalty)."""
         # The real batch: the indices the server drew (test mode), else drawn here from this device's share.
         B = work["fake_d"].shape[0]
         seed = int(self.cfg.seed) * 1_000_003 + self.g * 7919 + int(iteration)
@@ -129,18 +129,18 @@ class DeviceWorker:
                 optimizer.step()
             return finite
 
-        d_loss, device_loss, feedback, finite = device_iteration(
+        d_loss, device_loss, feedback, finite, penalty = device_iteration(
             discriminate, update, real_x[None], real_y[None], work["fake_d"][None], work["y_d"][None],
             work["fake_g"][None], work["y_g"][None], self.cfg.model.gan_loss,
             instance_noise=self.cfg.model.instance_noise, generator=rng, r1_gamma=self.cfg.model.r1_gamma)
-        d_loss = float(d_loss.detach()[0])
-        if self.privacy is not None:     # sanitised before the transport; D's own loss is not sent (nan)
+        d_loss, penalty = float(d_loss.detach()[0]), float(penalty.detach()[0])
+        if self.privacy is not None:     # sanitised before the transport; D's own losses are not sent (nan)
             p = self.privacy
             device_loss, feedback = sanitize_feedback(device_loss.detach(), feedback, p.clip, p.loss_bound,
                                                       p.noise_multiplier, self.noise)
-            d_loss = math.nan
+            d_loss = penalty = math.nan
         return feedback[0], {"d_loss": d_loss, "device_loss": float(device_loss.detach()[0]),
-                             "stepped": float(finite)}
+                             "stepped": float(finite), "r1_penalty": penalty}
 
 
 def node_data(cfg, spec, node_config):

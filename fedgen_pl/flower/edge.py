@@ -21,6 +21,7 @@ from fedgen_pl.config import devices_per_community
 from fedgen_pl.errors import ConfigError
 from fedgen_pl.flower.clock import WallClock
 from fedgen_pl.flower.wire import from_record, global_device_index, record_bytes, to_record
+from fedgen_pl.tiers import DeviceStep
 
 server_app = ServerApp()
 log = logging.getLogger("fedgen")
@@ -62,30 +63,38 @@ def claimed_device(node: int, reply: Message) -> tuple[int, int]:
     return int(info["community"]), int(info["device"])
 
 
+REPLY_STATS = ("d_loss", "device_loss", "stepped", "r1_penalty")     # what a device's reply carries beside the feedback
+
+
 def checked_reply(feedback, stats, shape: tuple) -> tuple | None:
-    """A device's reply as (feedback, d_loss, L_kj, stepped), or None when it is not one: the feedback must be
-    a float32 tensor of its work's shape and the three statistics numbers (network input: checked)."""
-    numbers = [stats.get(k) for k in ("d_loss", "device_loss", "stepped")] if isinstance(stats, dict) else []
+    """A device's reply as (feedback, d_loss, L_kj, stepped, r1_penalty), or None when it is not one: the
+    feedback must be a float32 tensor of its work's shape and the four statistics numbers (network input:
+    checked)."""
+    numbers = [stats.get(k) for k in REPLY_STATS] if isinstance(stats, dict) else []
     if not (torch.is_tensor(feedback) and feedback.dtype == torch.float32 and tuple(feedback.shape) == shape
-            and len(numbers) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)):
+            and len(numbers) == len(REPLY_STATS)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)):
         return None
-    return feedback, float(numbers[0]), float(numbers[1]), numbers[2] > 0
+    return feedback, float(numbers[0]), float(numbers[1]), numbers[2] > 0, float(numbers[3])
+
 
 
 def feedback_rows(module, fake_g: torch.Tensor, arrived: torch.Tensor, devices: torch.Tensor | None, take):
-    """The arrived devices' replies as ``tiers.device_iteration`` returns them: d_loss, L_kj and the feedback
-    in rows (``devices``, or all N), and which devices' D stepped (``[N]``). ``take(g)`` gives device g's
-    checked reply, or None (its row stays 0 and it did not step: the engine does not use it)."""
+    """The arrived devices' replies as ``tiers.device_iteration`` returns them (``DeviceStep``): d_loss, L_kj,
+    the feedback and the R1 penalty in rows (``devices``, or all N), and which devices' D stepped (``[N]``).
+    ``take(g)`` gives device g's checked reply, or None (its row stays 0 and it did not step: the engine does
+    not use it)."""
     rows = list(range(module.num_devices)) if devices is None else devices.tolist()
-    d_loss, device_loss = torch.zeros(len(rows)), torch.zeros(len(rows))
+    d_loss, device_loss, penalty = torch.zeros(len(rows)), torch.zeros(len(rows)), torch.zeros(len(rows))
     feedback = torch.zeros_like(fake_g, device="cpu")
     stepped = torch.zeros(module.num_devices, dtype=torch.bool)
     for row, g in enumerate(rows):
         reply = take(g) if bool(arrived[g]) else None
         if reply is not None:
-            feedback[row], d_loss[row], device_loss[row], stepped[g] = reply
+            feedback[row], d_loss[row], device_loss[row], stepped[g], penalty[row] = reply
     target = fake_g.device
-    return d_loss.to(target), device_loss.to(target), feedback.to(target), stepped.to(target)
+    return DeviceStep(d_loss.to(target), device_loss.to(target), feedback.to(target), stepped.to(target),
+                      penalty.to(target))
 
 
 class FlowerDevices:

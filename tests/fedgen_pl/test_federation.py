@@ -212,6 +212,24 @@ def test_the_non_saturating_warmup_rounds_then_the_configured_loss(monkeypatch):
     assert seen == [(0, "non_saturating")] * 2 + [(1, "non_saturating")] * 2 + [(2, "saturating")] * 2
 
 
+def test_the_r1_penalty_is_logged_apart_from_the_discriminators_gan_loss():
+    """train/d_loss is D's GAN loss with or without the penalty (the health bar's saturation reads it);
+    train/r1_penalty, logged only with the penalty on, is its mean over the devices that reported."""
+    for gamma in (0.0, 10.0):
+        system, _ = build_system(f"model.r1_gamma={gamma}", "clock.delay=constant", "federation.local_iters=2")
+        opt_g, opt_d = system.configure_optimizers()
+        stats = system.step_event(opt_g, opt_d)
+        logged = system.step_metrics(stats)
+        count = stats.arrived.sum()
+        assert math.isclose(float(logged["train/d_loss"]), float(stats.d_loss.sum() / count), rel_tol=1e-6)
+        assert float(logged["train/d_loss"]) < 2.0          # two softplus terms near log 2 each at the start
+        if gamma:
+            assert float(logged["train/r1_penalty"]) > 0
+            assert math.isclose(float(logged["train/r1_penalty"]), float(stats.r1_penalty.sum() / count), rel_tol=1e-6)
+        else:
+            assert "train/r1_penalty" not in logged and not stats.r1_penalty.any()
+
+
 def test_the_r1_penalty_in_the_engine_is_each_devices_own_discriminator_on_its_own_real_batch(monkeypatch):
     """Over the stacked discriminators, each device's D loss with the R1 penalty equals a plain loop: its
     member's loss on its real batch and G_k(z_d), plus gamma/2 the mean over its real samples, one at a time,
@@ -230,13 +248,13 @@ def test_the_r1_penalty_in_the_engine_is_each_devices_own_discriminator_on_its_o
         before = {name: p.detach().clone() for name, p in stacked.stacked_params().items()}
         out = device_iteration(discriminate, update, real_x, real_y, fake_d, y_d, *rest)
         work = [t.clone() for t in (real_x, real_y, fake_d, y_d)]      # in-flight buffers: the next dispatch reuses them
-        calls.append((stacked, before, *work, rest[-1], out[0].detach()))
+        calls.append((stacked, before, *work, rest[-1], out.d_loss.detach(), out.r1_penalty.detach()))
         return out
 
     monkeypatch.setattr(gan, "device_iteration", recording)
     _train(system, 1)
-    stacked, before, real_x, real_y, fake_d, y_d, r1_gamma, d_loss = calls[0]
-    assert r1_gamma == gamma and d_loss.shape == (6,)
+    stacked, before, real_x, real_y, fake_d, y_d, r1_gamma, d_loss, r1 = calls[0]
+    assert r1_gamma == gamma and d_loss.shape == r1.shape == (6,)
     for i in range(6):
         def D(x, y, i=i):      # member i on a batch
             return functional_call(stacked.template, {name: value[i] for name, value in before.items()}, (x, y))
@@ -247,5 +265,6 @@ def test_the_r1_penalty_in_the_engine_is_each_devices_own_discriminator_on_its_o
             (grad,) = torch.autograd.grad(D(x[None], real_y[i, b][None])[0], x)
             penalty += float(grad.pow(2).sum()) / real_x.shape[1]
         plain = float(F.softplus(-D(real_x[i], real_y[i])).mean() + F.softplus(D(fake_d[i], y_d[i])).mean())
-        assert math.isclose(float(d_loss[i]), plain + gamma / 2 * penalty, rel_tol=1e-5), i
+        assert math.isclose(float(d_loss[i]), plain, rel_tol=1e-5), i
+        assert math.isclose(float(r1[i]), penalty, rel_tol=1e-4), i
         assert penalty > 1e-4       # the penalty is not negligible: the check would see it missing

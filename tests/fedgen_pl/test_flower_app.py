@@ -2,6 +2,8 @@
 (every node with its own context) stands in for the SuperLink. The deployment itself is tested in
 test_deploy.py."""
 
+import csv
+import math
 import time
 
 import pytest
@@ -47,6 +49,7 @@ def _generators(run_dir):
 @pytest.mark.parametrize("extra", [[], ["model.r1_gamma=5"]], ids=["plain", "r1"])
 def test_test_mode_equals_the_in_process_run(tmp_path, extra):
     """The deployed devices' iteration is the engine's, with its device-side options (here the R1 penalty)."""
+    extra = [*extra, "trainer.log_every_n_iters=1"]
     cfg = load_config([*TWO_BY_TWO, *extra, "deploy.test_mode=true", f"output_dir={tmp_path / 'flower'}"])
     devices = FlowerDevices(InProcessGrid(FOUR), cfg, poll_s=0)
     devices.learn_topology(timeout_s=5)
@@ -58,6 +61,16 @@ def test_test_mode_equals_the_in_process_run(tmp_path, extra):
     assert moved > 1e-3                      # the generators did train: equality is not of two untouched models
     summary = devices.summary()
     assert summary["exchanges"] == 6 and summary["bytes_sent"]["edge_to_device"] > 0
+    # the devices' reported losses (and with it on, the R1 penalty apart from D's GAN loss) are the engine's
+    logged = [[row for row in csv.DictReader(open(run / "metrics.csv")) if row.get("train/d_loss")]
+              for run in (deployed, in_process)]
+    penalty = any(o.startswith("model.r1_gamma") for o in extra)
+    columns = ["train/d_loss", "train/device_loss"] + (["train/r1_penalty"] if penalty else [])
+    assert logged[0] and all(len(rows) == len(logged[0]) for rows in logged)
+    for a, b in zip(*logged):
+        for column in columns:
+            assert math.isclose(float(a[column]), float(b[column]), rel_tol=1e-4, abs_tol=1e-6), column
+    assert bool(logged[0][0].get("train/r1_penalty")) == penalty
 
 
 @pytest.mark.parametrize("family", ["md_gan", "fedgen_lr"])
@@ -588,6 +601,6 @@ def test_a_deployed_device_sanitises_what_it_sends_with_the_engines_function_and
         reply = client_app_module.client_app(Message(RecordDict({"work": to_record(work), "run": ConfigRecord(run)}),
                                               dst_node_id=node_id, message_type="train.step"), context)
         sent.append(from_record(reply.content["feedback"])["feedback"])
-        assert math.isnan(reply.content["stats"]["d_loss"])
+        assert math.isnan(reply.content["stats"]["d_loss"]) and math.isnan(reply.content["stats"]["r1_penalty"])
     assert calls == [(0.5, 2.0, 3.0)] * 2
     assert not torch.equal(sent[0], sent[1])

@@ -82,8 +82,9 @@ def test_device_iteration_with_a_one_weight_discriminator_by_hand():
 
     real, fake_d, fake_g = torch.tensor([[1.0]]), torch.tensor([[-1.0]]), torch.tensor([[2.0]])
     labels = torch.zeros(1, 1, dtype=torch.long)
-    d_loss, device_loss, feedback, stepped = device_iteration(discriminate, update, real, labels, fake_d, labels,
-                                                              fake_g, labels, "non_saturating")
+    d_loss, device_loss, feedback, stepped, penalty = device_iteration(
+        discriminate, update, real, labels, fake_d, labels, fake_g, labels, "non_saturating")
+    assert penalty.tolist() == [0.0]
     sigmoid = lambda v: 1 / (1 + math.exp(-v))       # noqa: E731
     # d_loss = softplus(-a) + softplus(-a) at a = 0.5; its gradient -2 sigmoid(-a)
     torch.testing.assert_close(d_loss, torch.tensor([2 * softplus(-0.5)]))
@@ -114,7 +115,7 @@ def test_device_iteration_with_instance_noise_by_hand():
     n_g = float(0.5 * torch.randn(1, 1, generator=draws))
     real, fake_d, fake_g = torch.tensor([[1.0]]), torch.tensor([[-1.0]]), torch.tensor([[2.0]])
     labels = torch.zeros(1, 1, dtype=torch.long)
-    d_loss, device_loss, feedback, _ = device_iteration(
+    d_loss, device_loss, feedback, _, _ = device_iteration(
         discriminate, update, real, labels, fake_d, labels, fake_g, labels, "saturating",
         instance_noise=0.5, generator=torch.Generator().manual_seed(7))
     sigmoid = lambda v: 1 / (1 + math.exp(-v))       # noqa: E731
@@ -135,10 +136,12 @@ def test_device_iteration_with_the_r1_penalty_by_hand():
 
     real, fake_d, fake_g = torch.tensor([[1.0]]), torch.tensor([[-1.0]]), torch.tensor([[2.0]])
     labels = torch.zeros(1, 1, dtype=torch.long)
-    d_loss, device_loss, feedback, _ = device_iteration(discriminate, update, real, labels, fake_d, labels,
-                                                        fake_g, labels, "non_saturating", r1_gamma=2.0)
+    d_loss, device_loss, feedback, _, penalty = device_iteration(discriminate, update, real, labels, fake_d, labels,
+                                                                 fake_g, labels, "non_saturating", r1_gamma=2.0)
     sigmoid = lambda v: 1 / (1 + math.exp(-v))       # noqa: E731
-    torch.testing.assert_close(d_loss, torch.tensor([2 * softplus(-0.5) + 0.25]))
+    # returned apart: the GAN loss as without the penalty, the penalty a^2 (D minimised their sum gamma/2 a^2)
+    torch.testing.assert_close(d_loss, torch.tensor([2 * softplus(-0.5)]))
+    torch.testing.assert_close(penalty, torch.tensor([0.25]))
     a1 = 0.5 + 2 * sigmoid(-0.5) - 2 * 0.5
     torch.testing.assert_close(a.detach(), torch.tensor(a1))
     torch.testing.assert_close(device_loss, torch.tensor([-softplus(2 * a1)]))
