@@ -28,7 +28,7 @@ from fedgen_pl.config import CONFIG_DIR, ConfigError, flatten, load_config, load
 from fedgen_pl.health import run_health
 from fedgen_pl.provenance import provenance
 from fedgen_pl.resume import resume_config
-from fedgen_pl.verdicts import claim_lines, parse_claims, parse_targets, target_line
+from fedgen_pl.verdicts import claim_line, claim_record, parse_claims, parse_targets, target_line, target_record
 
 # Every table's definition is YAML (configs/tables/<table>.yaml): each split's experiment, each column's
 # settings on top of it (key=value, or an experiment of its own; {split} is the split's name), and the
@@ -326,7 +326,7 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
             continue
         if table == "literature":
             lines += _literature_rows(summaries, chosen, seeds, splits_of(table, splits))
-            lines += decided(table, summaries, seeds, health)
+            lines += decided_lines(decided(table, summaries, seeds, health), seeds)
             continue
         title = definition(table).get("title", table)
         headers = [_header(c, [summaries[(table, split, c, s)] for split in splits_of(table, splits) for s in seeds])
@@ -363,7 +363,7 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
         if published:
             lines += ["", "Published (Inception FID): " + _published(published, splits_of(table, splits)), ""]
         lines.append("")
-        lines += decided(table, summaries, seeds, health)
+        lines += decided_lines(decided(table, summaries, seeds, health), seeds)
     lines += health_lines(summaries, health)
     lines.append("Run directories:")
     for key in sorted(summaries):
@@ -382,18 +382,13 @@ def claims_of(table: str) -> tuple[list, list]:
         raise ConfigError(f"{error}; fix its claims or targets", where=str(CONFIG_DIR / "tables" / f"{table}.yaml"))
 
 
-def decided(table: str, summaries: dict[tuple, dict], seeds: list[int], health: dict[tuple, bool | None]) -> list[str]:
-    """The table's claims and targets (its YAML; fedgen_pl/verdicts.py) that this table's cells decide: every
-    seed's value of a cell's metric, and again without the runs that miss the health bar."""
-    spec = definition(table)
-    if not spec.get("claims") and not spec.get("targets"):
-        return []
+def decided(table: str, summaries: dict[tuple, dict], seeds: list[int], health: dict[tuple, bool | None]) -> dict:
+    """The table's claims and targets (its YAML; fedgen_pl/verdicts.py) that this table's cells decide, as
+    records: every seed's value of a cell's metric, and again without the runs that miss the health bar."""
     all_claims, all_targets = claims_of(table)
     present = {(split, column) for (t, split, column, _) in summaries if t == table}
     claims = [c for c in all_claims if all(cell in present for pair in c.comparisons for cell in pair)]
     targets = [t for t in all_targets if t.cell in present]
-    if not claims and not targets:
-        return []
 
     def values_of(skip):
         def values(cell, metric):
@@ -403,11 +398,16 @@ def decided(table: str, summaries: dict[tuple, dict], seeds: list[int], health: 
         return values
 
     missed = {key for key, healthy in health.items() if healthy is False}
-    lines = [f"Claims and targets on {len(seeds)} seed(s), by the rule fixed before the full-schedule seeds 1-2 "
-             f"(fedgen_pl/verdicts.py, docs/results/table1.md):", ""]
-    lines += claim_lines(claims, values_of(()), values_of(missed) if missed else None)
-    lines += [target_line(t, values_of(()), spec["published"]) for t in targets]
-    return lines + [""]
+    return {"claims": [claim_record(c, values_of(()), values_of(missed) if missed else None) for c in claims],
+            "targets": [target_record(t, values_of(()), definition(table)["published"]) for t in targets]}
+
+
+def decided_lines(records: dict, seeds: list[int]) -> list[str]:
+    if not records["claims"] and not records["targets"]:
+        return []
+    return [f"Claims and targets on {len(seeds)} seed(s), by the rule fixed before the full-schedule seeds 1-2 "
+            f"(fedgen_pl/verdicts.py, docs/results/table1.md):", "",
+            *map(claim_line, records["claims"]), *map(target_line, records["targets"]), ""]
 
 
 def health_lines(summaries: dict[tuple, dict], health: dict[tuple, bool | None]) -> list[str]:
@@ -531,9 +531,11 @@ def main(schedule: str, seeds: list[int], tables: list[str], out: str | None, ov
     if pictures:
         text += "\n\nFigures: " + ", ".join(f"`{p}`" for p in pictures)
     (root / "table.md").write_text(text + "\n")
+    health = {key: run_health(run_dir_for(root, key)) for key in sorted(summaries)}
     (root / "table.json").write_text(json.dumps({
         **origin, "schedule": schedule, "seeds": seeds, "tables": tables, "overrides": overrides,
         "splits": list(splits), "methods": methods,
+        "verdicts": {table: decided(table, summaries, seeds, health) for table in tables},
         "runs": [{"table": k[0], "split": k[1], "method": k[2], "seed": k[3], "run_dir": str(run_dir_for(root, k)),
                   "metrics": v.get("metrics", {})} for k, v in sorted(summaries.items())]}, indent=1))
     print(text)

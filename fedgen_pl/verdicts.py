@@ -105,66 +105,83 @@ def parse_targets(lines: list[str], published: dict, columns) -> list[Target]:
     return targets
 
 
-def _mean_std(values: list[float], digits: int) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.{digits}f}" if values else "–"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def decide(claim: Claim, values, metric: str | None = None) -> tuple[str | None, list[str]]:
-    """(outcome, one phrase per comparison) of ``claim`` on ``metric`` (its own unless given);
-    ``values(cell, metric)`` gives a cell's values over the seeds, or None where a seed lacks the metric.
-    The outcome is None where a cell lacks the metric or has fewer than two seeds."""
+def _shown(mean: float, std: float | None) -> str:
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def decide(claim: Claim, values, metric: str | None = None) -> tuple[str | None, list[dict]]:
+    """(outcome, each comparison's means, spreads and result) of ``claim`` on ``metric`` (its own unless
+    given); ``values(cell, metric)`` gives a cell's values over the seeds, or None where a seed lacks the
+    metric. The outcome is None where a cell lacks the metric or has fewer than two seeds."""
     metric = metric or claim.metric
-    results, phrases = [], []
+    comparisons = []
     for a, b in claim.comparisons:
         va, vb = values(a, metric), values(b, metric)
         if va is None or vb is None or len(va) < 2 or len(vb) < 2:
             return None, []
-        result = compare(va, vb, lower_is_better(metric))
-        results.append(result)
-        phrases.append(f"{'/'.join(a)} {_mean_std(va, 2)} against {'/'.join(b)} {_mean_std(vb, 2)}: {result}")
-    return claim_outcome(results), phrases
-
-
-def target_line(target: Target, values, published: dict) -> str:
-    """"met" when the mean of the target's cell is below the published number, else "missed"."""
-    number = float(published[target.cell[0]][target.published])
-    found = values(target.cell, target.metric)
-    label = f"{'/'.join(target.cell)} below {target.published} ({number:g}) on {target.metric}"
-    if not found:
-        return f"- {label}: **not decided** (no seed has the metric)"
-    met = statistics.fmean(found) < number
-    return f"- {label}: **{'met' if met else 'missed'}**, {_mean_std(found, 2)} ({len(found)} seeds)"
+        (a_mean, a_std), (b_mean, b_std) = _mean_std(va), _mean_std(vb)
+        comparisons.append({"a": "/".join(a), "a_mean": a_mean, "a_std": a_std, "b": "/".join(b), "b_mean": b_mean,
+                            "b_std": b_std, "result": compare(va, vb, lower_is_better(metric))})
+    return claim_outcome([c["result"] for c in comparisons]), comparisons
 
 
 SECONDARY = ("FID (Inception), EMA", "FID", "Acc")     # reported beside every verdict (the rule)
 
 
-def claim_lines(claims: list[Claim], values, healthy_values=None) -> list[str]:
-    """One bullet per claim: its outcome on its metric with each comparison, then the outcomes on the
-    secondary metrics (saying where the EMA's Inception FID turns it), and, where dropping the runs that
-    miss the health bar (``healthy_values``) turns it, the outcome without them."""
-    lines = []
-    for claim in claims:
-        outcome, phrases = decide(claim, values)
-        if outcome is None:
-            lines.append(f"- {claim.name}: **not decided** (a cell lacks {claim.metric} on two or more seeds)")
-            continue
-        line = f"- {claim.name}: **{outcome}** on {claim.metric} ({'; '.join(phrases)})."
-        others = []
-        for metric in SECONDARY:
-            if metric == claim.metric:
-                continue
-            other, _ = decide(claim, values, metric)
-            if other is not None:
-                turned = " (the other direction)" if metric == "FID (Inception), EMA" and other != outcome else ""
-                others.append(f"{metric}: {other}{turned}")
-        if others:
-            line += " Also " + "; ".join(others) + "."
-        if healthy_values is not None:
-            without, _ = decide(claim, healthy_values)
-            if without != outcome:
-                line += (f" Without the runs that miss the health bar: {without or 'not decided (too few seeds)'}.")
-        lines.append(line)
-    return lines
+def claim_record(claim: Claim, values, healthy_values=None) -> dict:
+    """A claim decided: its outcome and comparisons on its metric, its outcomes on the secondary metrics
+    the cells have (``also``), and, where dropping the runs that miss the health bar (``healthy_values``)
+    turns it, the outcome without them (``without_unhealthy``; "not decided" with too few seeds left)."""
+    outcome, comparisons = decide(claim, values)
+    record = {"claim": claim.name, "metric": claim.metric, "outcome": outcome, "comparisons": comparisons,
+              "also": {}, "without_unhealthy": None}
+    if outcome is None:
+        return record
+    for metric in SECONDARY:
+        other, _ = decide(claim, values, metric) if metric != claim.metric else (None, [])
+        if other is not None:
+            record["also"][metric] = other
+    if healthy_values is not None:
+        without, _ = decide(claim, healthy_values)
+        if without != outcome:
+            record["without_unhealthy"] = without or "not decided"
+    return record
+
+
+def claim_line(record: dict) -> str:
+    """A claim's record as one Markdown bullet (saying where the EMA's Inception FID turns it)."""
+    if record["outcome"] is None:
+        return f"- {record['claim']}: **not decided** (a cell lacks {record['metric']} on two or more seeds)"
+    phrases = [f"{c['a']} {_shown(c['a_mean'], c['a_std'])} against {c['b']} {_shown(c['b_mean'], c['b_std'])}: "
+               f"{c['result']}" for c in record["comparisons"]]
+    line = f"- {record['claim']}: **{record['outcome']}** on {record['metric']} ({'; '.join(phrases)})."
+    others = [f"{metric}: {other}" + (" (the other direction)" if metric == "FID (Inception), EMA"
+                                      and other != record["outcome"] else "")
+              for metric, other in record["also"].items()]
+    if others:
+        line += " Also " + "; ".join(others) + "."
+    if record["without_unhealthy"] is not None:
+        line += f" Without the runs that miss the health bar: {record['without_unhealthy']}."
+    return line
+
+
+def target_record(target: Target, values, published: dict) -> dict:
+    """A target decided: "met" when the mean of its cell is below the published number, else "missed"
+    (None where no seed has the metric)."""
+    number = float(published[target.cell[0]][target.published])
+    found = values(target.cell, target.metric) or []
+    mean, std = _mean_std(found) if found else (None, None)
+    return {"target": f"{'/'.join(target.cell)} below {target.published} ({number:g}) on {target.metric}",
+            "published": number, "mean": mean, "std": std, "seeds": len(found),
+            "outcome": None if mean is None else "met" if mean < number else "missed"}
+
+
+def target_line(record: dict) -> str:
+    if record["outcome"] is None:
+        return f"- {record['target']}: **not decided** (no seed has the metric)"
+    return (f"- {record['target']}: **{record['outcome']}**, {_shown(record['mean'], record['std'])} "
+            f"({record['seeds']} seeds)")

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from fedgen_pl.table import claims_of, render, run_dir_for, runs_for, tables
-from fedgen_pl.verdicts import (AHEAD, BEHIND, DOES_NOT_HOLD, HOLDS, LEVEL, NOT_SHOWN, Claim, claim_lines,
-                                claim_outcome, compare, parse_claims)
+from fedgen_pl.verdicts import (AHEAD, BEHIND, DOES_NOT_HOLD, HOLDS, LEVEL, NOT_SHOWN, Claim, claim_line,
+                                claim_outcome, claim_record, compare, parse_claims)
 
 
 def test_ahead_means_a_better_mean_by_more_than_the_wider_spread():
@@ -44,7 +44,9 @@ def test_secondary_metrics_and_the_other_direction_are_reported():
     claim = Claim("A beats B", "FID (Inception)", ((("s", "A"), ("s", "B")),))
     data = {("s", "A"): {"FID (Inception)": [1.0, 2.0, 3.0], "FID (Inception), EMA": [9.0, 9.5, 10.0], "Acc": [0.9, 0.9, 0.91]},
             ("s", "B"): {"FID (Inception)": [5.0, 6.0, 7.0], "FID (Inception), EMA": [3.0, 3.1, 3.2], "Acc": [0.9, 0.91, 0.9]}}
-    line, = claim_lines([claim], lambda cell, metric: data[cell].get(metric))
+    record = claim_record(claim, lambda cell, metric: data[cell].get(metric))
+    assert record["also"] == {"FID (Inception), EMA": DOES_NOT_HOLD, "Acc": NOT_SHOWN}
+    line = claim_line(record)
     assert line.startswith("- A beats B: **holds** on FID (Inception) (s/A 2.00 ± 1.00 against s/B 6.00 ± 1.00: ahead).")
     assert "FID (Inception), EMA: does not hold (the other direction)" in line and "Acc: not shown" in line
     assert "FID:" not in line                       # a metric no cell has is left out
@@ -105,13 +107,20 @@ def test_claims_whose_cells_are_not_in_the_table_are_left_out_and_quick_tables_s
     assert "(ii)" not in text and "i.i.d.: " not in text.split("non-i.i.d.:")[0].split("Claims")[-1]
 
 
-def test_literature_targets_are_met_or_missed_on_the_mean(tmp_path):
-    summaries = {}
+def test_literature_targets_are_met_or_missed_on_the_mean_in_table_md_and_table_json(tmp_path):
+    from fedgen_pl.table import main
+
     for key, _ in runs_for("literature", "full", [0, 1, 2], splits=("mnist",)):
         fid = {"M-D GAN": 30.0 + key[3], "FR sync": 7.0 + key[3]}.get(key[2], 50.0)
-        summaries[key] = {"metrics": {"global/fid_inception": fid}, "bytes_device_edge": 0, "bytes_edge_cloud": 0,
-                          "rounds": 1}
-    text = render(summaries, ["literature"], [0, 1, 2], tmp_path, "full", splits=("mnist",))
+        run_dir = run_dir_for(tmp_path, key)
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"metrics": {"global/fid_inception": fid},
+                                                          "bytes_device_edge": 0, "bytes_edge_cloud": 0, "rounds": 1}))
+    main("full", [0, 1, 2], ["literature"], str(tmp_path), splits=("mnist",), train_missing=False)
+    text = (tmp_path / "table.md").read_text()
     assert "- mnist/M-D GAN below MD-GAN (37.8) on FID (Inception): **met**, 31.00 ± 1.00 (3 seeds)" in text
     assert "- mnist/FR sync below PRISM* (6.96) on FID (Inception): **missed**, 8.00 ± 1.00 (3 seeds)" in text
     assert "fmnist/" not in text.split("Claims and targets")[1]
+    targets = json.loads((tmp_path / "table.json").read_text())["verdicts"]["literature"]["targets"]
+    assert [(t["target"].split(" ")[0], t["outcome"], t["mean"], t["seeds"]) for t in targets] == [
+        ("mnist/M-D", "met", 31.0, 3), ("mnist/FR", "missed", 8.0, 3)]
