@@ -202,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.set_defaults(fn=_sample)
     sub = commands.add_parser("table", help="reproduce the paper's tables",
                               description="run every configuration behind the paper's Table 1, Table 2 and the "
-                                          "Gaussian-grid comparison (reusing finished runs) and print Markdown tables")
+                                          "Gaussian-grid comparison (reusing finished runs) and print Markdown tables, "
+                                          "with the paper's claims and the literature's targets their cells decide "
+                                          "(configs/tables/*.yaml, fedgen_pl/verdicts.py)")
     sub.add_argument("--schedule", choices=("quick", "full"), default="quick")
     sub.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     sub.add_argument("--tables", nargs="+", choices=table_names(),
