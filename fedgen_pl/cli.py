@@ -66,6 +66,18 @@ def _table(args) -> int:
     from fedgen_pl.errors import check_writable_dir
     from fedgen_pl.table import main as table
 
+    if args.status:
+        from pathlib import Path
+
+        from fedgen_pl.errors import ConfigError
+        from fedgen_pl.table import check_selection, status
+
+        if not args.out:
+            raise ConfigError("needs the table's --out (the directory whose runs to report)", where="--status")
+        check_selection(args.tables, args.splits, args.methods)
+        print(status(Path(args.out), args.schedule, args.seeds, args.tables, args.overrides, tuple(args.splits or ()),
+                     args.methods))
+        return 0
     if args.out:
         check_writable_dir(args.out, "--out")
     print(table(args.schedule, args.seeds, args.tables, args.out, args.overrides, args.splits, args.methods,
@@ -216,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--out", default=None, help="runs and table.md go here (default runs/table-<schedule>-<time>)")
     sub.add_argument("--no-train", action="store_true",
                      help="only print the table of finished runs; refuse if one has not finished (nothing is trained)")
+    sub.add_argument("--status", action="store_true",
+                     help="only say where each run under --out stands (finished, training at round r, cut off, "
+                          "not started); trains and writes nothing")
     sub.add_argument("--jobs", type=int, default=1,
                      help="train this many runs at once, each in its own process with this process's threads "
                           "divided among them (default 1: one after another)")

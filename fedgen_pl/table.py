@@ -178,6 +178,70 @@ def ensure_runs(root: Path, schedule: str, seeds: list[int], tables: list[str], 
             for key, run_dir, _ in planned}
 
 
+def last_logged_round(run_dir: Path) -> int | None:
+    """The round of the last row of ``metrics.csv`` (read from its end; None without one)."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        header = f.readline().decode(errors="replace").strip().split(",")
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 8192))
+        lines = f.read().decode(errors="replace").splitlines()[1:]     # the first is cut (or the header)
+    if "round" not in header:
+        return None
+    column = header.index("round")
+    for line in reversed(lines):
+        cells = line.split(",")
+        if len(cells) == len(header) and cells[column]:
+            try:
+                return int(float(cells[column]))
+            except ValueError:
+                continue
+    return None
+
+
+def _age(path: Path) -> str:
+    seconds = max(0.0, time.time() - path.stat().st_mtime)
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def status(root: Path, schedule: str, seeds: list[int], tables: list[str], overrides: list[str] = (),
+           splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None) -> str:
+    """Where each run of the tables stands under ``root`` (``--status``): finished, being trained (by which
+    process, at which logged round), cut off (resumes from its checkpoint), or not started. Reads the run
+    directories only; trains and writes nothing."""
+    from fedgen_pl.train import run_in_use
+
+    rows, counts = [], {}
+    for table in tables:
+        for key, run_overrides in runs_for(table, schedule, seeds, overrides, splits, methods):
+            run_dir = run_dir_for(root, key)
+            rounds = load_config(run_overrides).federation.global_rounds
+            logged = last_logged_round(run_dir)
+            at = f"round {logged} of {rounds}" if logged is not None else "no round logged"
+            if logged is not None:        # a run trained by an older checkout holds no lock: its age tells
+                at += f" (metrics.csv written {_age(run_dir / 'metrics.csv')} ago)"
+            holder = None if (run_dir / "summary.json").is_file() else run_in_use(run_dir)
+            if (run_dir / "summary.json").is_file():
+                state = "finished"
+            elif holder is not None:
+                state = f"training ({holder}), {at}"
+            elif (run_dir / "checkpoints" / "last.ckpt").is_file():
+                state = f"cut off, {at}: resumes from its last checkpoint"
+            elif run_dir.exists():
+                state = "cut off before its first checkpoint: starts again"
+            else:
+                state = "not started"
+            word = state.split(" (")[0].split(",")[0].split(":")[0]
+            counts[word] = counts.get(word, 0) + 1
+            rows.append(f"| {table} | {key[1]} | {key[2]} | {key[3]} | {state} |")
+    total = sum(counts.values())
+    return "\n".join([f"Runs under `{root}` (schedule `{schedule}`, overrides `{' '.join(overrides) or '(none)'}`): "
+                      + ", ".join(f"{n} {word}" for word, n in counts.items()) + f", of {total}.", "",
+                      "| table | split | column | seed | state |", "|---|---|---|---|---|", *rows])
+
+
 def train_in_parallel(runs: list[tuple[Path, object]], jobs: int) -> None:
     """Train ``runs`` (run directory, configuration) ``jobs`` at a time, each in a process of its own with
     this process's torch threads divided among the jobs (at least one each), its output in ``<run dir>.log``.
@@ -505,24 +569,29 @@ def figures(root: Path, tables: list[str], seeds: list[int], splits, methods) ->
     return written
 
 
+def check_selection(tables: list[str], splits, methods) -> None:
+    """The columns and splits asked for exist in the tables, and the tables' claims are well formed (before
+    any run starts)."""
+    known = [c for t in tables for c, _ in methods_of(t)]
+    unknown = [m for m in methods or [] if m not in known]
+    if unknown:
+        raise ConfigError(f"--methods: unknown column(s) {unknown}; the tables {tables} have {sorted(set(known))}")
+    for table in tables:
+        claims_of(table)
+    known = {split for t in tables for split in definition(t)["splits"]}
+    unknown = [split for split in splits or () if split not in known]
+    if unknown:
+        raise ConfigError(f"--splits: unknown split(s) {unknown}; the tables {tables} have {sorted(known)}")
+
+
 def main(schedule: str, seeds: list[int], tables: list[str], out: str | None, overrides: list[str] = (),
          splits: tuple[str, ...] | None = None, methods: list[str] | None = None, train_missing: bool = True,
          jobs: int = 1) -> Path:
     if jobs < 1:
         raise ConfigError(f"must be at least 1, got {jobs}; 1 trains the runs one after another", where="--jobs")
     root = Path(out) if out else Path("runs") / f"table-{schedule}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    overrides = list(overrides)
-    known = [c for t in tables for c, _ in methods_of(t)]
-    unknown = [m for m in methods or [] if m not in known]
-    if unknown:
-        raise ConfigError(f"--methods: unknown column(s) {unknown}; the tables {tables} have {sorted(set(known))}")
-    for table in tables:                   # a malformed claim is refused before any run starts
-        claims_of(table)
-    splits = tuple(splits or ())
-    known = {split for t in tables for split in definition(t)["splits"]}
-    unknown = [split for split in splits if split not in known]
-    if unknown:
-        raise ConfigError(f"--splits: unknown split(s) {unknown}; the tables {tables} have {sorted(known)}")
+    overrides, splits = list(overrides), tuple(splits or ())
+    check_selection(tables, splits, methods)
     summaries = ensure_runs(root, schedule, seeds, tables, overrides, tuple(splits), methods, train_missing, jobs)
     origin = {**provenance(), "settings": run_settings(root, summaries), "trained": training_origin(summaries)}
     text = render(summaries, tables, seeds, root, schedule, overrides, tuple(splits), methods, origin)

@@ -93,6 +93,8 @@ def _setup(case, root, monkeypatch):
         monkeypatch.setattr(table_module, "CONFIG_DIR", root)
         monkeypatch.setattr(cli_module, "table_names", lambda: ["mine"])
         return ["table", "--tables", "mine", "--out", str(root / "t")]
+    if case == "table --status without --out":
+        return ["table", "--status", "--tables", "grid"]
     if case == "table --jobs 0":
         return ["table", "--tables", "grid", "--jobs", "0", "--out", str(root / "t")]
     if case == "unknown flag":
@@ -167,6 +169,7 @@ CASES = [
     ("report --out under a file", "output error (--out)", "is a file"),
     ("table --out is a file", "output error (--out)", "is a file"),
     ("table --jobs 0", "configuration error (--jobs)", "must be at least 1, got 0"),
+    ("table --status without --out", "(--status)", "needs the table's --out"),
     ("a table claim naming a column it does not have", "mine.yaml)", "'grid/narrow' is not split/column"),
     ("unknown flag", "usage error (fedgen sample)", "--bogus; see fedgen sample --help"),
     ("unknown command", "usage error (fedgen)", "invalid choice: 'trian'"),

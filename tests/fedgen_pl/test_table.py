@@ -543,3 +543,44 @@ def test_a_run_that_misses_the_health_bar_is_named_and_kept_in_the_mean(tmp_path
     (vae / "metrics.csv").write_text("round,global/is_classifier\n20,1.0\n40,1.0\n100,1.0\n")
     assert "Health bar (fedgen_pl/health.py): all 7 GAN runs meet it." in render(
         summaries, ["table2"], [0, 1], tmp_path, "quick", splits=("noniid",))
+
+
+def test_status_says_where_each_run_stands_and_writes_nothing(tmp_path, capsys):
+    """Finished, being trained (its lock held), cut off with a checkpoint, cut off before one, not started."""
+    import csv
+    import os
+
+    from fedgen_pl.cli import main
+    from fedgen_pl.table import last_logged_round
+    from fedgen_pl.train import hold_run_dir
+
+    keys = [key for key, _ in runs_for("table1", "full", [0], splits=("noniid",))]
+    dirs = [run_dir_for(tmp_path, key) for key in keys]
+    for run_dir in dirs[:4]:
+        (run_dir / "checkpoints").mkdir(parents=True)
+    (dirs[0] / "summary.json").write_text("{}")
+    header = "round,step,global/fid_classifier,train/d_loss\n"
+    rows = "".join(f"{r},{5 * r},{100 - r / 10},\n{r},{5 * r + 1},,0.5\n" for r in range(1, 401))   # > 8 kB
+    for run_dir in dirs[1:3]:
+        (run_dir / "metrics.csv").write_text(header + rows + "401,20")        # a last row cut mid-write
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert (dirs[1] / "metrics.csv").stat().st_size > 8192
+    with open(dirs[1] / "metrics.csv") as f:           # the end read matches the last full row, read plainly
+        assert last_logged_round(dirs[1]) == int(list(csv.DictReader(f))[-2]["round"]) == 400
+    held = hold_run_dir(dirs[1])
+    try:
+        before = sorted(p for p in tmp_path.rglob("*"))
+        assert main(["table", "--status", "--tables", "table1", "--splits", "noniid", "--seeds", "0",
+                     "--schedule", "full", "--out", str(tmp_path)]) == 0
+    finally:
+        held.close()
+    text = capsys.readouterr().out
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+    assert "1 finished, 1 training, 1 cut off, 1 cut off before its first checkpoint, 1 not started, of 5." in text
+    states = {line.split(" | ")[2]: line.split(" | ")[4].rstrip(" |") for line in text.splitlines()
+              if line.startswith("| table1 |")}
+    assert states[keys[0][2]] == "finished"
+    assert states[keys[1][2]].startswith(f"training (pid {os.getpid()}), round 400 of 1000 (metrics.csv written 0 min ago)")
+    assert states[keys[2][2]].startswith("cut off, round 400 of 1000") and "resumes from its last checkpoint" in states[keys[2][2]]
+    assert states[keys[3][2]] == "cut off before its first checkpoint: starts again"
+    assert states[keys[4][2]] == "not started"
