@@ -440,8 +440,12 @@ def claims_of(table: str) -> tuple[list, list]:
     spec = definition(table)
     columns = [c for c, _ in methods_of(table)]
     try:
-        return (parse_claims(spec.get("claims"), spec["splits"], columns),
-                parse_targets(spec.get("targets"), spec.get("published", {}), columns))
+        claims = parse_claims(spec.get("claims"), spec["splits"], columns)
+        targets = parse_targets(spec.get("targets"), spec.get("published", {}), columns)
+        unknown = sorted({c.metric for c in claims} - set(ROWS))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}: a claim's metric is a row name ({', '.join(ROWS)})")
+        return claims, targets
     except ValueError as error:
         raise ConfigError(f"{error}; fix its claims or targets", where=str(CONFIG_DIR / "tables" / f"{table}.yaml"))
 
@@ -456,6 +460,8 @@ def decided(table: str, summaries: dict[tuple, dict], seeds: list[int], health: 
 
     def values_of(skip):
         def values(cell, metric):
+            if metric not in ROWS:             # e.g. the EMA row of a metric that has none
+                return None
             found = [summaries[(table, *cell, s)]["metrics"].get(ROWS[metric]) for s in seeds
                      if (table, *cell, s) not in skip]
             return None if any(v is None for v in found) else found

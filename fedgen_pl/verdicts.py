@@ -171,17 +171,27 @@ def claim_line(record: dict) -> str:
 
 def target_record(target: Target, values, published: dict) -> dict:
     """A target decided: "met" when the mean of its cell is below the published number, else "missed"
-    (None where no seed has the metric)."""
+    (None where no seed has the metric); the same for the EMA's metric beside it (``ema``), where the cell
+    has it."""
     number = float(published[target.cell[0]][target.published])
-    found = values(target.cell, target.metric) or []
-    mean, std = _mean_std(found) if found else (None, None)
+
+    def against(metric: str) -> dict:
+        found = values(target.cell, metric) or []
+        mean, std = _mean_std(found) if found else (None, None)
+        return {"mean": mean, "std": std, "seeds": len(found),
+                "outcome": None if mean is None else "met" if mean < number else "missed"}
+
+    ema = against(f"{target.metric}, EMA")
     return {"target": f"{'/'.join(target.cell)} below {target.published} ({number:g}) on {target.metric}",
-            "published": number, "mean": mean, "std": std, "seeds": len(found),
-            "outcome": None if mean is None else "met" if mean < number else "missed"}
+            "published": number, **against(target.metric), "ema": ema if ema["outcome"] else None}
 
 
 def target_line(record: dict) -> str:
     if record["outcome"] is None:
         return f"- {record['target']}: **not decided** (no seed has the metric)"
-    return (f"- {record['target']}: **{record['outcome']}**, {_shown(record['mean'], record['std'])} "
+    line = (f"- {record['target']}: **{record['outcome']}**, {_shown(record['mean'], record['std'])} "
             f"({record['seeds']} seeds)")
+    ema = record["ema"]
+    if ema is not None:
+        line += f"; the EMA: {ema['outcome']}, {_shown(ema['mean'], ema['std'])}"
+    return line

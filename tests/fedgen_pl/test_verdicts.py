@@ -40,6 +40,19 @@ def test_every_shipped_claim_and_target_names_cells_of_its_table():
         parse_claims({"x": ["iid/A < iid/A"]}, ["iid"], ["A"])
 
 
+def test_a_claim_on_a_metric_the_tables_do_not_have_is_refused(tmp_path, monkeypatch):
+    import fedgen_pl.table as table_module
+    from fedgen_pl.config import ConfigError
+
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "mine.yaml").write_text(
+        "splits: {grid: gaussian_grid}\ncolumns:\n  a: [model.hidden_dim=256]\n  b: [model.hidden_dim=32]\n"
+        "claims:\n  a wins: {metric: FID (Inceptoin), ahead: [grid/a > grid/b]}\n")
+    monkeypatch.setattr(table_module, "CONFIG_DIR", tmp_path)
+    with pytest.raises(ConfigError, match=r"unknown metric\(s\) \['FID \(Inceptoin\)'\]"):
+        claims_of("mine")
+
+
 def test_secondary_metrics_and_the_other_direction_are_reported():
     claim = Claim("A beats B", "FID (Inception)", ((("s", "A"), ("s", "B")),))
     data = {("s", "A"): {"FID (Inception)": [1.0, 2.0, 3.0], "FID (Inception), EMA": [9.0, 9.5, 10.0], "Acc": [0.9, 0.9, 0.91]},
@@ -114,12 +127,15 @@ def test_literature_targets_are_met_or_missed_on_the_mean_in_table_md_and_table_
         fid = {"M-D GAN": 30.0 + key[3], "FR sync": 7.0 + key[3]}.get(key[2], 50.0)
         run_dir = run_dir_for(tmp_path, key)
         run_dir.mkdir(parents=True)
-        (run_dir / "summary.json").write_text(json.dumps({"metrics": {"global/fid_inception": fid},
+        (run_dir / "summary.json").write_text(json.dumps({"metrics": {"global/fid_inception": fid,
+                                                                      "ema/global/fid_inception": fid - 2.0},
                                                           "bytes_device_edge": 0, "bytes_edge_cloud": 0, "rounds": 1}))
     main("full", [0, 1, 2], ["literature"], str(tmp_path), splits=("mnist",), train_missing=False)
     text = (tmp_path / "table.md").read_text()
-    assert "- mnist/M-D GAN below MD-GAN (37.8) on FID (Inception): **met**, 31.00 ± 1.00 (3 seeds)" in text
-    assert "- mnist/FR sync below PRISM* (6.96) on FID (Inception): **missed**, 8.00 ± 1.00 (3 seeds)" in text
+    assert ("- mnist/M-D GAN below MD-GAN (37.8) on FID (Inception): **met**, 31.00 ± 1.00 (3 seeds); "
+            "the EMA: met, 29.00 ± 1.00") in text
+    assert ("- mnist/FR sync below PRISM* (6.96) on FID (Inception): **missed**, 8.00 ± 1.00 (3 seeds); "
+            "the EMA: met, 6.00 ± 1.00") in text
     assert "fmnist/" not in text.split("Claims and targets")[1]
     targets = json.loads((tmp_path / "table.json").read_text())["verdicts"]["literature"]["targets"]
     assert [(t["target"].split(" ")[0], t["outcome"], t["mean"], t["seeds"]) for t in targets] == [
