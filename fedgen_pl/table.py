@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from datetime import datetime
 from multiprocessing import get_context
 from pathlib import Path
@@ -456,6 +457,10 @@ def decided(table: str, summaries: dict[tuple, dict], seeds: list[int], health: 
     all_claims, all_targets = claims_of(table)
     present = {(split, column) for (t, split, column, _) in summaries if t == table}
     claims = [c for c in all_claims if all(cell in present for pair in c.comparisons for cell in pair)]
+    # a claim the table covers in part (e.g. two of its columns): its comparisons here, undecided
+    partial = [(c, replace(c, comparisons=tuple(p for p in c.comparisons if p[0] in present and p[1] in present)))
+               for c in all_claims if c not in claims]
+    partial = [(c, shown) for c, shown in partial if shown.comparisons]
     targets = [t for t in all_targets if t.cell in present]
 
     def values_of(skip):
@@ -468,7 +473,13 @@ def decided(table: str, summaries: dict[tuple, dict], seeds: list[int], health: 
         return values
 
     missed = {key for key, healthy in health.items() if healthy is False}
-    return {"claims": [claim_record(c, values_of(()), values_of(missed) if missed else None) for c in claims],
+    records = [claim_record(c, values_of(()), values_of(missed) if missed else None) for c in claims]
+    for claim, shown in partial:
+        record = claim_record(shown, values_of(()))
+        lacking = sorted({"/".join(cell) for pair in claim.comparisons for cell in pair if cell not in present})
+        records.append({**record, "outcome": None, "also": {}, "lacking": lacking,
+                        "partial_outcome": record["outcome"]})
+    return {"claims": records,
             "targets": [target_record(t, values_of(()), definition(table)["published"]) for t in targets]}
 
 

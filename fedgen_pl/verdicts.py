@@ -154,10 +154,13 @@ def claim_record(claim: Claim, values, healthy_values=None) -> dict:
 
 def claim_line(record: dict) -> str:
     """A claim's record as one Markdown bullet (saying where the EMA's Inception FID turns it)."""
-    if record["outcome"] is None:
-        return f"- {record['claim']}: **not decided** (a cell lacks {record['metric']} on two or more seeds)"
     phrases = [f"{c['a']} {_shown(c['a_mean'], c['a_std'])} against {c['b']} {_shown(c['b_mean'], c['b_std'])}: "
                f"{c['result']}" for c in record["comparisons"]]
+    if record.get("lacking"):
+        return (f"- {record['claim']}: **not decided here** (the table lacks {', '.join(record['lacking'])})"
+                + (f"; the comparisons it has, on {record['metric']}: {'; '.join(phrases)}." if phrases else "."))
+    if record["outcome"] is None:
+        return f"- {record['claim']}: **not decided** (a cell lacks {record['metric']} on two or more seeds)"
     line = f"- {record['claim']}: **{record['outcome']}** on {record['metric']} ({'; '.join(phrases)})."
     others = [f"{metric}: {other}" + (" (the other direction)" if metric == "FID (Inception), EMA"
                                       and other != record["outcome"] else "")

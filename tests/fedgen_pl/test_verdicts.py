@@ -140,3 +140,17 @@ def test_literature_targets_are_met_or_missed_on_the_mean_in_table_md_and_table_
     targets = json.loads((tmp_path / "table.json").read_text())["verdicts"]["literature"]["targets"]
     assert [(t["target"].split(" ")[0], t["outcome"], t["mean"], t["seeds"]) for t in targets] == [
         ("mnist/M-D", "met", 31.0, 3), ("mnist/FR", "missed", 8.0, 3)]
+
+
+def test_a_claim_the_table_covers_in_part_shows_its_comparisons_undecided(tmp_path):
+    """`community` + skip has only M-D GAN and FR sync: claim (i) shows that one comparison, undecided."""
+    summaries = {}
+    for key, _ in runs_for("table1", "full", [0, 1, 2], splits=("noniid",), methods=["M-D GAN", "FR sync"]):
+        fid = (10.0 if key[2] == "FR sync" else 20.0) + key[3]
+        summaries[key] = {"metrics": {"global/fid_inception": fid}}
+    text = render(summaries, ["table1"], [0, 1, 2], tmp_path, "full", splits=("noniid",), methods=["M-D GAN", "FR sync"])
+    (i,) = [line for line in text.splitlines() if line.startswith("- (i)")]
+    assert i == ("- (i) FR sync is the best federated method under non-i.i.d. data: **not decided here** (the table "
+                 "lacks noniid/FR async, noniid/Fed. GAN); the comparisons it has, on FID (Inception): noniid/FR sync "
+                 "11.00 ± 1.00 against noniid/M-D GAN 21.00 ± 1.00: ahead.")
+    assert "(iii)" not in text                       # no comparison of it is in this table
