@@ -486,8 +486,8 @@ def decided(table: str, summaries: dict[tuple, dict], seeds: list[int], health: 
 def decided_lines(records: dict, seeds: list[int]) -> list[str]:
     if not records["claims"] and not records["targets"]:
         return []
-    return [f"Claims and targets on {len(seeds)} seed(s), by the rule fixed before the full-schedule seeds 1-2 "
-            f"(fedgen_pl/verdicts.py, docs/results/table1.md):", "",
+    return [f"Claims and targets on {len(seeds)} seed(s) (fedgen_pl/verdicts.py; the claims' rule was fixed in "
+            f"docs/results/table1.md before Table 1's and 2's full-schedule seeds 1-2):", "",
             *map(claim_line, records["claims"]), *map(target_line, records["targets"]), ""]
 
 

@@ -1,5 +1,6 @@
-"""The paper's claims and the literature's targets, decided on a table's seeds by the rule fixed before the
-full-schedule seeds 1 and 2 were trained (docs/results/table1.md, "How the full-schedule verdicts will be read").
+"""The paper's claims and the literature's targets, decided on a table's seeds: the claims by the rule fixed
+before Table 1's and Table 2's full-schedule seeds 1 and 2 were trained (docs/results/table1.md, "How the
+full-schedule verdicts will be read"), the targets as issue #27 set them (a mean below a published number).
 
 **Ahead**: of two cells A and B (one split's column each, its seeds' final values of one metric), A is
 ahead of B when its mean is better and the gap exceeds the wider of the two columns' spreads:
