@@ -194,7 +194,7 @@ def target_line(record: dict) -> str:
     if record["outcome"] is None:
         return f"- {record['target']}: **not decided** (no seed has the metric)"
     line = (f"- {record['target']}: **{record['outcome']}**, {_shown(record['mean'], record['std'])} "
-            f"({record['seeds']} seeds)")
+            f"({record['seeds']} seed{'s' if record['seeds'] != 1 else ''})")
     ema = record["ema"]
     if ema is not None:
         line += f"; the EMA: {ema['outcome']}, {_shown(ema['mean'], ema['std'])}"
