@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from omegaconf import OmegaConf
@@ -261,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         release_held_logs()
         print(f"fedgen: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:           # the reader left (`fedgen table --status | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except BaseException:
         release_held_logs()           # an internal error keeps everything that led to it
         raise

@@ -217,3 +217,15 @@ def test_a_run_stopped_before_its_first_checkpoint_is_not_offered_for_resume(tmp
     line = _one_line_error(capsys, main(["train", *FAST, f"output_dir={run}"]), f"output_dir={run}",
                            "stopped before its first checkpoint: remove it to start it again")
     assert "resume=" not in line
+
+
+def test_output_cut_short_by_its_reader_is_no_error(tmp_path):
+    """`fedgen table --status | head -1`: the reader leaves early; fedgen exits 0 without a traceback. (The
+    reader here, `true`, leaves before fedgen writes, so the write meets a closed pipe.)"""
+    import subprocess
+    import sys
+
+    done = subprocess.run(f"'{sys.executable}' -m fedgen_pl.cli table --status --tables grid --out '{tmp_path}' "
+                          f"| true; exit ${{PIPESTATUS[0]}}", shell=True, executable="/bin/bash",
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "Traceback" not in done.stderr and not done.stderr.strip(), done.stderr
