@@ -223,10 +223,9 @@ def status(root: Path, schedule: str, seeds: list[int], tables: list[str], overr
             at = f"round {logged} of {rounds}" if logged is not None else "no round logged"
             if logged is not None:        # a run trained by an older checkout holds no lock: its age tells
                 at += f" (metrics.csv written {_age(run_dir / 'metrics.csv')} ago)"
-            holder = None if (run_dir / "summary.json").is_file() else run_in_use(run_dir)
             if (run_dir / "summary.json").is_file():
                 state = "finished"
-            elif holder is not None:
+            elif (holder := run_in_use(run_dir)) is not None:
                 state = f"training ({holder}), {at}"
             elif (run_dir / "checkpoints" / "last.ckpt").is_file():
                 state = f"cut off, {at}: resumes from its last checkpoint"
@@ -366,11 +365,16 @@ def _seeds_note(found: int, seeds: list[int]) -> str:
     return f" ({found} of {len(seeds)} seeds)" if 0 < found < len(seeds) else ""
 
 
+def run_healths(root: Path, summaries: dict[tuple, dict]) -> dict[tuple, bool | None]:
+    return {key: run_health(run_dir_for(root, key)) for key in sorted(summaries)}
+
+
 def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], root: Path, schedule: str,
            overrides: list[str] = (), splits: tuple[str, ...] = SPLITS, methods: list[str] | None = None,
-           origin: dict | None = None) -> str:
+           origin: dict | None = None, health: dict[tuple, bool | None] | None = None) -> str:
+    """The tables as Markdown; ``health`` (each run's ``run_health``) is read from the run directories unless given."""
     origin = origin or provenance()
-    health = {key: run_health(run_dir_for(root, key)) for key in sorted(summaries)}
+    health = run_healths(root, summaries) if health is None else health
     settings = "".join(f", {name} {', '.join(f'`{v}`' for v in values)}" for name, values in origin.get("settings", {}).items())
     lines = [f"Schedule `{schedule}`, seeds {seeds}, overrides `{' '.join(overrides) or '(none)'}`{settings}; runs "
              f"under `{root}`. {_origin_line(origin, len(summaries))}", "",
@@ -611,13 +615,13 @@ def main(schedule: str, seeds: list[int], tables: list[str], out: str | None, ov
     check_selection(tables, splits, methods)
     summaries = ensure_runs(root, schedule, seeds, tables, overrides, tuple(splits), methods, train_missing, jobs)
     origin = {**provenance(), "settings": run_settings(root, summaries), "trained": training_origin(summaries)}
-    text = render(summaries, tables, seeds, root, schedule, overrides, tuple(splits), methods, origin)
+    health = run_healths(root, summaries)          # read once: for table.md and table.json
+    text = render(summaries, tables, seeds, root, schedule, overrides, tuple(splits), methods, origin, health)
     root.mkdir(parents=True, exist_ok=True)
     pictures = figures(root, tables, seeds, splits, methods)
     if pictures:
         text += "\n\nFigures: " + ", ".join(f"`{p}`" for p in pictures)
     (root / "table.md").write_text(text + "\n")
-    health = {key: run_health(run_dir_for(root, key)) for key in sorted(summaries)}
     (root / "table.json").write_text(json.dumps({
         **origin, "schedule": schedule, "seeds": seeds, "tables": tables, "overrides": overrides,
         "splits": list(splits), "methods": methods,
