@@ -2,12 +2,18 @@
 
 ``last.ckpt`` is the newest; the one it replaced is kept as ``previous.ckpt``, so a damaged newest file
 still leaves a checkpoint to resume from (``fedgen_pl/resume.py``). A crash writes ``crash.ckpt``
-beside them and leaves both untouched."""
+beside them and leaves both untouched.
+
+Each checkpoint also carries the wall and CPU seconds the run had cost when it was written, so that a run
+resumed any number of times still reports what it would have cost uninterrupted (``summary.json``'s
+``run_wall_time_s`` and ``run_cpu_seconds``): the seconds up to the checkpoint it resumed from, plus the
+resuming process's own. Work lost with a killed process (after its last checkpoint) is not counted."""
 
 from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -16,10 +22,21 @@ from fedgen_pl.errors import DiskFullError
 
 
 class RoundCheckpoint(pl.Callback):
-    def __init__(self, dirpath: Path, every_n_rounds: int):
+    def __init__(self, dirpath: Path, every_n_rounds: int, started: tuple[float, float] | None = None):
+        """``started``: ``(time.time(), time.process_time())`` when this process began the run (default: now)."""
         self.dirpath = Path(dirpath)
         self.every_n_rounds = every_n_rounds
         self._saved_round = -1
+        self.started = started or (time.time(), time.process_time())
+        self.carried: tuple[float, float] | None = (0.0, 0.0)   # before this process; None: not recorded
+
+    def run_seconds(self) -> tuple[float, float] | None:
+        """The run's wall and CPU seconds so far, earlier processes included; None when resumed from a
+        checkpoint written before checkpoints carried them."""
+        if self.carried is None:
+            return None
+        return (self.carried[0] + time.time() - self.started[0],
+                self.carried[1] + time.process_time() - self.started[1])
 
     @property
     def last_path(self) -> Path:
@@ -58,10 +75,12 @@ class RoundCheckpoint(pl.Callback):
             self._saved_round = done
 
     def state_dict(self) -> dict:
-        return {"saved_round": self._saved_round}
+        return {"saved_round": self._saved_round, "run_seconds": self.run_seconds()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._saved_round = state_dict["saved_round"]
+        seconds = state_dict.get("run_seconds")
+        self.carried = None if seconds is None else (float(seconds[0]), float(seconds[1]))
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         # The state may be mid-update; keep last.ckpt intact and leave the crash state beside it.

@@ -434,6 +434,7 @@ def render(summaries: dict[tuple, dict], tables: list[str], seeds: list[int], ro
         lines.append("")
         lines += decided_lines(decided(table, summaries, seeds, health), seeds)
     lines += health_lines(summaries, health)
+    lines += cost_lines(summaries)
     lines.append("Run directories:")
     for key in sorted(summaries):
         lines.append(f"- {key[0]} {key[1]} {key[2]} seed {key[3]}: `{run_dir_for(root, key)}`")
@@ -508,6 +509,19 @@ def health_lines(summaries: dict[tuple, dict], health: dict[tuple, bool | None])
         return [f"Health bar (fedgen_pl/health.py): all {len(checked)} GAN runs meet it.", ""]
     return [f"Health bar (fedgen_pl/health.py): {len(missed)} of {len(checked)} GAN runs miss it, kept in the "
             f"means above: {'; '.join(missed)}.", ""]
+
+
+def cost_lines(summaries: dict[tuple, dict]) -> list[str]:
+    """What the table's runs cost to train, in core-hours (each run's ``run_cpu_seconds``: every segment up to
+    the checkpoint the next resumed from, evaluations included): the measured figure that the next table's
+    estimate is set against. Runs trained before runs kept it are counted apart."""
+    seconds = [s["run_cpu_seconds"] for s in summaries.values() if s.get("run_cpu_seconds") is not None]
+    if not seconds:
+        return []
+    missing = len(summaries) - len(seconds)
+    return [f"Training cost (`run_cpu_seconds`): {sum(seconds) / 3600:.2f} core-hours over {len(seconds)} runs, "
+            f"{min(seconds) / 3600:.2f} to {max(seconds) / 3600:.2f} a run"
+            + (f"; {missing} of {len(summaries)} runs predate the record" if missing else "") + ".", ""]
 
 
 def _published(published: dict, splits) -> str:

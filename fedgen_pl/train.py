@@ -277,7 +277,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None, device_transport
         OmegaConf.save(cfg, run_dir / "config.yaml")
         datamodule.write_partition(run_dir)
         trainer, aggregation, evaluation, loggers = build_trainer(cfg, datamodule, run_dir, resume_state,
-                                                                  extra_callbacks)
+                                                                  extra_callbacks, (started, cpu_started))
         record_segment(run_dir, cfg.resume)
     except BaseException:
         in_use.close()
@@ -297,8 +297,9 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None, device_transport
         return summarise(cfg, model, run_dir, (started, cpu_started), aggregation, evaluation, trainer, loggers)
 
 
-def build_trainer(cfg: DictConfig, datamodule, run_dir: Path, resume_state: dict | None, extra_callbacks):
-    """The callbacks, loggers and Trainer of a run."""
+def build_trainer(cfg: DictConfig, datamodule, run_dir: Path, resume_state: dict | None, extra_callbacks,
+                  started: tuple[float, float] | None = None):
+    """The callbacks, loggers and Trainer of a run; ``started``: when this process began it (wall, CPU)."""
     aggregation = GlobalAggregation()
     if all(c.data == "gaussian_grid" for c in cfg.federation.communities):
         evaluation = GaussianGridMetrics(cfg.metrics.eval_every, cfg.metrics.grid_samples_per_label,
@@ -309,7 +310,7 @@ def build_trainer(cfg: DictConfig, datamodule, run_dir: Path, resume_state: dict
     else:
         evaluation = GenerationMetrics(partial(build_evaluator, cfg, datamodule), cfg.metrics.eval_every,
                                        run_dir / "plots")
-    checkpoint = RoundCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_rounds)
+    checkpoint = RoundCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_rounds, started)
     # The bar on a terminal; one plain line per evaluation otherwise (a log file gets no carriage returns).
     bar = bool(cfg.trainer.progress_bar) and sys.stderr.isatty()
     loggers = build_loggers(cfg, run_dir, resume_state["iteration"] if resume_state else None)
@@ -336,7 +337,11 @@ def summarise(cfg: DictConfig, model, run_dir: Path, started: tuple[float, float
               loggers) -> Path:
     """``summary.json``; closes the loggers. ``started``: the wall clock and this process's CPU time when the
     run (or its last resumed segment) began; ``cpu_seconds`` is the CPU time of all the process's threads since
-    (core-seconds: what the run cost on a shared machine, where the wall time depends on the load)."""
+    (core-seconds: what the run cost on a shared machine, where the wall time depends on the load).
+    ``run_wall_time_s`` and ``run_cpu_seconds`` count every segment up to the checkpoint the next one resumed
+    from (callbacks/checkpoint.py): the run's cost as if never stopped; None after a resume from a checkpoint
+    that predates them."""
+    run_seconds = next(c for c in trainer.callbacks if isinstance(c, RoundCheckpoint)).run_seconds()
     summary = {
         "experiment": cfg.experiment,
         "seed": int(cfg.seed),
@@ -344,6 +349,8 @@ def summarise(cfg: DictConfig, model, run_dir: Path, started: tuple[float, float
         "iterations": model.iteration,
         "wall_time_s": round(time.time() - started[0], 2),
         "cpu_seconds": round(time.process_time() - started[1], 2),
+        "run_wall_time_s": None if run_seconds is None else round(run_seconds[0], 2),
+        "run_cpu_seconds": None if run_seconds is None else round(run_seconds[1], 2),
         "virtual_time": model.clock.tick,
         "bytes_device_edge": model.bytes["device_to_edge"] + model.bytes["edge_to_device"],
         "bytes_edge_cloud": model.bytes["edge_to_cloud"] + model.bytes["cloud_to_edge"],

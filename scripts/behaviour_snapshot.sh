@@ -37,8 +37,8 @@ for name in "${names[@]}"; do
   $python - "$run/summary.json" > "$out/$name/summary.json" <<'PY'
 import json, sys
 summary = json.load(open(sys.argv[1]))
-for key in ("wall_time_s", "cpu_seconds", "eval_seconds", "metrics_setup_seconds", "run_dir", "classifier", "trained",
-            "finished"):
+for key in ("wall_time_s", "cpu_seconds", "run_wall_time_s", "run_cpu_seconds", "eval_seconds", "metrics_setup_seconds",
+            "run_dir", "classifier", "trained", "finished"):
     summary.pop(key, None)
 print(json.dumps(summary, indent=1, sort_keys=True))
 PY

@@ -85,6 +85,11 @@ def test_sigkill_mid_round_then_resume_equals_uninterrupted_run(tmp_path, update
     assert [s["resumed_from"] for s in killed_by] == [None, str(killed / "checkpoints" / "last.ckpt")]
     assert {s["commit"] for s in straight_by + killed_by} == {commit()}
     assert all("cores" in s["hardware"] and s["date"] for s in straight_by + killed_by)
+    # The resumed run's cost counts the killed process up to its checkpoint; the straight run's is its own.
+    straight_summary, killed_summary = (json.loads((d / "summary.json").read_text()) for d in (straight, killed))
+    assert straight_summary["run_wall_time_s"] == pytest.approx(straight_summary["wall_time_s"], abs=0.5)
+    assert killed_summary["run_wall_time_s"] > killed_summary["wall_time_s"]
+    assert killed_summary["run_cpu_seconds"] > killed_summary["cpu_seconds"]
 
 
 def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):

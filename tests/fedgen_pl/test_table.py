@@ -64,6 +64,21 @@ def test_render_mean_std_beside_paper(tmp_path):
     assert "KID" not in text and "EMA" not in text                # rows no run has are left out
 
 
+def test_the_table_sums_what_its_runs_cost_and_counts_those_that_predate_the_record(tmp_path):
+    summaries = {}
+    for n, (key, _) in enumerate(runs_for("table1", "quick", [0])):
+        summaries[key] = {"metrics": {"global/fid_classifier": 1.0}}
+        if key[1] == "noniid":                        # five runs of 360, 720, ..., 1800 core-seconds
+            summaries[key]["run_cpu_seconds"] = 360.0 * (n - 4)
+    assert [k[1] for k in summaries][5:] == ["noniid"] * 5
+    text = render(summaries, ["table1"], [0], tmp_path, "quick")
+    assert ("Training cost (`run_cpu_seconds`): 1.50 core-hours over 5 runs, 0.10 to 0.50 a run; 5 of 10 runs "
+            "predate the record.") in text
+    for summary in summaries.values():
+        summary.pop("run_cpu_seconds", None)
+    assert "Training cost" not in render(summaries, ["table1"], [0], tmp_path, "quick")
+
+
 def test_full_schedule_rows_add_inception_kid_and_the_ema_beside_the_paper_rows(tmp_path):
     summaries = {}
     for key, _ in runs_for("table1", "full", [0, 1], splits=("noniid",)):
