@@ -23,7 +23,7 @@ import torch
 from datamodules import FederatedDataModule
 from fedgen_pl.config import load_config
 from fedgen_pl.metrics.evaluator import build_evaluator
-from fedgen_pl.metrics.generation import _as_float
+from fedgen_pl.images import normalise_images
 
 ROWS = ("global/fid_inception", "global/kid_inception", "global/fid_classifier", "global/acc")
 
@@ -47,7 +47,7 @@ def real_image_sampler(datamodule, seed: int = 0):
             if not pool:
                 raise RuntimeError(f"fedgen: not enough training images of label {label} in {name} for the floor")
             picked.append(datamodule.sources[name].train_x[pool.pop()])
-        return _as_float(torch.stack(picked).to(labels.device))
+        return normalise_images(torch.stack(picked).to(labels.device))
 
     return sample
 
@@ -57,7 +57,9 @@ def floor(overrides: list[str]) -> dict[str, float]:
     datamodule = FederatedDataModule(cfg)
     datamodule.setup("fit")
     if len(datamodule.spec.data_shape) == 1:
-        sys.exit(f"fedgen: not an image experiment (experiment {cfg.experiment}): the floor is of the image metrics")
+        print(f"fedgen: not an image experiment (experiment {cfg.experiment}): name an image experiment, e.g. "
+              f"prism_mnist", file=sys.stderr)
+        sys.exit(2)
     evaluator = build_evaluator(cfg, datamodule, torch.device("cpu"))
     return evaluator.evaluate(real_image_sampler(datamodule, int(cfg.seed)), ["global"], inception=True)
 

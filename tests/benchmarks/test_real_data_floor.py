@@ -4,11 +4,12 @@ image of the requested label, from the requested domain's dataset."""
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 from datamodules import FederatedDataModule
 from fedgen_pl.config import load_config
-from fedgen_pl.metrics.generation import _as_float
+from fedgen_pl.images import normalise_images
 from tests.conftest import tiny_image_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,10 +35,18 @@ def test_each_request_gets_an_unused_training_image_of_its_label_and_domain(tmp_
     for image, (label, domain) in zip(images, requests):
         source = datamodule.sources[datamodule.community_data[domain]]
         matches = [i for i in range(len(source.train_x))
-                   if torch.equal(_as_float(source.train_x[i:i + 1])[0], image)]
+                   if torch.equal(normalise_images(source.train_x[i:i + 1])[0], image)]
         assert matches, "not a training image of the domain's dataset"
         assert any(int(datamodule.lookups[datamodule.community_data[domain]][source.train_y[i]]) == label
                    for i in matches)
         key = (domain, tuple(matches))
         assert key not in seen, "an image was drawn twice"
         seen.add(key)
+
+
+def test_a_vector_experiment_is_refused_in_one_line_with_exit_code_2(capsys):
+    with pytest.raises(SystemExit) as stop:
+        real_data_floor.floor(["experiment=gaussian_grid"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "fedgen: not an image experiment (experiment gaussian_grid): name an image experiment, e.g. prism_mnist"]
