@@ -266,7 +266,7 @@ KEYS: list[Key] = [
         choices=('auto', 'cpu', 'gpu', 'cuda', 'mps')),
     Key('trainer.precision', str, 'auto',
         'Lightning precision: auto | 32-true | 16-mixed | bf16-mixed; auto = bf16-mixed for the GANs on images'
-        ' on a CPU with bf16 in hardware (AVX512-BF16, AMX), else 32-true (the run records which)',
+        ' on a CPU where bf16 was measured faster (AMX, or AVX512-BF16 on AMD), else 32-true (the run records which)',
         choices=('auto', '32-true', '32', '16-mixed', 'bf16-mixed')),
     Key('trainer.log_every_n_iters', int, 10,
         'log per-iteration losses every n local iterations (each log syncs the host)', ge=1),

@@ -160,19 +160,36 @@ def check_accelerator(cfg: DictConfig) -> None:
                           where="trainer.accelerator")
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). There bf16 autocast makes a GAN step
-    1.06-1.6x faster (1.06x on an Intel Xeon without AMX, 1.6x with it); elsewhere bf16 is emulated and slower
-    than fp32 (benchmarks/RESULTS.md)."""
-    return any(getattr(torch.cpu, probe, lambda: False)()
-               for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+def cpu_vendor() -> str:
+    """The CPU's vendor string ("GenuineIntel", "AuthenticAMD"), or "" where the system does not say (no
+    /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
+def bf16_pays(amx: bool, avx512_bf16: bool, vendor: str) -> bool:
+    """Whether bf16 autocast makes a GAN step faster on a CPU, by what was measured (benchmarks/RESULTS.md, the
+    training phase of `make train` at bf16 against fp32): with AMX tiles (an Intel Xeon: 1.26x), or AVX512-BF16
+    on an AMD CPU (an AMD EPYC: 1.23x); not AVX512-BF16 alone on an Intel CPU (an Intel Xeon without AMX: 0.89x,
+    slower), nor where bf16 is emulated."""
+    return amx or (avx512_bf16 and vendor == "AuthenticAMD")
+
+
+def cpu_bf16_pays() -> bool:
+    """``bf16_pays`` for this machine's CPU."""
+    amx, avx512_bf16 = (getattr(torch.cpu, probe, lambda: False)()
+                        for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return bf16_pays(amx, avx512_bf16, cpu_vendor())
 
 
 def auto_precision(on_cpu: bool, cpu_bf16: bool, gan: bool, images: bool, deployed: bool) -> str:
     """``trainer.precision=auto``: ``bf16-mixed`` only where it was measured to keep the results and to pay
-    (docs/results/precision_and_ema.md: the GANs on images, in one process, on a CPU with bf16 in hardware);
-    ``32-true`` elsewhere: GPUs (not measured), other CPUs (bf16 emulated), the VAEs and vector data (not
-    measured), a Flower deployment (its devices train in fp32)."""
+    (docs/results/precision_and_ema.md: the GANs on images, in one process, on a CPU where bf16 pays);
+    ``32-true`` elsewhere: GPUs (not measured), other CPUs (bf16 slower or emulated), the VAEs and vector
+    data (not measured), a Flower deployment (its devices train in fp32)."""
     return "bf16-mixed" if on_cpu and cpu_bf16 and gan and images and not deployed else "32-true"
 
 
@@ -182,7 +199,7 @@ def resolve_precision(cfg: DictConfig, spec, deployed: bool = False) -> str:
         return str(cfg.trainer.precision)
     gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
     on_cpu = cfg.trainer.accelerator == "cpu" or (cfg.trainer.accelerator == "auto" and not gpu)
-    return auto_precision(on_cpu, cpu_has_bf16(), recipe_of(cfg.model.name).family == "gan",
+    return auto_precision(on_cpu, cpu_bf16_pays(), recipe_of(cfg.model.name).family == "gan",
                           len(spec.data_shape) == 3, deployed)
 
 
