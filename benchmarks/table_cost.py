@@ -43,7 +43,8 @@ from fedgen_pl.metrics.inception import load_inception  # noqa: E402
 from fedgen_pl.metrics.generation import inception_features  # noqa: E402
 from fedgen_pl.models import model_class  # noqa: E402
 from fedgen_pl.resume import load_checkpoint  # noqa: E402
-from fedgen_pl.table import run_dir_for, runs_for  # noqa: E402
+from fedgen_pl.errors import InputError  # noqa: E402
+from fedgen_pl.table import check_selection, run_dir_for, runs_for  # noqa: E402
 from fedgen_pl.train import resolve_precision  # noqa: E402
 
 
@@ -144,6 +145,10 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--rounds", type=int, default=2, help="rounds timed per column (after one warm-up round)")
     parser.add_argument("overrides", nargs="*", help="key=value for every run, as for fedgen table")
     args = parser.parse_args(argv)
+    try:                # an unknown column would be left out of the estimate without a word
+        check_selection(args.tables, args.splits, args.methods)
+    except InputError as err:
+        parser.exit(2, f"fedgen: {err}\n")
 
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), torch "
           f"{torch.__version__}; core-seconds measured with time.process_time")

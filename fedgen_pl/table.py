@@ -607,16 +607,22 @@ def figures(root: Path, tables: list[str], seeds: list[int], splits, methods) ->
 def check_selection(tables: list[str], splits, methods) -> None:
     """The columns and splits asked for exist in the tables, and the tables' claims are well formed (before
     any run starts)."""
+    def swallowed(option: str, unknown: list[str]) -> str:   # argparse gives `--methods A k=v` both words
+        return f"; key=value overrides after {option} are read as its values: put them before the options" \
+            if any("=" in word for word in unknown) else ""
+
     known = [c for t in tables for c, _ in methods_of(t)]
     unknown = [m for m in methods or [] if m not in known]
     if unknown:
-        raise ConfigError(f"--methods: unknown column(s) {unknown}; the tables {tables} have {sorted(set(known))}")
+        raise ConfigError(f"--methods: unknown column(s) {unknown}; the tables {tables} have "
+                          f"{sorted(set(known))}{swallowed('--methods', unknown)}")
     for table in tables:
         claims_of(table)
     known = {split for t in tables for split in definition(t)["splits"]}
     unknown = [split for split in splits or () if split not in known]
     if unknown:
-        raise ConfigError(f"--splits: unknown split(s) {unknown}; the tables {tables} have {sorted(known)}")
+        raise ConfigError(f"--splits: unknown split(s) {unknown}; the tables {tables} have {sorted(known)}"
+                          f"{swallowed('--splits', unknown)}")
 
 
 def main(schedule: str, seeds: list[int], tables: list[str], out: str | None, overrides: list[str] = (),

@@ -57,3 +57,11 @@ def test_a_finished_column_shows_the_precision_its_runs_recorded(tmp_path, capsy
                             "--out", str(out)]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| grid |")]
     assert [c.strip() for c in row[0].strip("|").split("|")][3:] == ["bf16-mixed", "–", "–", "–", "0", "0", "0"]
+
+
+def test_an_unknown_column_is_refused_not_left_out(capsys):
+    with pytest.raises(SystemExit) as stop:
+        table_cost.main(["--tables", "grid", "--methods", "FR sync", "trainer.precision=bf16-mixed"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedgen: configuration error (--methods): unknown column(s) ['trainer.precision=bf16-mixed']")

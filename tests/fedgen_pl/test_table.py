@@ -236,6 +236,22 @@ def test_unknown_method_is_a_config_error(tmp_path, capsys):
     assert "FR turbo" in capsys.readouterr().err
 
 
+def test_an_override_after_methods_or_splits_is_refused_not_dropped(tmp_path, capsys):
+    """argparse hands `--methods "FR sync" trainer.precision=bf16-mixed` both words as columns: refused with
+    a hint, where a silently dropped override would train every run at another precision."""
+    from fedgen_pl.cli import main
+
+    assert main(["table", "--tables", "grid", "--methods", "FR sync", "trainer.precision=bf16-mixed",
+                 "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedgen: configuration error (--methods): unknown column(s) ['trainer.precision=bf16-mixed']")
+    assert "put them before the options" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "t").exists()
+    assert main(["table", "--tables", "table1", "--splits", "noniid", "seed=1", "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown split(s) ['seed=1']" in err and "after --splits are read as its values" in err
+
+
 def test_a_run_made_before_a_key_existed_is_reused(tmp_path):
     """A finished run whose config.yaml lacks a key added later (its default keeps the behaviour) counts."""
     from omegaconf import OmegaConf
