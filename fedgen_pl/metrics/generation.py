@@ -148,9 +148,9 @@ def inception_features(network: nn.Module, images: Tensor, device: torch.device 
     return torch.cat([network(images[start:start + chunk].to(device)) for start in range(0, len(images), chunk)])
 
 
-def _real_inception_path(images: Tensor, cache: Path | None, precision: str) -> Path | None:
+def _real_inception_path(images: Tensor, cache: Path | None, tag: str) -> Path | None:
     """The cache file of the real Inception features of exactly these images (keyed by their bytes, the
-    Inception weights file and the precision it ran at)."""
+    Inception weights file and the network's ``cache_tag``: the precision and layout it ran at)."""
     from fedgen_pl.metrics.inception import inception_weights_file
 
     if cache is None:
@@ -158,7 +158,7 @@ def _real_inception_path(images: Tensor, cache: Path | None, precision: str) -> 
     digest = hashlib.sha256(images.cpu().contiguous().numpy().tobytes())
     weights = inception_weights_file()
     digest.update(str(weights.stat().st_size if weights else "torchmetrics").encode())
-    digest.update(precision.encode())
+    digest.update(tag.encode())
     return cache / f"features-{digest.hexdigest()[:20]}.pt"
 
 
@@ -166,7 +166,7 @@ def real_inception_features(network: nn.Module, images: Tensor, cache: Path | No
                             device: torch.device | str = "cpu") -> Tensor:
     """The real images' Inception features, from the cache or computed and cached (stored as float32:
     the network's own output type, so nothing is lost)."""
-    path = _real_inception_path(images, cache, getattr(network, "precision", "32"))
+    path = _real_inception_path(images, cache, getattr(network, "cache_tag", "32"))
     if path is not None and path.is_file():
         log.info("metrics: real Inception features from the cache (%s)", path)
         return torch.load(path, map_location=device, weights_only=True).double()

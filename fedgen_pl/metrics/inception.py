@@ -34,9 +34,11 @@ class TFInceptionFeatures(nn.Module):
     """Images (float in [-1, 1], or uint8 in [0, 255]; 1 or 3 channels, any size) -> 2048-d float64
     pool features: 3 channels, bilinear resize to 299x299, TF scaling, then the TorchScript network.
 
-    ``precision="bf16"`` runs the network under bf16 autocast in channels-last layout (weights stay fp32;
-    1.9-2.9x faster on an AVX512-BF16 CPU, the FID within 1% of fp32's: benchmarks/RESULTS.md). The
-    network is then frozen and its ``contiguous`` calls removed (see ``without_contiguous``)."""
+    The network runs in channels-last layout, frozen, with its ``contiguous`` calls removed (see
+    ``without_contiguous``): oneDNN's convolutions are faster in that layout at fp32 and bf16 alike
+    (benchmarks/RESULTS.md). ``precision="bf16"`` runs it under bf16 autocast (weights stay fp32; 1.9-2.9x
+    faster on a CPU with AMX, the FID within 1% of fp32's). A frozen network holds its weights as graph
+    constants, which ``.to(device)`` does not move, so it is built on the device of the images it is given."""
 
     num_features = 2048
 
@@ -44,18 +46,23 @@ class TFInceptionFeatures(nn.Module):
         super().__init__()
         if precision not in ("32", "bf16"):
             raise ValueError(f"TFInceptionFeatures: precision must be 32 or bf16, got {precision!r}")
-        self.precision = precision
-        self.network = torch.jit.load(str(path), map_location="cpu").eval()
-        for p in self.network.parameters():
-            p.requires_grad_(False)
-        if precision == "bf16":
-            self.network = without_contiguous(self.network.to(memory_format=torch.channels_last))
+        self.path, self.precision = Path(path), precision
+        # the real features' cache key: the layout changes fp32 features in the last digits (6e-6)
+        self.cache_tag = "bf16" if precision == "bf16" else "32-channels-last"
+        self.network = self._frozen_on(torch.device("cpu"))
+
+    def _frozen_on(self, device: torch.device) -> torch.jit.ScriptModule:
+        network = torch.jit.load(str(self.path), map_location=device).eval()
+        self.device = device
+        return without_contiguous(network.to(memory_format=torch.channels_last))
 
     def train(self, mode: bool = True) -> "TFInceptionFeatures":
         return super().train(False)     # always an evaluation network
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
+        if images.device != self.device:
+            self.network = self._frozen_on(images.device)
         x = images.float() / 255.0 if images.dtype == torch.uint8 else (images.float() + 1.0) / 2.0
         x = x.clamp(0, 1)
         if x.shape[1] == 1:
@@ -63,9 +70,10 @@ class TFInceptionFeatures(nn.Module):
         if x.shape[-2:] != (299, 299):
             x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
         x = x * (TF_INPUT_RANGE[1] - TF_INPUT_RANGE[0]) + TF_INPUT_RANGE[0]
+        x = x.contiguous(memory_format=torch.channels_last)
         if self.precision == "bf16":
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                features = self.network(x.contiguous(memory_format=torch.channels_last)).float()
+                features = self.network(x).float()
         else:
             with torch.autocast(x.device.type, enabled=False):     # fp32 even inside a bf16-mixed run
                 features = self.network(x)
@@ -88,8 +96,22 @@ def without_contiguous(network: torch.jit.ScriptModule) -> torch.jit.ScriptModul
     return frozen
 
 
-def load_inception(precision: str = "32") -> nn.Module | None:
-    """The local TF-FID network, else torchmetrics' default (fp32 only), else None (with the reason in the log)."""
+def resolve_inception_precision(setting: str, device: torch.device | str = "cpu") -> str:
+    """``metrics.inception_precision``, with ``auto`` resolved: bf16 on a CPU where bf16 pays
+    (``fedgen_pl.train.bf16_pays``: AMX, or AVX512-BF16 on AMD), else fp32: on an Intel CPU with AVX512-BF16 alone
+    fp32 is 1.5x faster than bf16 (benchmarks/RESULTS.md), where bf16 is emulated far more, and on a GPU bf16 was
+    not measured."""
+    if setting != "auto":
+        return setting
+    from fedgen_pl.train import cpu_bf16_pays
+
+    return "bf16" if torch.device(device).type == "cpu" and cpu_bf16_pays() else "32"
+
+
+def load_inception(precision: str = "32", device: torch.device | str = "cpu") -> nn.Module | None:
+    """The local TF-FID network at ``precision`` (``auto``: ``resolve_inception_precision`` for ``device``), else
+    torchmetrics' default (fp32 only), else None (with the reason in the log)."""
+    precision = resolve_inception_precision(precision, device)
     path = inception_weights_file()
     if path is not None:
         log.info("inception: TF-FID InceptionV3 from %s (%s)", path, "bf16 autocast" if precision == "bf16" else "fp32")
@@ -108,6 +130,7 @@ def load_inception(precision: str = "32") -> nn.Module | None:
 
 class _TorchmetricsInception(nn.Module):
     num_features = 2048
+    precision = cache_tag = "32"
 
     def __init__(self, network: nn.Module):
         super().__init__()

