@@ -233,7 +233,8 @@ def main() -> None:
                   f"rounds, evaluation {summary['eval_seconds']:.1f} s of it), global/fid_classifier "
                   f"{summary['metrics']['global/fid_classifier']:.1f}")
         print(f"(f) bf16-mixed speed-up of the training phase: {phases['32-true'] / phases['bf16-mixed']:.2f}x")
-        from fedgen_pl.train import auto_precision, cpu_bf16_pays
+        from fedgen_pl.cpu import cpu_bf16_pays
+        from fedgen_pl.train import auto_precision
 
         shipped = auto_precision(device == "cpu", cpu_bf16_pays(), gan=True, images=True, deployed=False)
         print(f"(f) `make train` (trainer.precision=auto) trains at {shipped} on this machine: training phase "

@@ -25,15 +25,11 @@ def commit() -> str:
 
 def hardware() -> str:
     """CPU model and core count, torch's thread count, and the GPU when one is visible."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
+
+    from fedgen_pl.cpu import cpuinfo_field
+
+    cpu = cpuinfo_field("model name") or platform.processor() or platform.machine()
 
     text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
     if torch.cuda.is_available():

@@ -25,6 +25,7 @@ from datamodules import FederatedDataModule
 from datamodules.sources import check_dataset
 from fedgen_pl.aggregation import get_aggregation
 from fedgen_pl.config import ConfigError
+from fedgen_pl import cpu
 from fedgen_pl.errors import RunDirError, check_writable_dir, release_held_logs
 from fedgen_pl.metrics.evaluator import build_evaluator
 from fedgen_pl.models import model_class
@@ -160,31 +161,6 @@ def check_accelerator(cfg: DictConfig) -> None:
                           where="trainer.accelerator")
 
 
-def cpu_vendor() -> str:
-    """The CPU's vendor string ("GenuineIntel", "AuthenticAMD"), or "" where the system does not say (no
-    /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
-    except OSError:
-        return ""
-
-
-def bf16_pays(amx: bool, avx512_bf16: bool, vendor: str) -> bool:
-    """Whether bf16 autocast makes a GAN step faster on a CPU, by what was measured (benchmarks/RESULTS.md, the
-    training phase of `make train` at bf16 against fp32): with AMX tiles (an Intel Xeon: 1.26x), or AVX512-BF16
-    on an AMD CPU (an AMD EPYC: 1.23x); not AVX512-BF16 alone on an Intel CPU (an Intel Xeon without AMX: 0.89x,
-    slower), nor where bf16 is emulated."""
-    return amx or (avx512_bf16 and vendor == "AuthenticAMD")
-
-
-def cpu_bf16_pays() -> bool:
-    """``bf16_pays`` for this machine's CPU."""
-    amx, avx512_bf16 = (getattr(torch.cpu, probe, lambda: False)()
-                        for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
-    return bf16_pays(amx, avx512_bf16, cpu_vendor())
-
-
 def auto_precision(on_cpu: bool, cpu_bf16: bool, gan: bool, images: bool, deployed: bool) -> str:
     """``trainer.precision=auto``: ``bf16-mixed`` only where it was measured to keep the results and to pay
     (docs/results/precision_and_ema.md: the GANs on images, in one process, on a CPU where bf16 pays);
@@ -199,7 +175,7 @@ def resolve_precision(cfg: DictConfig, spec, deployed: bool = False) -> str:
         return str(cfg.trainer.precision)
     gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
     on_cpu = cfg.trainer.accelerator == "cpu" or (cfg.trainer.accelerator == "auto" and not gpu)
-    return auto_precision(on_cpu, cpu_bf16_pays(), recipe_of(cfg.model.name).family == "gan",
+    return auto_precision(on_cpu, cpu.cpu_bf16_pays(), recipe_of(cfg.model.name).family == "gan",
                           len(spec.data_shape) == 3, deployed)
 
 

@@ -28,7 +28,7 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)   # und
 def cpu_without_bf16(monkeypatch):
     """`trainer.precision=auto` resolves as on a CPU without bf16 (32-true), so that a test's numbers do not
     depend on the machine; tests of the rule itself patch it back."""
-    monkeypatch.setattr("fedgen_pl.train.cpu_bf16_pays", lambda: False)
+    monkeypatch.setattr("fedgen_pl.cpu.cpu_bf16_pays", lambda: False)
 
 
 SMALL_GRID = [

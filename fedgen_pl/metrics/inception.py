@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedgen_pl import cpu
+
 log = logging.getLogger("fedgen")
 
 TF_INPUT_RANGE = (-1.0, 0.9921875)      # TF-FID scaling: x_uint8 / 128 - 1
@@ -98,14 +100,12 @@ def without_contiguous(network: torch.jit.ScriptModule) -> torch.jit.ScriptModul
 
 def resolve_inception_precision(setting: str, device: torch.device | str = "cpu") -> str:
     """``metrics.inception_precision``, with ``auto`` resolved: bf16 on a CPU where bf16 pays
-    (``fedgen_pl.train.bf16_pays``: AMX, or AVX512-BF16 on AMD), else fp32: on an Intel CPU with AVX512-BF16 alone
+    (``fedgen_pl.cpu.bf16_pays``: AMX, or AVX512-BF16 on AMD), else fp32: on an Intel CPU with AVX512-BF16 alone
     fp32 is 1.5x faster than bf16 (benchmarks/RESULTS.md), where bf16 is emulated far more, and on a GPU bf16 was
     not measured."""
     if setting != "auto":
         return setting
-    from fedgen_pl.train import cpu_bf16_pays
-
-    return "bf16" if torch.device(device).type == "cpu" and cpu_bf16_pays() else "32"
+    return "bf16" if torch.device(device).type == "cpu" and cpu.cpu_bf16_pays() else "32"
 
 
 def load_inception(precision: str = "32", device: torch.device | str = "cpu") -> nn.Module | None:

@@ -106,13 +106,13 @@ def test_auto_precision_is_bf16_only_where_it_was_measured(on_cpu, cpu_bf16, gan
     (False, False, "AuthenticAMD", False),       # bf16 emulated
 ])
 def test_bf16_pays_only_on_the_cpus_where_it_was_measured_faster(amx, avx512_bf16, vendor, pays):
-    from fedgen_pl.train import bf16_pays
+    from fedgen_pl.cpu import bf16_pays
 
     assert bf16_pays(amx, avx512_bf16, vendor) is pays
 
 
 def test_cpu_vendor_reads_this_machine():
-    from fedgen_pl.train import cpu_vendor
+    from fedgen_pl.cpu import cpu_vendor
 
     vendor = cpu_vendor()
     assert isinstance(vendor, str)
@@ -127,7 +127,7 @@ def test_auto_precision_is_resolved_before_training_and_recorded(tmp_path, image
     from omegaconf import OmegaConf
     from tests.conftest import label_related_overrides
 
-    monkeypatch.setattr("fedgen_pl.train.cpu_bf16_pays", lambda: cpu_bf16)
+    monkeypatch.setattr("fedgen_pl.cpu.cpu_bf16_pays", lambda: cpu_bf16)
     inspect = InspectSteps()
     run = ([*label_related_overrides(tmp_path, classifier_cache), "federation.global_rounds=2", "federation.local_iters=1",
             f"output_dir={tmp_path / 'run'}"] if model == "fedgen_lr"
@@ -144,7 +144,7 @@ def test_auto_precision_keeps_fp32_for_vector_data(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
     from tests.conftest import small_cfg
 
-    monkeypatch.setattr("fedgen_pl.train.cpu_bf16_pays", lambda: True)
+    monkeypatch.setattr("fedgen_pl.cpu.cpu_bf16_pays", lambda: True)
     train(small_cfg("federation.global_rounds=1", "federation.local_iters=1", "trainer.accelerator=cpu",
                     "trainer.progress_bar=false", f"output_dir={tmp_path / 'run'}"))
     assert OmegaConf.load(tmp_path / "run" / "config.yaml").trainer.precision == "32-true"

@@ -163,10 +163,10 @@ def test_the_frozen_network_is_rebuilt_on_the_device_of_its_images(monkeypatch):
 
 @pytest.mark.parametrize("pays, device, expected", [(True, "cpu", "bf16"), (False, "cpu", "32"), (True, "meta", "32")])
 def test_auto_inception_precision_is_bf16_only_on_a_cpu_where_bf16_pays(monkeypatch, pays, device, expected):
-    import fedgen_pl.train
+    import fedgen_pl.cpu
     from fedgen_pl.metrics.inception import resolve_inception_precision
 
-    monkeypatch.setattr(fedgen_pl.train, "cpu_bf16_pays", lambda: pays)
+    monkeypatch.setattr(fedgen_pl.cpu, "cpu_bf16_pays", lambda: pays)
     assert resolve_inception_precision("auto", device) == expected
     assert resolve_inception_precision("32", device) == "32" and resolve_inception_precision("bf16", device) == "bf16"
     if inception_weights_file() is not None and device == "cpu":
