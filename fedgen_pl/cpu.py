@@ -30,8 +30,14 @@ def bf16_pays(amx: bool, avx512_bf16: bool, vendor: str) -> bool:
     return amx or (avx512_bf16 and vendor == "AuthenticAMD")
 
 
+def bf16_units() -> list[str]:
+    """The CPU's bf16 hardware, as torch's probes see it: "AVX512-BF16" and "AMX" where present. Two CPUs of
+    one model name can differ here, and run bf16 1.6x apart (benchmarks/RESULTS.md), so records name them."""
+    probes = {"AVX512-BF16": "_is_avx512_bf16_supported", "AMX": "_is_amx_tile_supported"}
+    return [unit for unit, probe in probes.items() if getattr(torch.cpu, probe, lambda: False)()]
+
+
 def cpu_bf16_pays() -> bool:
     """``bf16_pays`` for this machine's CPU."""
-    amx, avx512_bf16 = (getattr(torch.cpu, probe, lambda: False)()
-                        for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
-    return bf16_pays(amx, avx512_bf16, cpu_vendor())
+    units = bf16_units()
+    return bf16_pays("AMX" in units, "AVX512-BF16" in units, cpu_vendor())

@@ -24,12 +24,14 @@ def commit() -> str:
 
 
 def hardware() -> str:
-    """CPU model and core count, torch's thread count, and the GPU when one is visible."""
+    """CPU model (with its bf16 units) and core count, torch's thread count, and the GPU when one is visible."""
     import torch
 
-    from fedgen_pl.cpu import cpuinfo_field
+    from fedgen_pl.cpu import bf16_units, cpuinfo_field
 
     cpu = cpuinfo_field("model name") or platform.processor() or platform.machine()
+    if units := bf16_units():
+        cpu += f" ({', '.join(units)})"
 
     text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
     if torch.cuda.is_available():

@@ -120,6 +120,29 @@ def test_cpu_vendor_reads_this_machine():
         assert vendor and vendor in Path("/proc/cpuinfo").read_text()
 
 
+@pytest.mark.parametrize("avx512_bf16, amx, named", [(True, True, " (AVX512-BF16, AMX), "),
+                                                     (True, False, " (AVX512-BF16), "), (False, False, ", ")])
+def test_records_name_the_cpus_bf16_units(monkeypatch, avx512_bf16, amx, named):
+    """Two Xeons that both call themselves "Intel(R) Xeon(R) Processor" ran bf16 1.6x apart: the hardware a
+    record names says which bf16 units the CPU has, and the choice of bf16 follows the same probes."""
+    import torch
+
+    import fedgen_pl.cpu
+    from fedgen_pl.cpu import bf16_units
+    from fedgen_pl.provenance import hardware
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr("fedgen_pl.cpu.cpuinfo_field", lambda name: {"model name": "CPU X"}.get(name, "GenuineIntel"))
+    assert bf16_units() == [u for u, on in (("AVX512-BF16", avx512_bf16), ("AMX", amx)) if on]
+    assert hardware().startswith("CPU X" + named)
+    monkeypatch.undo()                              # the real cpu_bf16_pays (conftest patches it out)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr("fedgen_pl.cpu.cpu_vendor", lambda: "GenuineIntel")
+    assert fedgen_pl.cpu.cpu_bf16_pays() is amx                   # an Intel CPU: bf16 pays with AMX only
+
+
 @pytest.mark.parametrize("model, cpu_bf16, expected", [("fedgen_fr", True, "bf16-mixed"), ("fed_vae", True, "32-true"),
                                                        ("fedgen_lr", True, "bf16-mixed"), ("fedgen_fr", False, "32-true")])
 def test_auto_precision_is_resolved_before_training_and_recorded(tmp_path, image_root, classifier_cache, monkeypatch,
