@@ -53,6 +53,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` 
 
 
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "checkpoints")
+INCEPTION_PROGRESS = "inception_progress"     # the last evaluation's Inception features so far (SavedFeatures)
 SEGMENTS_FILE = "segments.jsonl"      # one line per start or resume: when, which commit, which hardware
 
 
@@ -302,8 +303,9 @@ def build_trainer(cfg: DictConfig, datamodule, run_dir: Path, resume_state: dict
         log.warning("no evaluation metrics for vector data other than the Gaussian grid; training without them")
         evaluation = None
     else:
-        evaluation = GenerationMetrics(partial(build_evaluator, cfg, datamodule), cfg.metrics.eval_every,
-                                       run_dir / "plots")
+        evaluation = GenerationMetrics(partial(build_evaluator, cfg, datamodule,
+                                               inception_progress=run_dir / "checkpoints" / INCEPTION_PROGRESS),
+                                       cfg.metrics.eval_every, run_dir / "plots")
     checkpoint = RoundCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_rounds, started)
     # The bar on a terminal; one plain line per evaluation otherwise (a log file gets no carriage returns).
     bar = bool(cfg.trainer.progress_bar) and sys.stderr.isatty()
@@ -369,6 +371,7 @@ def summarise(cfg: DictConfig, model, run_dir: Path, started: tuple[float, float
     if getattr(model, "device_transport", None) is not None:
         summary["deployment"] = model.device_transport.summary()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(run_dir / "checkpoints" / INCEPTION_PROGRESS, ignore_errors=True)    # its numbers are in the summary
     for logger in trainer.loggers:
         logger.finalize("success")
     finish_wandb(loggers, exit_code=0)

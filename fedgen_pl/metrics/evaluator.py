@@ -35,9 +35,10 @@ def inception_samples(cfg: DictConfig) -> int:
     return int(cfg.metrics.num_samples) if value == "num_samples" else int(value)
 
 
-def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
+def build_evaluator(cfg: DictConfig, datamodule, device: torch.device, inception_progress: Path | None = None):
     """The scenario's cached classifier (trained on first use), the Inception network when on, and
-    the real statistics of every scope."""
+    the real statistics of every scope. ``inception_progress``: where the generated images' Inception
+    features are kept batch by batch (``SavedFeatures``: a cut-off evaluation resumes there)."""
     classifier, record = load_or_train(datamodule, Path(cfg.metrics.cache_dir), cfg.metrics.classifier_train_samples,
                                        cfg.metrics.classifier_epochs)
     inception = load_inception(cfg.metrics.inception_precision, device) if use_inception(cfg, device) else None
@@ -52,7 +53,8 @@ def build_evaluator(cfg: DictConfig, datamodule, device: torch.device):
                                     inception_samples=inception_samples(cfg),
                                     inception_reference=cfg.metrics.inception_reference,
                                     iw_samples=cfg.metrics.iw_samples, anomaly_data=cfg.metrics.anomaly_data,
-                                    anomaly_classes=list(cfg.metrics.anomaly_classes))
+                                    anomaly_classes=list(cfg.metrics.anomaly_classes),
+                                    inception_progress=inception_progress)
     log.info("metrics: real statistics of %d scopes (%s images) in %.1f s (classifier test accuracy %.4f)",
              len(evaluator.real), ", ".join(str(len(x)) for x, _, _ in evaluator.real.values()), time.time() - started,
              record["test_accuracy"])

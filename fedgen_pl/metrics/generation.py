@@ -178,6 +178,29 @@ def real_inception_features(network: nn.Module, images: Tensor, cache: Path | No
     return features
 
 
+class SavedFeatures:
+    """The generated images' Inception features of one evaluation, kept on disk batch by batch, so that a run
+    cut off in its last evaluation (2 x 10,000 images: about an hour on a CPU) resumes it where it stopped
+    instead of from its first image. A batch's file is read back only for the same generator: the key is a
+    digest of the first batch of images (the generator's weights and latent seed), with the scope, the
+    number of images and the network's ``cache_tag``. The run removes the directory when it finishes.
+    Features are stored as float32, the networks' own output type, so a batch read back equals one computed."""
+
+    def __init__(self, directory: Path, scope: str, images: int, first_batch: Tensor, tag: str):
+        digest = hashlib.sha256(first_batch.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(f"{scope}|{images}|{tag}".encode())
+        self.directory, self.key = Path(directory), digest.hexdigest()[:20]
+
+    def get(self, index: int, compute: Callable[[], Tensor], device: torch.device) -> Tensor:
+        """Batch ``index``'s features: read back when stored, else ``compute()``d and stored."""
+        path = self.directory / f"{self.key}-{index:05d}.pt"
+        if path.is_file():
+            return torch.load(path, map_location=device, weights_only=True).double()
+        features = compute()
+        save_to_cache(features.float().cpu(), path)
+        return features
+
+
 class GenerationEvaluator:
     """Metrics for every scope; real statistics are computed once, in ``__init__``.
 
@@ -192,8 +215,10 @@ class GenerationEvaluator:
                  batch_size: int = 500, seed: int = 0, kid_subsets: int = 20,
                  inception_scopes: str = "global", inception_cache: Path | None = None,
                  inception_samples: int | None = None, inception_reference: str = "test", iw_samples: int = 0,
-                 anomaly_data: str | None = None, anomaly_classes: list[int] = ()):
+                 anomaly_data: str | None = None, anomaly_classes: list[int] = (),
+                 inception_progress: Path | None = None):
         self.device = torch.device(device)
+        self.inception_progress = inception_progress     # where SavedFeatures keeps an evaluation's batches
         self.iw_samples = iw_samples
         self.anomaly = None         # VAEs: (normal images, anomalous images, label prior) of metrics/anomaly.py
         if anomaly_data is not None:
@@ -347,8 +372,14 @@ class GenerationEvaluator:
         fid.reset()
         kid.reset()
         _, labels, domains = self.inception_real[scope]
-        for _, fake in self._generated(sample, labels, domains, self.seed + 3):
-            h = inception_features(self.inception, fake, self.device)
+        saved = None
+        for index, (_, fake) in enumerate(self._generated(sample, labels, domains, self.seed + 3)):
+            if self.inception_progress is None:
+                h = inception_features(self.inception, fake, self.device)
+            else:           # every batch is still generated: the latent stream stays that of a whole evaluation
+                saved = saved or SavedFeatures(self.inception_progress, scope, len(labels), fake,
+                                               getattr(self.inception, "cache_tag", "32"))
+                h = saved.get(index, lambda: inception_features(self.inception, fake, self.device), self.device)
             fid.update(h, real=False)
             kid.update(h, real=False)
         return {f"{scope}/fid_inception": float(fid.compute()), f"{scope}/kid_inception": float(kid.compute()[0])}

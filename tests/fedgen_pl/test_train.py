@@ -125,3 +125,4 @@ def test_inception_metrics_at_the_last_evaluation_with_their_reference_recorded(
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     inception_rows = [int(float(r["round"])) for r in rows if r.get("global/fid_inception")]
     assert inception_rows == [2]                       # the last evaluation only (round 1 had none)
+    assert not (run_dir / "checkpoints" / "inception_progress").exists()     # kept only until the run ends

@@ -173,3 +173,43 @@ def test_auto_inception_precision_is_bf16_only_on_a_cpu_where_bf16_pays(monkeypa
         from fedgen_pl.metrics.inception import load_inception
 
         assert load_inception("auto", device).precision == expected      # what the evaluator records
+
+
+@needs_real_data
+def test_a_cut_off_inception_evaluation_resumes_where_it_stopped_with_the_same_numbers(mnist_fmnist_scenario, tmp_path):
+    """The last evaluation keeps its Inception features batch by batch: cut off after two of three batches,
+    the next evaluation of the same generator computes only the third, and ends on the numbers of an
+    evaluation never cut off; another generator reuses nothing."""
+    dm, classifier, _ = mnist_fmnist_scenario
+    kwargs = dict(num_samples=200, kid_subset_size=100, conditional=True, inception_cache=tmp_path / "cache",
+                  inception_samples=300, batch_size=100)
+
+    def sample(labels, generator, domains):
+        return torch.rand(len(labels), 1, 28, 28, generator=generator) * 2 - 1
+
+    def other(labels, generator, domains):
+        return sample(labels, generator, domains) * 0.5
+
+    class CutOff(_CountingFeatures):
+        def forward(self, x):
+            if self.images >= 200:
+                raise KeyboardInterrupt        # as a SIGKILL would, between two batches
+            return super().forward(x)
+
+    network = _CountingFeatures()
+    whole = GenerationEvaluator(dm, classifier, network, **kwargs).evaluate(sample, ["global"])
+    progress = tmp_path / "progress"
+    first = CutOff()
+    first.load_state_dict(network.state_dict())               # the same network (its bias is drawn at random)
+    cut = GenerationEvaluator(dm, classifier, first, inception_progress=progress, **kwargs)
+    first.images = 0                                          # (the real features are cached: none counted)
+    with pytest.raises(KeyboardInterrupt):
+        cut.evaluate(sample, ["global"])
+    assert first.images == 200 and len(list(progress.glob("*.pt"))) == 2
+    second = _CountingFeatures()
+    second.load_state_dict(first.state_dict())
+    resumed = GenerationEvaluator(dm, classifier, second, inception_progress=progress, **kwargs)
+    second.images = 0
+    assert resumed.evaluate(sample, ["global"]) == whole and second.images == 100    # the third batch only
+    resumed.evaluate(other, ["global"])
+    assert second.images == 100 + 300                         # another generator: every batch computed
